@@ -1,0 +1,105 @@
+"""clipforge's own format: a folder with ``config.json`` and ``model.safetensors``.
+
+``config.json``::
+
+    {"format": "clipforge", "format_version": 1,
+     "model": {...CLIPConfig...},
+     "tokenizer": {"type": "openai_bpe" | "bpe", "context_length": 77, "file": "tokenizer.json"},
+     "preprocess": {"image_size": 224, "mean": [...], "std": [...], "interpolation": "bicubic"}}
+
+A trained tokenizer is saved beside them as ``tokenizer.json``, so a model trained from scratch
+carries its tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from clipforge.checkpoints.state_dict import (
+    atomic_save_safetensors,
+    atomic_write_text,
+    load_strict,
+    read_state_dict,
+)
+from clipforge.errors import CheckpointError
+from clipforge.images.preprocess import Preprocess
+from clipforge.models.clip import CLIP
+from clipforge.models.config import CLIPConfig
+
+FORMAT = "clipforge"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def is_native_config(d: dict[str, Any]) -> bool:
+    return d.get("format") == FORMAT and "model" in d
+
+
+def tokenizer_to_dict(tokenizer: Any) -> dict[str, Any] | None:
+    return None if tokenizer is None else tokenizer.to_dict()
+
+
+def tokenizer_from_dict(d: dict[str, Any] | None, folder: Path | None) -> Any:
+    """Build the tokenizer a config names (``None`` when the model has none)."""
+    if not d:
+        return None
+    from clipforge.tokenizer import BPETokenizer, TrainedBPETokenizer
+
+    kind = d.get("type")
+    ctx = d.get("context_length", 77)
+    if kind == "openai_bpe":
+        return BPETokenizer(context_length=ctx)
+    if kind == "bpe":
+        if folder is None:
+            raise CheckpointError("a trained tokenizer needs the model folder to load from")
+        path = folder / d.get("file", TOKENIZER_FILE)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: the model's tokenizer file is missing")
+        return TrainedBPETokenizer.load(path, ctx)
+    raise CheckpointError(f"unknown tokenizer type {kind!r} (expected 'openai_bpe' or 'bpe')")
+
+
+def save(model: CLIP, out_dir: str | Path) -> Path:
+    """Save ``model`` (weights, config, tokenizer, preprocessing) in clipforge's format.
+
+    Each file is written to a temporary name and renamed, the config last, so an interrupted save
+    never leaves a folder that loads with mismatched parts.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors(model.state_dict(), out / WEIGHTS_FILE, metadata={"format": "pt"})
+    if model.tokenizer is not None and getattr(model.tokenizer, "kind", None) == "bpe":
+        model.tokenizer.save(out / TOKENIZER_FILE)
+    cfg = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model.config.to_dict(),
+        "tokenizer": tokenizer_to_dict(model.tokenizer),
+        "preprocess": model.preprocess.to_dict(),
+    }
+    atomic_write_text(json.dumps(cfg, indent=2), out / CONFIG_FILE)
+    return out
+
+
+def load_native(folder: str | Path, cfg: dict[str, Any] | None = None) -> CLIP:
+    folder = Path(folder)
+    if cfg is None:
+        cfg = json.loads((folder / CONFIG_FILE).read_text())
+    version = cfg.get("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{folder}: format version {version} is newer than this clipforge reads ({FORMAT_VERSION}); "
+            "upgrade clipforge"
+        )
+    config = CLIPConfig.from_dict(cfg["model"])
+    model = CLIP(config)
+    weights = folder / WEIGHTS_FILE
+    load_strict(model, read_state_dict(weights), str(weights))
+    model.tokenizer = tokenizer_from_dict(cfg.get("tokenizer"), folder)
+    if cfg.get("preprocess"):
+        model.preprocess = Preprocess.from_dict(cfg["preprocess"])
+    return model

@@ -1,0 +1,92 @@
+"""The CLIP model: two towers, a joint space and a learnable temperature (Radford et al. 2021)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipforge.models.config import CLIPConfig, ResNetConfig
+from clipforge.models.resnet import ModifiedResNet
+from clipforge.models.text import TextTransformer
+from clipforge.models.vit import VisionTransformer
+
+if TYPE_CHECKING:
+    from clipforge.images.preprocess import Preprocess
+
+
+class CLIP(nn.Module):
+    """Image tower + text tower, each projected into an ``embed_dim`` space, and a temperature.
+
+    ``logit_scale`` stores log(1/temperature), initialised to log(1/0.07); its exponential is
+    clamped at ``config.max_logit_scale`` (100), both in :meth:`forward` and by
+    :meth:`clamp_logit_scale_` which trainers call after each optimiser step.
+
+    Args:
+        config: the model's shape.
+
+    Attributes:
+        tokenizer: the tokenizer this model was trained with, set by :func:`clipforge.load`
+            (a callable: list of strings -> int64 [N, context_length]); ``None`` when unknown.
+        preprocess: image preprocessing for this model (image size, mean/std).
+    """
+
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__()
+        self.config = config
+        act = config.activation
+        if isinstance(config.vision, ResNetConfig):
+            self.visual: nn.Module = ModifiedResNet(config.vision, config.embed_dim)
+        else:
+            self.visual = VisionTransformer(config.vision, config.embed_dim, act)
+        self.text = TextTransformer(config.text, config.embed_dim, act)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        self.tokenizer: Any = None
+        from clipforge.images.preprocess import Preprocess
+
+        self.preprocess: Preprocess = Preprocess(image_size=config.vision.image_size)
+
+    @property
+    def max_log_scale(self) -> float:
+        return math.log(self.config.max_logit_scale)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """images float [N,3,H,W] -> projected image features [N, embed_dim]."""
+        feats = self.visual(images)
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """tokens int64 [N,L] -> projected text features [N, embed_dim]."""
+        feats = self.text(tokens)
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def forward(
+        self, images: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns normalised image features, normalised text features and exp(logit_scale)."""
+        return (
+            self.encode_image(images, normalize=True),
+            self.encode_text(tokens, normalize=True),
+            self.logit_scale.clamp(max=self.max_log_scale).exp(),
+        )
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Keep exp(logit_scale) within [1, max_logit_scale], as the CLIP paper does."""
+        self.logit_scale.clamp_(0.0, self.max_log_scale)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in the backward pass of both towers to save memory."""
+        self.visual.set_grad_checkpointing(enable)
+        self.text.set_grad_checkpointing(enable)
+
+    def lock_image_tower(self) -> None:
+        for p in self.visual.parameters():
+            p.requires_grad_(False)
+
+    def lock_text_tower(self) -> None:
+        for p in self.text.parameters():
+            p.requires_grad_(False)

@@ -1,0 +1,179 @@
+"""Model configurations: plain dataclasses that round-trip to JSON.
+
+A CLIP model is fully described by :class:`CLIPConfig`: an image tower (:class:`ViTConfig` or
+:class:`ResNetConfig`), a text tower (:class:`TextConfig`), the joint embedding width and the
+activation. ``CLIPConfig.from_dict(cfg.to_dict()) == cfg`` holds for every config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from clipforge.errors import ConfigError
+
+Activation = Literal["gelu", "quick_gelu"]
+ACTIVATIONS: tuple[str, ...] = ("gelu", "quick_gelu")
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Vision Transformer image tower (Dosovitskiy et al. 2021, as used by CLIP).
+
+    Attributes:
+        image_size: input side in pixels (square inputs).
+        patch_size: side of a patch; ``image_size`` must be a multiple of it.
+        width: token width.
+        layers: number of transformer blocks.
+        head_width: width of one attention head (heads = width // head_width).
+        mlp_ratio: hidden width of the MLP as a multiple of ``width``.
+    """
+
+    image_size: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    head_width: int = 64
+    mlp_ratio: float = 4.0
+    type: Literal["vit"] = "vit"
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"vision.image_size={self.image_size} is not a multiple of "
+                f"vision.patch_size={self.patch_size}"
+            )
+        if self.width % self.head_width:
+            raise ConfigError(
+                f"vision.width={self.width} is not a multiple of vision.head_width={self.head_width}"
+            )
+
+    @property
+    def heads(self) -> int:
+        return self.width // self.head_width
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """The modified ResNet image tower of the CLIP paper (Radford et al. 2021, section 2.4).
+
+    Attributes:
+        image_size: input side in pixels; the tower downsamples by 32.
+        layers: number of bottleneck blocks in each of the four stages.
+        width: channels of the first stage (the stem ends with this many channels).
+        head_width: width of one head of the attention pool (heads = width * 32 // head_width).
+    """
+
+    image_size: int = 224
+    layers: tuple[int, int, int, int] = (3, 4, 6, 3)
+    width: int = 64
+    head_width: int = 64
+    type: Literal["resnet"] = "resnet"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
+        if len(self.layers) != 4:
+            raise ConfigError(f"vision.layers must list 4 stages, got {list(self.layers)}")
+        if self.image_size % 32:
+            raise ConfigError(f"vision.image_size={self.image_size} is not a multiple of 32")
+
+    @property
+    def heads(self) -> int:
+        return self.width * 32 // self.head_width
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Causal text transformer, pooled at the end-of-text token (the highest token id).
+
+    Attributes:
+        context_length: number of token positions.
+        vocab_size: size of the token embedding table.
+        width: token width.
+        heads: attention heads.
+        layers: number of transformer blocks.
+        mlp_ratio: hidden width of the MLP as a multiple of ``width``.
+    """
+
+    context_length: int = 77
+    vocab_size: int = 49408
+    width: int = 512
+    heads: int = 8
+    layers: int = 12
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ConfigError(f"text.width={self.width} is not a multiple of text.heads={self.heads}")
+
+
+VisionConfig = ViTConfig | ResNetConfig
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """A whole CLIP model.
+
+    Attributes:
+        embed_dim: width of the joint image-text space.
+        vision: the image tower.
+        text: the text tower.
+        activation: ``"quick_gelu"`` (x * sigmoid(1.702 x), OpenAI's models) or ``"gelu"``.
+        init_logit_scale: initial log of the inverse temperature, log(1/0.07) as in the paper.
+        max_logit_scale: the exponentiated scale is clamped to at most this (100 in the paper).
+    """
+
+    embed_dim: int = 512
+    vision: VisionConfig = field(default_factory=ViTConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    activation: Activation = "quick_gelu"
+    init_logit_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if isinstance(self.vision, ResNetConfig):
+            d["vision"]["layers"] = list(self.vision.layers)
+        return d
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CLIPConfig:
+        d = dict(d)
+        vision = dict(d.pop("vision", {}))
+        kind = vision.get("type", "vit")
+        vcls: type = {"vit": ViTConfig, "resnet": ResNetConfig}.get(kind)  # type: ignore[assignment]
+        if vcls is None:
+            raise ConfigError(f"vision.type must be 'vit' or 'resnet', got {kind!r}")
+        text = dict(d.pop("text", {}))
+        _check_keys(vcls, vision, "vision")
+        _check_keys(TextConfig, text, "text")
+        _check_keys(cls, d, "model", ignore={"vision", "text"})
+        return cls(vision=vcls(**vision), text=TextConfig(**text), **d)
+
+    @classmethod
+    def from_json(cls, path_or_text: str | Path) -> CLIPConfig:
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            text = Path(text).read_text()
+        return cls.from_dict(json.loads(text))
+
+
+def _check_keys(klass: type, d: dict[str, Any], where: str, ignore: set[str] = frozenset()) -> None:
+    known = {f.name for f in fields(klass)} | set(ignore)
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown {where} config key(s) {unknown}; expected some of {sorted(known - set(ignore))}"
+        )
