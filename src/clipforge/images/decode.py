@@ -85,7 +85,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         else:
             top = 65535.0 if arr.max(initial=0) > 255 else 255.0
         grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
+        return Image.fromarray(grey).convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):

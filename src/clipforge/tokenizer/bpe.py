@@ -68,7 +68,8 @@ class BPETokenizer:
         self.context_length = context_length
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
-        lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            lines = f.read().split("\n")
         merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
         vocab = list(self.byte_encoder.values())
         vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]

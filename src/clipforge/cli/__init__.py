@@ -1,0 +1,1 @@
+"""The ``clipforge`` command: a thin layer over the library's functions."""
