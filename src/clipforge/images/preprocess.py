@@ -72,7 +72,8 @@ class RandomResizedCrop:
         area = width * height
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
         for _ in range(10):
-            target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(1, generator=generator).item())
+            u = torch.rand(1, generator=generator).item()
+            target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u)
             aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(1, generator=generator).item())
             w = int(round(math.sqrt(target * aspect)))
             h = int(round(math.sqrt(target / aspect)))

@@ -1,0 +1,73 @@
+"""Image and text encoding throughput of the ViT-B/32 and RN50 configs.
+
+Every combination of batch size (1, 8, 64), torch threads (1, 2) and precision (fp32, bf16
+autocast) is measured in one run; the ratio column compares each to fp32 at 1 thread with the
+same model, tower and batch (the baseline measured in the same run).
+
+    .venv/bin/python bench/encode.py            # full table
+    .venv/bin/python bench/encode.py --quick    # batch 1 and 8 only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from clipforge.models import CLIP, get_config  # noqa: E402
+from common import machine, markdown_table, timeit  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["ViT-B-32", "RN50"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 64])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
+    parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 8 only")
+    args = parser.parse_args()
+    batches = [1, 8] if args.quick else args.batches
+
+    print(f"machine: {machine()}\n")
+    rows = []
+    for name in args.models:
+        cfg = get_config(name)
+        torch.manual_seed(0)
+        model = CLIP(cfg).eval()
+        for tower in ("image", "text"):
+            for batch in batches:
+                if tower == "image":
+                    x = torch.randn(batch, 3, cfg.vision.image_size, cfg.vision.image_size)
+                    fn = lambda x=x, m=model: m.encode_image(x)  # noqa: E731
+                else:
+                    x = torch.randint(1, 49000, (batch, cfg.text.context_length))
+                    x[:, 20] = 49407
+                    fn = lambda x=x, m=model: m.encode_text(x)  # noqa: E731
+                baseline = None
+                for threads in args.threads:
+                    torch.set_num_threads(threads)
+                    for precision in ("fp32", "bf16"):
+                        ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+                               else contextlib.nullcontext())
+
+                        def run(fn=fn, ctx=ctx) -> None:
+                            with torch.inference_mode(), ctx:
+                                fn()
+
+                        sec = timeit(run, min_time=args.min_time)
+                        rate = batch / sec
+                        baseline = baseline or rate
+                        rows.append([name, tower, batch, threads, precision, f"{rate:.1f}",
+                                     f"{sec * 1000:.1f}", f"{rate / baseline:.2f}"])
+                        print(" | ".join(str(c) for c in rows[-1]), flush=True)
+    print()
+    print(markdown_table(["model", "tower", "batch", "threads", "precision", "items/s", "ms/batch",
+                          "vs fp32 1 thread"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""``clipforge demo``: the main job on the embedded synthetic data (what ``make demo`` runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="generate synthetic data, train a small CLIP on the CPU, evaluate, write a report")
+    p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--train", type=int, default=10000, help="training scenes")
+    p.add_argument("--val", type=int, default=1000, help="validation scenes")
+    p.add_argument("--zeroshot-per-class", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipforge.data.synthetic import SynthConfig
+    from clipforge.demo import run_demo
+
+    synth = SynthConfig(seed=args.seed, n_train=args.train, n_val=args.val,
+                        n_zeroshot_per_class=args.zeroshot_per_class)
+    run_demo(args.out, synth, epochs=args.epochs, progress=not args.no_progress)
+    return 0

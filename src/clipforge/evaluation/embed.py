@@ -1,0 +1,50 @@
+"""Batched feature extraction for evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from clipforge.data.pairs import Pair, PairDataset, Skipped, collate
+from clipforge.models.clip import CLIP
+
+
+@torch.no_grad()
+def embed_texts(model: CLIP, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Normalised text features [N, D]."""
+    if model.tokenizer is None:
+        from clipforge.errors import ConfigError
+
+        raise ConfigError("this model has no tokenizer; load it from a folder that carries one")
+    out = []
+    for i in range(0, len(texts), batch_size):
+        tokens = model.tokenizer(list(texts[i : i + batch_size]))
+        out.append(model.encode_text(tokens.to(_device(model)), normalize=True).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, model.config.embed_dim)
+
+
+@torch.no_grad()
+def embed_images(
+    model: CLIP, paths: Sequence[str], batch_size: int = 128, workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, list[Skipped]]:
+    """Normalised image features of the readable images.
+
+    Returns (features [M, D], indices [M] of the images they belong to, skipped images).
+    """
+    ds = PairDataset([Pair(p, "-") for p in paths], model.preprocess, lambda t: torch.zeros(len(t), 1, dtype=torch.long))
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    feats, idx, skipped = [], [], []
+    for batch in loader:
+        skipped += batch.skipped
+        if len(batch):
+            feats.append(model.encode_image(batch.images.to(_device(model)), normalize=True).float().cpu())
+            idx.append(batch.indices)
+    if not feats:
+        return torch.empty(0, model.config.embed_dim), torch.empty(0, dtype=torch.long), skipped
+    return torch.cat(feats), torch.cat(idx), skipped
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,153 @@
+"""The demo's report: training curves, similarity matrix, retrievals and zero-shot results."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from clipforge.data.pairs import read_csv_pairs
+from clipforge.evaluation import classification_metrics, embed_images, embed_texts, zero_shot_classifier
+from clipforge.models.clip import CLIP
+from clipforge.report.html import figure_tag, image_tag, page, table
+from clipforge.training.checkpoint import TrainState
+
+
+def curves_figure(state: TrainState) -> plt.Figure:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    steps = [h["step"] for h in state.history]
+    axes[0].plot(steps, [h["loss"] for h in state.history])
+    axes[0].set(title="training loss", xlabel="step", ylabel="contrastive loss")
+    axes[1].plot(steps, [h["temperature"] for h in state.history], color="C2")
+    axes[1].set(title="temperature", xlabel="step")
+    if state.evals:
+        epochs = [e["epoch"] for e in state.evals]
+        for key, label in (("seen/acc1", "zero-shot, seen combos"), ("heldout/acc1", "zero-shot, held-out combos"),
+                           ("val/image_retrieval_recall@1", "text->image R@1"),
+                           ("val/text_retrieval_recall@1", "image->text R@1")):
+            if key in state.evals[0]:
+                axes[2].plot(epochs, [e[key] for e in state.evals], marker="o", label=label)
+        axes[2].set(title="evaluation", xlabel="epoch", ylim=(0, 1))
+        axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def similarity_figure(sims: np.ndarray, captions: list[str]) -> plt.Figure:
+    n = len(captions)
+    fig, ax = plt.subplots(figsize=(0.55 * n + 4, 0.45 * n + 1))
+    im = ax.imshow(sims, cmap="viridis")
+    ax.set_yticks(range(n), [c[:48] for c in captions], fontsize=7)
+    ax.set_xticks(range(n), [str(i) for i in range(n)], fontsize=7)
+    ax.set_xlabel("image")
+    ax.set_title("cosine similarity: captions (rows) vs images (columns); the diagonal pairs match")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{sims[i, j]:.2f}", ha="center", va="center", fontsize=5.5,
+                    color="white" if sims[i, j] < sims.max() * 0.7 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    return fig
+
+
+def confusion_figure(preds: torch.Tensor, targets: torch.Tensor, classes: list[str], subset: list[str]) -> plt.Figure:
+    idx = [classes.index(c) for c in subset]
+    mat = np.zeros((len(idx), len(classes)))
+    for p, t in zip(preds.tolist(), targets.tolist()):
+        if t in idx:
+            mat[idx.index(t), p] += 1
+    cols = sorted(set(np.nonzero(mat.sum(0))[0].tolist()) | set(idx))
+    fig, ax = plt.subplots(figsize=(0.35 * len(cols) + 3, 0.35 * len(idx) + 1.5))
+    ax.imshow(mat[:, cols], cmap="Blues")
+    ax.set_yticks(range(len(idx)), subset, fontsize=7)
+    ax.set_xticks(range(len(cols)), [classes[c] for c in cols], rotation=90, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title="held-out combinations: what the model predicts")
+    return fig
+
+
+def build_demo_report(model: CLIP, data_dir: Path, state: TrainState, out_dir: Path, templates: list[str],
+                      command: str) -> dict[str, Any]:
+    """Write ``out_dir/index.html`` and ``out_dir/results.json``; return the headline numbers."""
+    model.eval()
+    meta = json.loads((data_dir / "meta.json").read_text())
+    classes, heldout = meta["classes"], meta["heldout_combinations"]
+    weights = zero_shot_classifier(model, classes, templates)
+    results: dict[str, Any] = {}
+    parts = []
+    zs_rows = []
+    conf_html = ""
+    for split in ("seen", "heldout"):
+        rows, _ = read_csv_pairs(data_dir / f"zeroshot_{split}.csv", "image", "label")
+        feats, idx, _ = embed_images(model, [r.image for r in rows])
+        targets = torch.tensor([classes.index(rows[i].caption) for i in idx.tolist()])
+        logits = feats @ weights.T
+        m = classification_metrics(logits, targets)
+        preds = logits.argmax(1)
+        shape_ok = [classes[p].split()[1] == classes[t].split()[1] for p, t in zip(preds.tolist(), targets.tolist())]
+        colour_ok = [classes[p].split()[0] == classes[t].split()[0] for p, t in zip(preds.tolist(), targets.tolist())]
+        m["shape_acc"] = float(np.mean(shape_ok))
+        m["colour_acc"] = float(np.mean(colour_ok))
+        results[f"zeroshot_{split}"] = m
+        zs_rows.append([f"{split} combinations", len(targets), m["acc1"], m["acc5"], m["mean_per_class_recall"],
+                        m["shape_acc"], m["colour_acc"]])
+        if split == "heldout":
+            conf_html = figure_tag(confusion_figure(preds, targets, classes, heldout), "held-out confusion")
+
+    val_rows, _ = read_csv_pairs(data_dir / "val.csv")
+    from clipforge.training.evaluate import retrieval_eval
+
+    results["retrieval_val"] = retrieval_eval(model, [r.image for r in val_rows], [r.caption for r in val_rows])
+
+    r = results
+    headline = (f"Zero-shot accuracy over all {len(classes)} (colour, shape) classes: "
+                f"<b>{r['zeroshot_heldout']['acc1']:.1%}</b> on combinations never seen in training, "
+                f"<b>{r['zeroshot_seen']['acc1']:.1%}</b> on seen ones (chance {1 / len(classes):.1%}). "
+                f"Validation retrieval R@1: text->image <b>{r['retrieval_val']['image_retrieval_recall@1']:.1%}</b>, "
+                f"image->text <b>{r['retrieval_val']['text_retrieval_recall@1']:.1%}</b>.")
+    parts.append(f'<p class="headline">{headline}</p>')
+    parts.append(f"<p class='muted'>Reproduce: <code>{html.escape(command)}</code>. "
+                 f"{state.step} steps, {state.samples_seen} samples seen.</p>")
+    parts.append("<h2>Training</h2>" + figure_tag(curves_figure(state), "training curves"))
+    parts.append("<h2>Zero-shot classification</h2>")
+    parts.append(table(["split", "images", "acc1", "acc5", "mean per-class recall", "shape correct",
+                        "colour correct"], zs_rows))
+    parts.append(f"<p>Held-out combinations (never in a training caption or image): {', '.join(heldout)}. "
+                 f"Prompts: {', '.join(html.escape(t) for t in templates)}.</p>")
+    parts.append(conf_html)
+    ret = results["retrieval_val"]
+    parts.append("<h2>Retrieval on the validation scenes</h2>")
+    parts.append(table(["direction", "R@1", "R@5", "R@10", "median rank"], [
+        ["text -> image", ret["image_retrieval_recall@1"], ret["image_retrieval_recall@5"],
+         ret["image_retrieval_recall@10"], ret["image_retrieval_median_rank"]],
+        ["image -> text", ret["text_retrieval_recall@1"], ret["text_retrieval_recall@5"],
+         ret["text_retrieval_recall@10"], ret["text_retrieval_median_rank"]]]))
+
+    batch = val_rows[:12]
+    img_f, _, _ = embed_images(model, [b.image for b in batch])
+    txt_f = embed_texts(model, [b.caption for b in batch])
+    sims = (txt_f @ img_f.T).numpy()
+    parts.append("<h2>Similarity matrix of a validation batch</h2>")
+    parts.append('<div class="grid">' + "".join(
+        f'<div class="card">{image_tag(b.image, b.caption)}<br>{i}</div>' for i, b in enumerate(batch)) + "</div>")
+    parts.append(figure_tag(similarity_figure(sims, [b.caption for b in batch]), "similarity matrix"))
+
+    parts.append("<h2>Text -> image search over the validation scenes</h2>")
+    all_f, all_idx, _ = embed_images(model, [v.image for v in val_rows])
+    queries = ["a red circle", "a large blue square", "a green star and a yellow triangle", "a purple ring",
+               "an orange cross in the top left"] + [f"{'an' if h[0] in 'aeiou' else 'a'} {h}" for h in heldout[:3]]
+    q_f = embed_texts(model, queries)
+    for q, qf in zip(queries, q_f):
+        top = (all_f @ qf).topk(6).indices.tolist()
+        cards = "".join(
+            f'<div class="card">{image_tag(val_rows[all_idx[t]].image, val_rows[all_idx[t]].caption)}'
+            f'<br>{html.escape(val_rows[all_idx[t]].caption[:40])}</div>' for t in top)
+        parts.append(f"<p><b>{html.escape(q)}</b></p><div class='grid'>{cards}</div>")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "index.html").write_text(page("clipforge demo: CLIP on synthetic scenes", "\n".join(parts)))
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results

@@ -1,0 +1,187 @@
+"""The CLIP trainer: exact accumulation, resume, bad samples, non-finite losses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import micro_config, tiny_synth, tiny_train_config
+from PIL import Image
+
+from clipforge.losses import clip_loss
+from clipforge.models import CLIP
+from clipforge.training.config import TrainConfig
+from clipforge.training.optim import learning_rate, no_decay, param_groups
+from clipforge.training.step import contrastive_backward
+from clipforge.training.trainer import TrainingDiverged, train
+
+
+def _batch(n: int, cfg, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, cfg.vision.image_size, cfg.vision.image_size, generator=g, dtype=torch.float64)
+    tokens = torch.randint(1, cfg.text.vocab_size - 2, (n, cfg.text.context_length), generator=g)
+    tokens[:, 6] = cfg.text.vocab_size - 1
+    return images, tokens
+
+
+def _grads(model: CLIP) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("micro", [1, 3, 4])
+def test_accumulated_gradients_equal_full_batch(micro: int) -> None:
+    cfg = micro_config()
+    torch.manual_seed(0)
+    model = CLIP(cfg).double()
+    with torch.no_grad():
+        model.logit_scale.fill_(2.0)  # a scale where its gradient is far from zero
+    images, tokens = _batch(12, cfg)
+    full_loss = contrastive_backward(model, images, tokens, clip_loss)
+    full = _grads(model)
+    model.zero_grad()
+    acc_loss = contrastive_backward(model, images, tokens, clip_loss, micro_batch_size=micro)
+    acc = _grads(model)
+    torch.testing.assert_close(acc_loss, full_loss, rtol=1e-12, atol=0)
+    assert full["logit_scale"].abs() > 1e-3
+    for name in full:
+        torch.testing.assert_close(acc[name], full[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_naive_accumulation_would_overcount_temperature() -> None:
+    # What open_clip's accumulation computes: the sum of per-micro-batch losses' gradients.
+    cfg = micro_config()
+    torch.manual_seed(0)
+    model = CLIP(cfg).double()
+    images, tokens = _batch(8, cfg)
+    contrastive_backward(model, images, tokens, clip_loss)
+    exact = model.logit_scale.grad.clone()
+    model.zero_grad()
+    for i, t in zip(images.split(2), tokens.split(2)):
+        img, txt, scale = model(i, t)
+        clip_loss(img, txt, scale).backward()
+    assert not torch.allclose(model.logit_scale.grad, exact)
+
+
+def test_weight_decay_groups() -> None:
+    model = CLIP(micro_config())
+    decayed, plain = param_groups(model, 0.2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain_names = {names[id(p)] for p in plain["params"]}
+    assert {"logit_scale", "text.token_embedding.weight", "text.positional_embedding", "visual.class_embedding",
+            "visual.positional_embedding", "visual.ln_pre.weight", "visual.conv1.weight"} - plain_names == {
+        "visual.conv1.weight"}
+    assert all(not no_decay(names[id(p)], p) for p in decayed["params"])
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in {names[id(p)] for p in decayed["params"]}
+
+
+def test_learning_rate_schedule() -> None:
+    assert learning_rate(0, 1.0, 10, 110) == pytest.approx(0.1)
+    assert learning_rate(9, 1.0, 10, 110) == pytest.approx(1.0)
+    assert learning_rate(60, 1.0, 10, 110) == pytest.approx(0.5)
+    assert learning_rate(110, 1.0, 10, 110) == pytest.approx(0.0)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return tiny_synth(tmp_path_factory.mktemp("synth"))
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_weights(synth, tmp_path) -> None:
+    full = train(TrainConfig.from_dict(tiny_train_config(synth, tmp_path / "a")), progress=False)
+    # Interrupted mid-epoch 1 (12 steps per run of 2 epochs x 6 steps), then resumed.
+    cfg_b = tiny_train_config(synth, tmp_path / "b", max_steps=8, save_every_steps=4)
+    part = train(TrainConfig.from_dict(cfg_b), progress=False)
+    assert part.stopped_early and part.state.step == 8
+    cfg_b.pop("max_steps")
+    resumed = train(TrainConfig.from_dict(cfg_b), resume="latest", progress=False)
+    assert resumed.state.step == full.state.step == 12
+    a, b = _weights(tmp_path / "a" / "model"), _weights(tmp_path / "b" / "model")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _corrupt_dataset(synth, root):
+    """A copy of the tiny dataset's CSV with every kind of bad sample mixed in."""
+    import csv
+    import shutil
+
+    rows = list(csv.DictReader(open(synth / "train.csv")))
+    (root / "bad").mkdir(parents=True)
+    shutil.copy(synth / rows[0]["image"], root / "bad" / "truncated.png")
+    data = (root / "bad" / "truncated.png").read_bytes()
+    (root / "bad" / "truncated.png").write_bytes(data[: len(data) // 2])
+    (root / "bad" / "zero.png").write_bytes(b"")
+    (root / "bad" / "corrupt.png").write_bytes(b"\x89PNG not really")
+    Image.new("RGB", (8, 8)).save(root / "bad" / "fine.png")
+    with open(root / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "caption"])
+        for r in rows:
+            w.writerow([str(synth / r["image"]), r["caption"]])
+        w.writerow(["bad/truncated.png", "a truncated image"])
+        w.writerow(["bad/zero.png", "a zero-byte image"])
+        w.writerow(["bad/corrupt.png", "a corrupt image"])
+        w.writerow(["bad/missing.png", "a missing image"])
+        w.writerow(["bad/fine.png", "   "])
+        w.writerow(["bad/fine.png", "a black square"])
+        w.writerow(["bad/fine.png"])  # too few fields
+    return root
+
+
+@pytest.mark.slow
+def test_bad_samples_are_skipped_and_counted(synth, tmp_path, capsys) -> None:
+    data = _corrupt_dataset(synth, tmp_path / "data")
+    cfg = tiny_train_config(data, tmp_path / "run", epochs=1)
+    cfg["data"]["train"] = str(data / "train.csv")
+    cfg["batch_size"] = 34  # 96 + 6 readable rows -> 3 steps, every row in a batch
+    result = train(TrainConfig.from_dict(cfg), progress=False)
+    assert result.state.step == 3
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped"] == {"unreadable image": 3, "missing image": 1, "empty caption": 1, "unreadable row": 1}
+    out = capsys.readouterr().out
+    assert "skipped samples: 6" in out and "zero.png" in out
+
+
+@pytest.mark.slow
+def test_nonfinite_losses_are_skipped_then_stop(synth, tmp_path, monkeypatch) -> None:
+    import clipforge.training.trainer as trainer_module
+
+    calls = {"n": 0}
+
+    def flaky_loss(img, txt, scale):
+        calls["n"] += 1
+        loss = clip_loss(img, txt, scale)
+        return loss * float("nan") if calls["n"] in (3,) or calls["n"] >= 6 else loss
+
+    monkeypatch.setattr(trainer_module, "clip_loss", flaky_loss)
+    cfg = tiny_train_config(synth, tmp_path / "run", epochs=3, save_every_steps=2, max_nonfinite_steps=3)
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
+        train(TrainConfig.from_dict(cfg), progress=False)
+    # Steps 3, 6, 7, 8 were non-finite and their updates skipped; the checkpoint of step 6 (end of
+    # epoch 0) holds good weights and loads.
+    import clipforge
+
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text()
+    assert latest == "step_0000006"
+    model = clipforge.load(tmp_path / "run" / "checkpoints" / latest / "model")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    state = json.loads((tmp_path / "run" / "checkpoints" / latest / "state.json").read_text())
+    assert state["nonfinite_steps"] == 2
+
+
+def test_config_errors_are_clear(tmp_path) -> None:
+    from clipforge.errors import ConfigError
+
+    (tmp_path / "c.yaml").write_text("optim:\n  lrr: 3\n")
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        TrainConfig.load(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="no training data"):
+        train(TrainConfig(), progress=False)
