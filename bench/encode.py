@@ -2,7 +2,9 @@
 
 Every combination of batch size (1, 8, 64), torch threads (1, 2) and precision (fp32, bf16
 autocast) is measured in one run; the ratio column compares each to fp32 at 1 thread with the
-same model, tower and batch (the baseline measured in the same run).
+same model, tower and batch (the baseline measured in the same run). A second table compares text
+encoding with clipforge's padding trim (exact: causal attention, pooled at the end token) against
+the untrimmed 77-token forward that open_clip runs, on captions of typical length.
 
     .venv/bin/python bench/encode.py            # full table
     .venv/bin/python bench/encode.py --quick    # batch 1 and 8 only
@@ -67,6 +69,38 @@ def main() -> None:
     print()
     print(markdown_table(["model", "tower", "batch", "threads", "precision", "items/s", "ms/batch",
                           "vs fp32 1 thread"], rows))
+    print()
+    print(trim_table(args.models, batches, args.threads, args.min_time))
+
+
+def trim_table(models: list[str], batches: list[int], threads_list: list[int], min_time: float) -> str:
+    """Text encoding of real captions (about 12 tokens) with and without the padding trim."""
+    from clipforge.tokenizer import BPETokenizer
+
+    tok = BPETokenizer()
+    captions = ["a photo of a small red circle in the top left corner of the image"] * 64
+    rows = []
+    for name in models:
+        torch.manual_seed(0)
+        model = CLIP(get_config(name)).eval()
+        for batch in batches:
+            tokens = tok(captions[:batch])
+            for threads in threads_list:
+                torch.set_num_threads(threads)
+                rates = {}
+                for trim in (False, True):
+                    model.text.trim_padding = trim
+
+                    def run(t=tokens, m=model) -> None:
+                        with torch.inference_mode():
+                            m.encode_text(t)
+
+                    rates[trim] = batch / timeit(run, min_time=min_time)
+                rows.append([name, batch, threads, f"{rates[False]:.1f}", f"{rates[True]:.1f}",
+                             f"{rates[True] / rates[False]:.2f}"])
+                print(" | ".join(str(c) for c in rows[-1]), flush=True)
+    return markdown_table(["model", "batch", "threads", "77 tokens (baseline) texts/s", "trimmed texts/s",
+                           "speed-up"], rows)
 
 
 if __name__ == "__main__":

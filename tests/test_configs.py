@@ -75,3 +75,18 @@ def test_unknown_config_key_is_named() -> None:
 def test_unknown_named_config() -> None:
     with pytest.raises(ConfigError, match="ViT-Z-99"):
         get_config("ViT-Z-99")
+
+
+def test_padding_trim_is_exact() -> None:
+    torch.manual_seed(0)
+    model = CLIP(get_config("tiny-vit-32")).eval()
+    tokens = torch.zeros(3, 77, dtype=torch.long)
+    for i, n in enumerate((4, 9, 15)):
+        tokens[i, :n] = torch.randint(1, 1000, (n,))
+        tokens[i, n] = 49407
+    with torch.no_grad():
+        model.text.trim_padding = False
+        full = model.encode_text(tokens)
+        model.text.trim_padding = True
+        trimmed = model.encode_text(tokens)
+    torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=1e-6)

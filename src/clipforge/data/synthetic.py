@@ -32,7 +32,7 @@ COLOURS = {
     "red": (215, 35, 35), "orange": (245, 135, 15), "yellow": (240, 215, 25), "green": (35, 160, 55),
     "cyan": (25, 195, 210), "blue": (35, 70, 215), "purple": (135, 50, 185), "pink": (245, 115, 185),
 }
-SIZES = {"small": 0.085, "large": 0.14}  # radius as a fraction of the side; fits a 3x3 cell
+SIZES = {"small": 0.1, "large": 0.155}  # radius as a fraction of the side; fits a 3x3 cell
 POSITIONS = ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right")
 _POSITION_PHRASES = {
     "top left": "in the top left", "top": "at the top", "top right": "in the top right",

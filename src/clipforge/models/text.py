@@ -31,6 +31,9 @@ class TextTransformer(nn.Module):
             config.width, config.layers, config.heads, config.mlp_ratio, activation
         )
         self.ln_final = nn.LayerNorm(config.width)
+        # Causal attention + pooling at the end token: positions after the batch's last end token
+        # cannot change the output, so they are not computed. Exact; off only to measure it.
+        self.trim_padding = True
         self.text_projection = nn.Parameter(torch.empty(config.width, output_dim))
         self.init_weights()
 
@@ -51,9 +54,13 @@ class TextTransformer(nn.Module):
                 f"text has {length} tokens but the model's context length is "
                 f"{self.config.context_length}"
             )
+        eot = tokens.argmax(dim=-1)
+        if self.trim_padding and n > 0:
+            length = int(eot.max()) + 1
+            tokens = tokens[:, :length]
         x = self.token_embedding(tokens) + self.positional_embedding[:length].to(
             self.token_embedding.weight.dtype
         )
         x = self.ln_final(self.transformer(x, causal=True))
-        pooled = x[torch.arange(n, device=x.device), tokens.argmax(dim=-1)]
+        pooled = x[torch.arange(n, device=x.device), eot]
         return pooled @ self.text_projection

@@ -1,0 +1,88 @@
+"""Two gloo processes give the same gradients (and training) as one process on the global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from helpers import micro_config, tiny_synth, tiny_train_config
+
+from clipforge.losses import clip_loss
+from clipforge.models import CLIP
+from clipforge.training.distributed import DistInfo, reduce_gradients
+from clipforge.training.step import contrastive_backward
+
+
+def _batch(n: int):
+    cfg = micro_config()
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(n, 3, 16, 16, generator=g, dtype=torch.float64)
+    tokens = torch.randint(1, cfg.text.vocab_size - 2, (n, cfg.text.context_length), generator=g)
+    tokens[:, 5] = cfg.text.vocab_size - 1
+    return images, tokens
+
+
+def _model() -> CLIP:
+    torch.manual_seed(0)
+    model = CLIP(micro_config()).double()
+    with torch.no_grad():
+        model.logit_scale.fill_(2.0)
+    return model
+
+
+def _worker(rank: int, world: int, init: str, out: str, micro: int | None) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = _model()
+    images, tokens = _batch(8)
+    per = 8 // world
+    sl = slice(rank * per, (rank + 1) * per)
+    info = DistInfo(rank, world, rank)
+    loss = contrastive_backward(model, images[sl], tokens[sl], clip_loss, micro, dist_info=info)
+    reduce_gradients(model, info)
+    if rank == 0:
+        torch.save({"loss": loss, **{n: p.grad for n, p in model.named_parameters()}}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("micro", [None, 2])
+def test_two_processes_equal_one(tmp_path, micro) -> None:
+    out = str(tmp_path / "grads.pt")
+    mp.spawn(_worker, args=(2, f"file://{tmp_path / 'store'}", out, micro), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    model = _model()
+    images, tokens = _batch(8)
+    loss = contrastive_backward(model, images, tokens, clip_loss)
+    torch.testing.assert_close(got["loss"], loss, rtol=1e-12, atol=0)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.slow
+def test_torchrun_training_matches_single_process(tmp_path) -> None:
+    """The whole trainer under torchrun with 2 gloo ranks ends with the single-process weights."""
+    import json
+
+    from safetensors.torch import load_file
+
+    data = tiny_synth(tmp_path / "data", n_train=64)
+    weights = {}
+    for world in (1, 2):
+        cfg = tiny_train_config(data, tmp_path / f"run{world}", epochs=1, micro_batch_size=4)
+        cfg_path = tmp_path / f"cfg{world}.json"
+        cfg_path.write_text(json.dumps(cfg))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CLIPFORGE_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-port",
+               str(29500 + os.getpid() % 1000 + world), "-m", "clipforge.cli.main", "train", "--config",
+               str(cfg_path), "--no-progress"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        weights[world] = load_file(str(tmp_path / f"run{world}" / "model" / "model.safetensors"))
+    for k in weights[1]:
+        torch.testing.assert_close(weights[2][k], weights[1][k], rtol=1e-4, atol=1e-5, msg=k)
