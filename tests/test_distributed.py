@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import micro_config, tiny_synth, tiny_train_config
 
 from clipforge.losses import clip_loss
 from clipforge.models import CLIP
 from clipforge.training.distributed import DistInfo, reduce_gradients
 from clipforge.training.step import contrastive_backward
+from helpers import micro_config, tiny_synth, tiny_train_config
 
 
 def _batch(n: int):

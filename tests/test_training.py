@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from helpers import micro_config, tiny_synth, tiny_train_config
 from PIL import Image
 
 from clipforge.losses import clip_loss
@@ -15,6 +14,7 @@ from clipforge.training.config import TrainConfig
 from clipforge.training.optim import learning_rate, no_decay, param_groups
 from clipforge.training.step import contrastive_backward
 from clipforge.training.trainer import TrainingDiverged, train
+from helpers import micro_config, tiny_synth, tiny_train_config
 
 
 def _batch(n: int, cfg, seed: int = 0):
@@ -113,7 +113,8 @@ def _corrupt_dataset(synth, root):
     import csv
     import shutil
 
-    rows = list(csv.DictReader(open(synth / "train.csv")))
+    with open(synth / "train.csv") as f:
+        rows = list(csv.DictReader(f))
     (root / "bad").mkdir(parents=True)
     shutil.copy(synth / rows[0]["image"], root / "bad" / "truncated.png")
     data = (root / "bad" / "truncated.png").read_bytes()

@@ -33,7 +33,8 @@ def embed_images(
 
     Returns (features [M, D], indices [M] of the images they belong to, skipped images).
     """
-    ds = PairDataset([Pair(p, "-") for p in paths], model.preprocess, lambda t: torch.zeros(len(t), 1, dtype=torch.long))
+    no_tokens = lambda texts: torch.zeros(len(texts), 1, dtype=torch.long)  # noqa: E731 - images only
+    ds = PairDataset([Pair(p, "-") for p in paths], model.preprocess, no_tokens)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     feats, idx, skipped = [], [], []
     for batch in loader:

@@ -20,7 +20,8 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom:
 table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 0.25em 0.7em; border: 1px solid #ddd; }
 th { background: #f4f4f4; } .num { text-align: right; font-variant-numeric: tabular-nums; }
 .grid { display: flex; flex-wrap: wrap; gap: 6px; align-items: flex-start; }
-.card { font-size: 0.8em; text-align: center; width: 96px; } .card img { width: 96px; height: 96px; image-rendering: pixelated; }
+.card { font-size: 0.8em; text-align: center; width: 96px; }
+.card img { width: 96px; height: 96px; image-rendering: pixelated; }
 .hit { outline: 3px solid #2a2; } .miss { outline: 3px solid #ccc; } .muted { color: #777; }
 .headline { font-size: 1.1em; background: #f7f7f2; padding: 0.6em 1em; border-left: 4px solid #884; }
 """

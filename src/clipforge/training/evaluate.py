@@ -8,7 +8,13 @@ import torch
 
 from clipforge.data.pairs import read_csv_pairs, read_pairs
 from clipforge.errors import ConfigError
-from clipforge.evaluation import classification_metrics, embed_images, embed_texts, retrieval_metrics, zero_shot_classifier
+from clipforge.evaluation import (
+    classification_metrics,
+    embed_images,
+    embed_texts,
+    retrieval_metrics,
+    zero_shot_classifier,
+)
 from clipforge.models.clip import CLIP
 from clipforge.training.config import TrainConfig, ZeroShotSet
 
