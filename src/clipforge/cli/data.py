@@ -18,6 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--val", type=int, default=1000, help="validation scenes")
     s.add_argument("--zeroshot-per-class", type=int, default=10, help="zero-shot images per (shape, colour)")
     s.set_defaults(func=run_synth)
+    k = dsub.add_parser("pack", help="write webdataset shards from a CSV/TSV or a captioned image folder")
+    k.add_argument("source", help="CSV/TSV file or folder of x.jpg + x.txt")
+    k.add_argument("out", help="output folder for shard-000000.tar ... and shards.json")
+    k.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    k.add_argument("--image-column", default="image")
+    k.add_argument("--caption-column", default="caption")
+    k.add_argument("--separator", default=None)
+    k.set_defaults(func=run_pack)
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -25,4 +33,23 @@ def run_synth(args: argparse.Namespace) -> int:
                       n_zeroshot_per_class=args.zeroshot_per_class)
     out = write_dataset(args.out, cfg)
     print(f"wrote synthetic dataset to {out} (train.csv, val.csv, zeroshot_seen.csv, zeroshot_heldout.csv)")
+    return 0
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from clipforge.data.pairs import read_pairs
+    from clipforge.data.shards import pack_shards
+
+    pairs, skipped = read_pairs(args.source, args.image_column, args.caption_column, args.separator)
+    shards, more = pack_shards(pairs, args.out, shard_size=args.shard_size)
+    skipped += more
+    n = len(pairs) - len(more)
+    print(f"wrote {n} samples in {len(shards)} shards to {args.out}")
+    if skipped:
+        counts = Counter(s.reason for s in skipped)
+        print("skipped: " + ", ".join(f"{r}: {c}" for r, c in counts.items()) + f" (e.g. {skipped[0].source})")
+    if shards:
+        print(f"train on them with data.train={args.out}/shard-{{000000..{len(shards) - 1:06d}}}.tar")
     return 0

@@ -9,6 +9,7 @@ empty caption), so a long job goes on and reports what it skipped.
 from __future__ import annotations
 
 import csv
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,11 @@ class Skipped:
     reason: str
     source: str
     detail: str = ""
+
+
+def sample_seed(seed: int, epoch: int, key: object) -> int:
+    """A seed for one sample's augmentation, stable across processes (unlike ``hash`` of a str)."""
+    return zlib.crc32(f"{seed}/{epoch}/{key}".encode()) & 0x7FFFFFFF
 
 
 @dataclass
@@ -143,7 +149,7 @@ class PairDataset(Dataset):
         try:
             gen = None
             if self.train:
-                gen = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+                gen = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
             image = self.preprocess(pair.image, train=self.train, generator=gen)
         except ImageReadError as e:
             reason = "missing image" if "no such image file" in str(e) else "unreadable image"

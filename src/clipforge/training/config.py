@@ -37,12 +37,16 @@ class ZeroShotSet:
 
 @dataclass
 class DataConfig:
-    train: str = opt("", "training pairs: a CSV/TSV file or a folder of images with same-named .txt captions")
+    train: str = opt("", "training pairs: a CSV/TSV file, a folder of images with same-named .txt captions, "
+                     "or webdataset shards (data/shard-{000000..000009}.tar; sources joined with ::)")
     val: str | None = opt(None, "validation pairs for retrieval recall (same formats)")
     image_column: str = opt("image", "CSV column with image paths (relative to the CSV file)")
     caption_column: str = opt("caption", "CSV column with captions")
     separator: str | None = opt(None, "CSV field separator (default: ',' or tab for .tsv)")
     workers: int = opt(0, "data-loading worker processes (0: load in the training process)")
+    train_samples: int | None = opt(None, "shards: samples per epoch (default: from shards.json beside the shards)")
+    shuffle_buffer: int = opt(1000, "shards: samples held in the shuffle buffer")
+    resampled: bool = opt(False, "shards: draw shards with replacement (multi-epoch / multi-source mixing)")
     zeroshot: list[ZeroShotSet] = opt([], "labelled sets evaluated zero-shot after each epoch")
 
 

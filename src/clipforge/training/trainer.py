@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from clipforge.checkpoints.load import build, load
 from clipforge.checkpoints.native import save as save_model
 from clipforge.data.pairs import PairDataset, Skipped, collate, read_pairs
+from clipforge.data.shards import ShardDataset, count_samples, is_shard_source, iter_captions
 from clipforge.errors import ClipforgeError, ConfigError
 from clipforge.losses.clip import clip_loss
 from clipforge.models.clip import CLIP
@@ -88,15 +89,25 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     run_dir = Path(config.out_dir)
     device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
 
-    pairs, read_skips = read_pairs(config.data.train, config.data.image_column, config.data.caption_column,
-                                   config.data.separator)
+    shards = is_shard_source(config.data.train)
+    if shards:
+        pairs, read_skips = [], []
+        n_samples = config.data.train_samples or count_samples(config.data.train)
+        if not n_samples:
+            raise ConfigError(f"{config.data.train}: no shards.json beside the shards to count samples; "
+                              "set data.train_samples")
+    else:
+        pairs, read_skips = read_pairs(config.data.train, config.data.image_column, config.data.caption_column,
+                                       config.data.separator)
+        n_samples = len(pairs)
     torch.manual_seed(config.seed)
     if resume:
         ckpt = resolve_checkpoint(run_dir, resume)
         model = load(ckpt / "model").train()
     else:
         ckpt = None
-        tokenizer = build_tokenizer(config, [p.caption for p in pairs])
+        captions = list(iter_captions(config.data.train)) if shards else [p.caption for p in pairs]
+        tokenizer = build_tokenizer(config, captions)
         model = build_model(config, tokenizer)
         model.tokenizer = tokenizer
     model.to(device)
@@ -117,8 +128,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "train_config.json")
 
-    dataset = PairDataset(pairs, model.preprocess, model.tokenizer, train=True, seed=config.seed)
-    per_epoch = steps_per_epoch(len(pairs), config.batch_size)
+    per_epoch = steps_per_epoch(n_samples, config.batch_size)
+    batches_of = _epoch_batches(config, pairs, model, info, per_epoch)
     total_steps = per_epoch * config.epochs  # the schedule's length; max_steps only stops early
     writer = _tensorboard(run_dir, config) if info.is_main else None
     log_path = run_dir / "metrics.jsonl"
@@ -131,13 +142,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
                       "{task.fields[rate]} samples/s") as bar:
         bar.update(completed=state.step, loss="-", lr="-", temp="-", rate="-")
         while state.epoch < config.epochs:
-            dataset.set_epoch(state.epoch)
-            batches = epoch_batches(len(pairs), config.batch_size, config.seed, state.epoch, info.rank,
-                                    info.world_size, start=state.batch_in_epoch)
-            loader = DataLoader(dataset, batch_sampler=batches, num_workers=config.data.workers, collate_fn=collate,
-                                persistent_workers=False)
             t0, seen0 = time.perf_counter(), state.samples_seen
-            for batch in loader:
+            for batch in batches_of(state.epoch, state.batch_in_epoch):
                 _count_skips(batch.skipped, state, skip_examples)
                 lr = learning_rate(state.step, opt.lr, opt.warmup_steps, total_steps, opt.schedule)
                 for group in optimizer.param_groups:
@@ -206,6 +212,49 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     if writer is not None:
         writer.close()
     return TrainResult(model.eval(), state, run_dir / "model", stopped_early)
+
+
+def _epoch_batches(config: TrainConfig, pairs: list, model: CLIP, info: D.DistInfo, per_epoch: int):
+    """A function (epoch, first batch) -> this rank's batches of that epoch, for files or shards."""
+    workers = config.data.workers
+    if not is_shard_source(config.data.train):
+        dataset = PairDataset(pairs, model.preprocess, model.tokenizer, train=True, seed=config.seed)
+
+        def from_files(epoch: int, start: int):
+            dataset.set_epoch(epoch)
+            batches = epoch_batches(len(pairs), config.batch_size, config.seed, epoch, info.rank, info.world_size,
+                                    start=start)
+            yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate)
+
+        return from_files
+
+    if config.batch_size % info.world_size:
+        raise ConfigError(f"batch_size={config.batch_size} must be divisible by the number of processes "
+                          f"({info.world_size})")
+    per_rank = config.batch_size // info.world_size
+    stream = ShardDataset(config.data.train, model.preprocess, model.tokenizer, train=True, seed=config.seed,
+                          shuffle_buffer=config.data.shuffle_buffer, resampled=config.data.resampled,
+                          rank=info.rank, world_size=info.world_size, batch_size=per_rank)
+
+    def from_shards(epoch: int, start: int):
+        # An epoch is per_epoch batches (train_samples / batch_size), as open_clip counts it; a
+        # stream that ends early starts its next pass.
+        stream.set_epoch(epoch, start)
+        done, passes = start, 0
+        while done < per_epoch:
+            got = 0
+            for batch in DataLoader(stream, batch_size=per_rank, num_workers=workers, collate_fn=collate):
+                yield batch
+                got += 1
+                done += 1
+                if done >= per_epoch:
+                    return
+            passes += 1
+            if got == 0 or passes > 100:
+                raise ConfigError(f"{config.data.train}: the shards yield no batches of {per_rank} for this process")
+            stream.set_epoch(epoch + 10_000 * passes, 0)
+
+    return from_shards
 
 
 def _count_skips(skipped: list[Skipped], state: TrainState, examples: dict[str, list[str]]) -> None:
