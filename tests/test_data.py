@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-from helpers import tiny_synth, tiny_train_config
 
 from clipforge.cli.main import main
 from clipforge.data.pairs import DataError, PairDataset, Sample, read_csv_pairs, read_pairs
@@ -17,6 +16,7 @@ from clipforge.images import Preprocess
 from clipforge.tokenizer import BPETokenizer
 from clipforge.training.config import TrainConfig
 from clipforge.training.trainer import train
+from helpers import tiny_synth, tiny_train_config
 
 
 @pytest.fixture(scope="module")

@@ -47,20 +47,22 @@ def tokenizer_from_dict(d: dict[str, Any] | None, folder: Path | None) -> Any:
     """Build the tokenizer a config names (``None`` when the model has none)."""
     if not d:
         return None
-    from clipforge.tokenizer import BPETokenizer, TrainedBPETokenizer
+    from clipforge.tokenizer import BPETokenizer, HFTokenizer, TrainedBPETokenizer
 
     kind = d.get("type")
     ctx = d.get("context_length", 77)
     if kind == "openai_bpe":
         return BPETokenizer(context_length=ctx)
-    if kind == "bpe":
+    if kind in ("bpe", "hf"):
         if folder is None:
             raise CheckpointError("a trained tokenizer needs the model folder to load from")
         path = folder / d.get("file", TOKENIZER_FILE)
         if not path.is_file():
             raise CheckpointError(f"{path}: the model's tokenizer file is missing")
+        if kind == "hf":
+            return HFTokenizer.load(path, ctx, d.get("pad_token_id", 0))
         return TrainedBPETokenizer.load(path, ctx)
-    raise CheckpointError(f"unknown tokenizer type {kind!r} (expected 'openai_bpe' or 'bpe')")
+    raise CheckpointError(f"unknown tokenizer type {kind!r} (expected 'openai_bpe', 'bpe' or 'hf')")
 
 
 def save(model: CLIP, out_dir: str | Path) -> Path:
@@ -72,7 +74,7 @@ def save(model: CLIP, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_safetensors(model.state_dict(), out / WEIGHTS_FILE, metadata={"format": "pt"})
-    if model.tokenizer is not None and getattr(model.tokenizer, "kind", None) == "bpe":
+    if model.tokenizer is not None and getattr(model.tokenizer, "kind", None) in ("bpe", "hf"):
         model.tokenizer.save(out / TOKENIZER_FILE)
     cfg = {
         "format": FORMAT,

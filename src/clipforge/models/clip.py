@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.models.config import CLIPConfig, ResNetConfig
+from clipforge.models.config import CLIPConfig, HFTextConfig, ResNetConfig
 from clipforge.models.resnet import ModifiedResNet
 from clipforge.models.text import TextTransformer
 from clipforge.models.vit import VisionTransformer
@@ -42,7 +42,12 @@ class CLIP(nn.Module):
             self.visual: nn.Module = ModifiedResNet(config.vision, config.embed_dim)
         else:
             self.visual = VisionTransformer(config.vision, config.embed_dim, act)
-        self.text = TextTransformer(config.text, config.embed_dim, act)
+        if isinstance(config.text, HFTextConfig):
+            from clipforge.models.hf_text import HFTextTower
+
+            self.text: nn.Module = HFTextTower(config.text, config.embed_dim)
+        else:
+            self.text = TextTransformer(config.text, config.embed_dim, act)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.tokenizer: Any = None
         from clipforge.images.preprocess import Preprocess

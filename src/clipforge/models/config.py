@@ -110,6 +110,38 @@ class TextConfig:
             raise ConfigError(f"text.width={self.width} is not a multiple of text.heads={self.heads}")
 
 
+@dataclass(frozen=True)
+class HFTextConfig:
+    """A pretrained Hugging Face encoder as the text tower (ConVIRT / LiT style).
+
+    Attributes:
+        hf_config: the encoder's ``config.json`` as a dict, so a saved model rebuilds without the
+            original folder (``from_pretrained`` is only used when starting training).
+        source: where the pretrained weights were read from (informational).
+        pooling: ``"mean"`` (over non-padding tokens), ``"max"`` or ``"cls"`` (first token).
+        proj: ``"linear"`` or ``"mlp"`` (hidden width (d + embed_dim) / 2, GELU), both without bias.
+        context_length: tokens per text.
+        pad_token_id: padding id (masked out of attention and pooling).
+    """
+
+    hf_config: dict = field(default_factory=dict)
+    source: str = ""
+    pooling: Literal["mean", "max", "cls"] = "mean"
+    proj: Literal["linear", "mlp"] = "mlp"
+    context_length: int = 77
+    pad_token_id: int = 0
+    type: Literal["hf"] = "hf"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("mean", "max", "cls"):
+            raise ConfigError(f"text.pooling must be 'mean', 'max' or 'cls', got {self.pooling!r}")
+        if self.proj not in ("linear", "mlp"):
+            raise ConfigError(f"text.proj must be 'linear' or 'mlp', got {self.proj!r}")
+
+    def __hash__(self) -> int:  # hf_config is a dict
+        return hash((self.source, self.pooling, self.proj, self.context_length))
+
+
 VisionConfig = ViTConfig | ResNetConfig
 
 
@@ -128,7 +160,7 @@ class CLIPConfig:
 
     embed_dim: int = 512
     vision: VisionConfig = field(default_factory=ViTConfig)
-    text: TextConfig = field(default_factory=TextConfig)
+    text: TextConfig | HFTextConfig = field(default_factory=TextConfig)
     activation: Activation = "quick_gelu"
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = 100.0
@@ -157,10 +189,11 @@ class CLIPConfig:
         if vcls is None:
             raise ConfigError(f"vision.type must be 'vit' or 'resnet', got {kind!r}")
         text = dict(d.pop("text", {}))
+        tcls: type = HFTextConfig if text.get("type") == "hf" else TextConfig
         _check_keys(vcls, vision, "vision")
-        _check_keys(TextConfig, text, "text")
+        _check_keys(tcls, text, "text")
         _check_keys(cls, d, "model", ignore={"vision", "text"})
-        return cls(vision=vcls(**vision), text=TextConfig(**text), **d)
+        return cls(vision=vcls(**vision), text=tcls(**text), **d)
 
     @classmethod
     def from_json(cls, path_or_text: str | Path) -> CLIPConfig:

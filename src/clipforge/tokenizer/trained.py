@@ -85,3 +85,46 @@ class TrainedBPETokenizer:
 
     def to_dict(self) -> dict:
         return {"type": self.kind, "context_length": self.context_length, "file": "tokenizer.json"}
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json`` (e.g. BERT's WordPiece) with clipforge's call convention.
+
+    Callable: list of strings -> int64 [N, context_length], with the tokenizer's own special
+    tokens ([CLS] ... [SEP]), truncated and padded with its pad id.
+    """
+
+    kind = "hf"
+
+    def __init__(self, tokenizer: Tokenizer, context_length: int = 77, pad_token_id: int = 0) -> None:
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.pad_token_id = pad_token_id
+        self.vocab_size = tokenizer.get_vocab_size()
+        tokenizer.enable_truncation(max_length=context_length)
+        tokenizer.enable_padding(length=context_length, pad_id=pad_token_id)
+
+    @classmethod
+    def load(cls, path: str | Path, context_length: int = 77, pad_token_id: int = 0) -> HFTokenizer:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise ConfigError(f"{path}: tokenizer file not found")
+        return cls(Tokenizer.from_file(str(path)), context_length, pad_token_id)
+
+    def save(self, path: str | Path) -> None:
+        self.tokenizer.save(str(path))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        ids = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "context_length": self.context_length, "file": "tokenizer.json",
+                "pad_token_id": self.pad_token_id}

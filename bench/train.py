@@ -1,0 +1,114 @@
+"""Training throughput: clipforge's training step vs a plain reference loop, same model, same run.
+
+The reference is the loop a user would write (forward both towers, CLIP loss from
+``F.cross_entropy`` on the logits, backward, AdamW step). clipforge's step is the trainer's
+(``contrastive_backward`` + gradient clipping + AdamW + temperature clamp), with the full batch and
+with exact micro-batching (GradCache). Each configuration runs in a fresh process, so "peak RSS"
+is that configuration's own peak resident memory; "loss MB" is the size of the loss's N x N
+tensors (logits and their gradients, both directions), which micro-batching does not shrink.
+
+    .venv/bin/python bench/train.py                 # demo model (64 px ViT), batch 128
+    .venv/bin/python bench/train.py --batch 256 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _model(vocab: int = 512, context: int = 32):
+    from clipforge.models import CLIP, CLIPConfig, get_config
+
+    d = get_config("tiny-vit-32").to_dict()
+    d["vision"].update(image_size=64, patch_size=8)
+    d["text"].update(vocab_size=vocab, context_length=context)
+    return CLIP(CLIPConfig.from_dict(d))
+
+
+def _worker(kind: str, threads: int, batch: int, steps: int, micro: int | None, q: mp.Queue) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from clipforge.losses import clip_loss
+    from clipforge.training.optim import param_groups
+    from clipforge.training.step import contrastive_backward
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = _model().train()
+    images = torch.randn(batch, 3, 64, 64)
+    tokens = torch.randint(1, 500, (batch, 32))
+    tokens[:, 12] = 511
+    if kind == "reference":
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step() -> None:
+            opt.zero_grad()
+            img = F.normalize(model.visual(images), dim=-1)
+            txt = F.normalize(model.text(tokens), dim=-1)
+            logits = model.logit_scale.exp() * img @ txt.T
+            labels = torch.arange(batch)
+            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            loss.backward()
+            opt.step()
+    else:
+        opt = torch.optim.AdamW(param_groups(model, 0.2), lr=1e-4)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            contrastive_backward(model, images, tokens, clip_loss, micro)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            model.clamp_logit_scale_()
+
+    step()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sec = (time.perf_counter() - t0) / steps
+    q.put((batch / sec, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def measure(kind: str, threads: int, batch: int, steps: int, micro: int | None) -> tuple[float, float]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_worker, args=(kind, threads, batch, steps, micro, q))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
+def main() -> None:
+    from common import machine, markdown_table
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    args = parser.parse_args()
+    print(f"machine: {machine()}\n")
+    loss_mb = 4 * 4 * args.batch * args.batch / 2**20  # fp32 logits + grads, two directions
+    rows = []
+    for threads in args.threads:
+        base, _ = None, None
+        for kind, micro in (("reference", None), ("clipforge", None), ("clipforge", args.batch // 4)):
+            rate, rss = measure(kind, threads, args.batch, args.steps, micro)
+            base = base or rate
+            label = kind if micro is None else f"{kind}, micro-batch {micro}"
+            rows.append([label, threads, args.batch, f"{rate:.1f}", f"{rate / base:.2f}", f"{rss:.0f}",
+                         f"{loss_mb:.2f}"])
+            print(" | ".join(str(c) for c in rows[-1]), flush=True)
+    print()
+    print(markdown_table(["loop", "threads", "batch", "samples/s", "vs reference", "peak RSS MB", "loss MB"], rows))
+
+
+if __name__ == "__main__":
+    main()
