@@ -23,21 +23,23 @@ TEMPLATES = ["{article} {}", "there is {article} {}", "a picture of {article} {}
              "{article} {} on a textured background"]
 
 
-def demo_config(data_dir: Path, run_dir: Path, epochs: int = 10) -> TrainConfig:
-    """The demo's training setup: a small ViT on 64x64 scenes with a BPE learned on the captions."""
+DEMO_MODEL = {"name": "tiny-rn-64", "overrides": {"vision": {"width": 16, "head_width": 16}}}
+
+
+def demo_config(data_dir: Path, run_dir: Path, epochs: int = 10, model: dict | None = None) -> TrainConfig:
+    """The demo's training setup: a small CLIP on 64x64 scenes with a BPE learned on the captions."""
     zs = [{"name": split, "csv": str(data_dir / f"zeroshot_{split}.csv"), "classes": class_names(),
            "templates": TEMPLATES} for split in ("seen", "heldout")]
     return TrainConfig.from_dict({
         "data": {"train": str(data_dir / "train.csv"), "val": str(data_dir / "val.csv"), "zeroshot": zs},
-        "model": {"name": "tiny-vit-32", "tokenizer": "train", "vocab_size": 512, "context_length": 32,
-                  "overrides": {"vision": {"image_size": 64, "patch_size": 8}}},
+        "model": {"tokenizer": "train", "vocab_size": 512, "context_length": 32, **(model or DEMO_MODEL)},
         "optim": {"lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 50},
         "epochs": epochs, "batch_size": 128, "out_dir": str(run_dir), "log_every_steps": 10, "seed": 0,
     })
 
 
 def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 10, progress: bool = True,
-             command: str = "make demo") -> dict[str, Any]:
+             command: str = "make demo", model: dict | None = None) -> dict[str, Any]:
     from clipforge.checkpoints import load
     from clipforge.report.demo_report import build_demo_report
     from clipforge.training.checkpoint import TrainState
@@ -55,7 +57,7 @@ def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 10
         print(f"[1/3] reusing the synthetic dataset in {data_dir}", flush=True)
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    config = demo_config(data_dir, run_dir, epochs)
+    config = demo_config(data_dir, run_dir, epochs, model)
     print(f"[2/3] training a {config.model.name}-based CLIP for {epochs} epochs on the CPU", flush=True)
     t1 = time.perf_counter()
     result = train(config, progress=progress)

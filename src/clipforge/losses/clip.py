@@ -24,8 +24,10 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
         logit_scale: the exponentiated scale (1 / temperature), a scalar tensor.
     """
     logits = logit_scale * image_features @ text_features.T
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # the softmax in half precision loses too much
     targets = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits.float(), targets) + F.cross_entropy(logits.T.float(), targets)) / 2
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
 class CLIPLoss(nn.Module):
