@@ -38,5 +38,6 @@ class InfoNCELoss(nn.Module):
         super().__init__()
         self.temperature, self.normalize = temperature, normalize
 
-    def forward(self, query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, positive: torch.Tensor,
+                negatives: torch.Tensor | None = None) -> torch.Tensor:
         return info_nce(query, positive, negatives, self.temperature, self.normalize)

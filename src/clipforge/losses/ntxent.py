@@ -52,7 +52,8 @@ class NTXentLoss(nn.Module):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
         if labels is not None:
             return supervised_nt_xent(z1, labels, self.temperature)
         if z2 is None:
