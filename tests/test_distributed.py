@@ -86,3 +86,63 @@ def test_torchrun_training_matches_single_process(tmp_path) -> None:
         weights[world] = load_file(str(tmp_path / f"run{world}" / "model" / "model.safetensors"))
     for k in weights[1]:
         torch.testing.assert_close(weights[2][k], weights[1][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+# --- the loss library's distributed forms ---------------------------------------------------
+
+def _loss_setup(dtype=torch.float64):
+    g = torch.Generator().manual_seed(3)
+    inputs = torch.randn(8, 6, generator=g, dtype=dtype)
+    texts = torch.randn(8, 6, generator=g, dtype=dtype)
+    w = torch.randn(6, 4, generator=g, dtype=dtype)
+    return inputs, texts, w
+
+
+def _loss_value(kind: str, mode: str | None, img, txt, log_scale, bias):
+    from clipforge.losses import clip_loss, siglip_loss
+    from clipforge.losses.distributed import distributed_clip_loss, distributed_siglip_loss
+
+    if mode is None:
+        return clip_loss(img, txt, log_scale.exp()) if kind == "clip" else siglip_loss(img, txt, log_scale.exp(), bias)
+    if kind == "clip":
+        return distributed_clip_loss(img, txt, log_scale.exp(), mode=mode, tiled=(mode == "gather"))
+    return distributed_siglip_loss(img, txt, log_scale.exp(), bias, mode=mode)
+
+
+def _loss_worker(rank: int, world: int, init: str, out: str, kind: str, mode: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    inputs, texts, w = _loss_setup()
+    w = w.clone().requires_grad_()
+    log_scale = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+    sl = slice(rank * 4, (rank + 1) * 4)
+    img = torch.nn.functional.normalize(inputs[sl] @ w, dim=-1)
+    txt = torch.nn.functional.normalize(texts[sl] @ w, dim=-1)
+    _loss_value(kind, mode, img, txt, log_scale, bias).backward()
+    for t in (w, log_scale, bias):  # what DDP does: average the gradients over ranks
+        g = t.grad if t.grad is not None else torch.zeros_like(t)
+        dist.all_reduce(g)
+        t.grad = g / world
+    if rank == 0:
+        torch.save({"w": w.grad, "scale": log_scale.grad, "bias": bias.grad}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "mode"), [("clip", "gather"), ("clip", "local"), ("siglip", "gather"),
+                                            ("siglip", "local")])
+def test_distributed_losses_equal_one_process(tmp_path, kind, mode) -> None:
+    out = str(tmp_path / "g.pt")
+    mp.spawn(_loss_worker, args=(2, f"file://{tmp_path / 'store'}", out, kind, mode), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    inputs, texts, w = _loss_setup()
+    w.requires_grad_()
+    log_scale = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+    img = torch.nn.functional.normalize(inputs @ w, dim=-1)
+    txt = torch.nn.functional.normalize(texts @ w, dim=-1)
+    _loss_value(kind, None, img, txt, log_scale, bias).backward()
+    torch.testing.assert_close(got["w"], w.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got["scale"], log_scale.grad, rtol=1e-9, atol=1e-12)
+    if kind == "siglip":
+        torch.testing.assert_close(got["bias"], bias.grad, rtol=1e-9, atol=1e-12)
