@@ -58,7 +58,8 @@ def mean_nonzero(xs):
 def test_pair_loss_loop() -> None:
     pos, neg = pairs()
     for pm, nm in ((0.0, 1.0), (0.3, 0.9)):
-        ref = mean_nonzero([max(0, d(i, j) - pm) for i, j in pos]) + mean_nonzero([max(0, nm - d(i, j)) for i, j in neg])
+        ref = mean_nonzero([max(0, d(i, j) - pm) for i, j in pos])
+        ref += mean_nonzero([max(0, nm - d(i, j)) for i, j in neg])
         assert ContrastivePairLoss(pm, nm)(X, Y).item() == pytest.approx(ref, abs=1e-12)
 
 

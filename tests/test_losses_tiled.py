@@ -26,10 +26,7 @@ def _grads(loss, *leaves):
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_tiled_clip_equals_naive_float64(n, tile, symmetric) -> None:
     x, y, ls = _inputs(n, 8)
-    if symmetric:
-        naive = clip_loss(x, y, ls.exp())
-    else:
-        naive = F.cross_entropy(ls.exp() * x @ y.T, torch.arange(n))
+    naive = clip_loss(x, y, ls.exp()) if symmetric else F.cross_entropy(ls.exp() * x @ y.T, torch.arange(n))
     tiled = tiled_clip_loss(x, y, ls.exp(), tile=tile, symmetric=symmetric)
     torch.testing.assert_close(tiled, naive, rtol=1e-6, atol=0)
     for a, b in zip(_grads(tiled, x, y, ls), _grads(naive, x, y, ls)):
