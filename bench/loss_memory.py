@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import resource
 import sys
 import time
@@ -66,6 +67,9 @@ def _worker(kind: str, n: int, d: int, threads: int, limit_gb: float, q: mp.Queu
 
 
 def measure(kind: str, n: int, d: int, threads: int, limit_gb: float):
+    # Every allocation over 64 KB is its own mmap, returned to the system when freed: resident
+    # memory then follows the live tensors, and peak RSS - baseline is the loss's own peak.
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_worker, args=(kind, n, d, threads, limit_gb, q))

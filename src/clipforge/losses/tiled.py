@@ -31,6 +31,11 @@ def _full_precision(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in ts)
 
 
+def _rowwise_dot(x: torch.Tensor, y: torch.Tensor, tile: int) -> torch.Tensor:
+    """sum(x * y, dim=1) without an N x D temporary."""
+    return torch.cat([(x[i0:i1] * y[i0:i1]).sum(dim=1) for i0, i1 in _blocks(x.shape[0], tile)])
+
+
 def _blocks(n: int, tile: int) -> list[tuple[int, int]]:
     return [(i, min(i + tile, n)) for i in range(0, n, tile)]
 
@@ -48,7 +53,7 @@ class _TiledCLIP(torch.autograd.Function):
                 lse_r[i0:i1] = torch.logaddexp(lse_r[i0:i1], torch.logsumexp(logits, dim=1))
                 if symmetric:
                     lse_c[j0:j1] = torch.logaddexp(lse_c[j0:j1], torch.logsumexp(logits, dim=0))
-        diag = (x * y).sum(dim=1)
+        diag = _rowwise_dot(x, y, tile)
         if symmetric:
             loss = (lse_r.sum() + lse_c.sum() - 2 * scale * diag.sum()) / (2 * n)
         else:
@@ -65,20 +70,24 @@ class _TiledCLIP(torch.autograd.Function):
         gs = torch.zeros((), dtype=x.dtype, device=x.device)
         for i0, i1 in _blocks(n, ctx.tile):
             for j0, j1 in _blocks(n, ctx.tile):
+                # Three tile-sized buffers at most, updated in place.
                 sims = x[i0:i1] @ y[j0:j1].T
-                logits = scale * sims
-                p = torch.exp(logits - lse_r[i0:i1, None])
+                p = torch.mul(sims, scale)
                 if ctx.symmetric:
-                    p = p + torch.exp(logits - lse_c[None, j0:j1])
-                gx[i0:i1] += p @ y[j0:j1]
-                gy[j0:j1] += p.T @ x[i0:i1]
-                gs += (p * sims).sum()
+                    q = (p - lse_c[None, j0:j1]).exp_()
+                    p.sub_(lse_r[i0:i1, None]).exp_().add_(q)
+                    del q
+                else:
+                    p.sub_(lse_r[i0:i1, None]).exp_()
+                gx[i0:i1].addmm_(p, y[j0:j1])
+                gy[j0:j1].addmm_(p.T, x[i0:i1])
+                gs += p.mul_(sims).sum()
         k = 2.0 if ctx.symmetric else 1.0
-        gx = (gx - k * y) * scale
-        gy = (gy - k * x) * scale
-        gs = gs - k * diag.sum()
         norm = grad / (k * n)
-        return gx * norm, gy * norm, (gs * norm).reshape(scale.shape), None, None
+        gx.sub_(y, alpha=k).mul_(scale * norm)
+        gy.sub_(x, alpha=k).mul_(scale * norm)
+        gs = (gs - k * diag.sum()) * norm
+        return gx, gy, gs.reshape(scale.shape), None, None
 
 
 def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
@@ -103,7 +112,7 @@ class _TiledSigLIP(torch.autograd.Function):
             for j0, j1 in _blocks(n, tile):
                 z = scale * (x[i0:i1] @ y[j0:j1].T) + bias
                 total = total - F.logsigmoid(-z).sum()  # every pair as a negative ...
-        diag = (x * y).sum(dim=1)
+        diag = _rowwise_dot(x, y, tile)
         zd = scale * diag + bias
         total = total + F.logsigmoid(-zd).sum() - F.logsigmoid(zd).sum()  # ... then fix the diagonal
         ctx.save_for_backward(x, y, scale, bias)
@@ -120,18 +129,17 @@ class _TiledSigLIP(torch.autograd.Function):
         for i0, i1 in _blocks(n, ctx.tile):
             for j0, j1 in _blocks(n, ctx.tile):
                 sims = x[i0:i1] @ y[j0:j1].T
-                z = scale * sims + bias
-                g = torch.sigmoid(z)  # d/dz of -log sigma(-z)
+                g = torch.mul(sims, scale).add_(bias).sigmoid_()  # d/dz of -log sigma(-z)
                 if i0 == j0:  # diagonal pairs are positives: d/dz of -log sigma(z) = sigma(z) - 1
-                    idx = torch.arange(i1 - i0, device=x.device)
-                    g[idx, idx] -= 1
-                gx[i0:i1] += g @ y[j0:j1]
-                gy[j0:j1] += g.T @ x[i0:i1]
-                gs += (g * sims).sum()
+                    g.diagonal().sub_(1)
+                gx[i0:i1].addmm_(g, y[j0:j1])
+                gy[j0:j1].addmm_(g.T, x[i0:i1])
                 gb += g.sum()
+                gs += g.mul_(sims).sum()
         norm = grad / n
-        return gx * scale * norm, gy * scale * norm, (gs * norm).reshape(scale.shape), (gb * norm).reshape(
-            bias.shape), None
+        gx.mul_(scale * norm)
+        gy.mul_(scale * norm)
+        return gx, gy, (gs * norm).reshape(scale.shape), (gb * norm).reshape(bias.shape), None
 
 
 def tiled_siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,

@@ -1,0 +1,134 @@
+"""Training word2vec on a text file (or a CSV column of captions), saving and querying it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from clipforge.errors import ClipforgeError
+from clipforge.word2vec.model import SkipGram
+from clipforge.word2vec.vocab import Vocab, tokenize
+
+
+@dataclass
+class Word2VecConfig:
+    """Attributes:
+    dim: vector width. window: largest context distance (each centre draws 1..window, as the
+    reference code). negatives: noise words per pair. min_count: rarer words are dropped.
+    subsample: the t of frequent-word subsampling (0: off). epochs, batch_size, lr: SparseAdam.
+    seed: everything random.
+    """
+
+    dim: int = 64
+    window: int = 4
+    negatives: int = 5
+    min_count: int = 2
+    subsample: float = 1e-3
+    epochs: int = 5
+    batch_size: int = 1024
+    lr: float = 0.01
+    seed: int = 0
+
+
+def read_sentences(path: str | Path, column: str | None = None) -> list[list[str]]:
+    """Lines of a text file, or one CSV column (``column``), tokenised and lower-cased."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipforgeError(f"{path}: no such file")
+    if path.suffix.lower() in (".csv", ".tsv") or column:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            col = column or "caption"
+            if col not in (reader.fieldnames or []):
+                raise ClipforgeError(f"{path}: no column {col!r}; the header has {reader.fieldnames}")
+            return [tokenize(row[col] or "") for row in reader]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return [t for line in f if (t := tokenize(line))]
+
+
+def _pairs(sentences: list[list[int]], cfg: Word2VecConfig, keep: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """(centre, context) id pairs of one epoch, after subsampling, with dynamic windows."""
+    out = []
+    for sent in sentences:
+        ids = torch.tensor(sent, dtype=torch.long)
+        if cfg.subsample:
+            ids = ids[torch.rand(len(ids), generator=g, dtype=torch.float64) < keep[ids]]
+        n = len(ids)
+        if n < 2:
+            continue
+        spans = torch.randint(1, cfg.window + 1, (n,), generator=g)
+        for i in range(n):
+            lo, hi = max(0, i - int(spans[i])), min(n, i + int(spans[i]) + 1)
+            for j in range(lo, hi):
+                if j != i:
+                    out.append((int(ids[i]), int(ids[j])))
+    return torch.tensor(out, dtype=torch.long).reshape(-1, 2)
+
+
+def train_word2vec(sentences: list[list[str]], cfg: Word2VecConfig | None = None,
+                   progress: bool = True) -> tuple[SkipGram, Vocab, list[float]]:
+    """Returns (model, vocabulary, mean loss per epoch)."""
+    from clipforge.utils.progress import progress_bar
+
+    cfg = cfg or Word2VecConfig()
+    vocab = Vocab.build(sentences, cfg.min_count)
+    if len(vocab) < 2:
+        raise ClipforgeError(f"the corpus has {len(vocab)} word(s) seen at least {cfg.min_count} times; need 2")
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    ids = [[vocab.index[w] for w in s if w in vocab.index] for s in sentences]
+    keep, noise = vocab.keep_probability(cfg.subsample), vocab.noise_distribution()
+    model = SkipGram(len(vocab), cfg.dim)
+    opt = torch.optim.SparseAdam(list(model.parameters()), lr=cfg.lr)
+    losses = []
+    for epoch in range(cfg.epochs):
+        pairs = _pairs(ids, cfg, keep, g)
+        pairs = pairs[torch.randperm(len(pairs), generator=g)]
+        total, steps = 0.0, 0
+        with progress_bar(f"word2vec epoch {epoch + 1}", total=(len(pairs) + cfg.batch_size - 1) // cfg.batch_size,
+                          enabled=progress) as bar:
+            for batch in pairs.split(cfg.batch_size):
+                neg = torch.multinomial(noise, batch.shape[0] * cfg.negatives, replacement=True, generator=g)
+                loss = model(batch[:, 0], batch[:, 1], neg.view(-1, cfg.negatives))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total, steps = total + loss.item(), steps + 1
+                bar.advance()
+        losses.append(total / max(1, steps))
+    return model, vocab, losses
+
+
+def save_word2vec(model: SkipGram, vocab: Vocab, cfg: Word2VecConfig, out: str | Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({"input": model.inp.weight.detach().contiguous(), "output": model.out.weight.detach().contiguous()},
+              str(out / "word2vec.safetensors"))
+    vocab.save(out / "vocab.json")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    return out
+
+
+def load_word2vec(folder: str | Path) -> tuple[torch.Tensor, Vocab]:
+    folder = Path(folder)
+    if not (folder / "word2vec.safetensors").is_file():
+        raise ClipforgeError(f"{folder}: not a word2vec folder (no word2vec.safetensors)")
+    return load_file(str(folder / "word2vec.safetensors"))["input"], Vocab.load(folder / "vocab.json")
+
+
+def nearest(vectors: torch.Tensor, vocab: Vocab, word: str, k: int = 8) -> list[tuple[str, float]]:
+    """The k words with the most similar input vectors (cosine), excluding the word itself."""
+    if word.lower() not in vocab.index:
+        raise ClipforgeError(f"{word!r} is not in the vocabulary ({len(vocab)} words)")
+    v = F.normalize(vectors, dim=-1)
+    i = vocab.index[word.lower()]
+    sims = v @ v[i]
+    sims[i] = -2
+    top = sims.topk(min(k, len(vocab) - 1))
+    return [(vocab.words[j], float(s)) for s, j in zip(top.values, top.indices)]
