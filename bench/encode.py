@@ -8,6 +8,7 @@ the untrimmed 77-token forward that open_clip runs, on captions of typical lengt
 
     .venv/bin/python bench/encode.py            # full table
     .venv/bin/python bench/encode.py --quick    # batch 1 and 8 only
+    .venv/bin/python bench/encode.py --trim-only --models ViT-B-32   # the padding-trim table alone
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ def main() -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 8 only")
+    parser.add_argument("--trim-only", action="store_true", help="only the padding-trim table")
     args = parser.parse_args()
     batches = [1, 8] if args.quick else args.batches
+    if args.trim_only:
+        print(f"machine: {machine()}\n")
+        print(trim_table(args.models, batches, args.threads, args.min_time))
+        return
 
     print(f"machine: {machine()}\n")
     rows = []

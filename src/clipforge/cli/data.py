@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--image-size", type=int, default=64)
     s.add_argument("--train", type=int, default=10000, help="training scenes")
     s.add_argument("--val", type=int, default=1000, help="validation scenes")
-    s.add_argument("--zeroshot-per-class", type=int, default=10, help="zero-shot images per (shape, colour)")
+    s.add_argument("--zeroshot-per-class", type=int, default=20, help="zero-shot images per (shape, colour)")
     s.set_defaults(func=run_synth)
     k = dsub.add_parser("pack", help="write webdataset shards from a CSV/TSV or a captioned image folder")
     k.add_argument("source", help="CSV/TSV file or folder of x.jpg + x.txt")

@@ -8,10 +8,10 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="generate synthetic data, train a small CLIP on the CPU, evaluate, write a report")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--train", type=int, default=10000, help="training scenes")
     p.add_argument("--val", type=int, default=1000, help="validation scenes")
-    p.add_argument("--zeroshot-per-class", type=int, default=10)
+    p.add_argument("--zeroshot-per-class", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)

@@ -16,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--window", type=int, default=4)
     t.add_argument("--negatives", type=int, default=5)
     t.add_argument("--min-count", type=int, default=2)
-    t.add_argument("--subsample", type=float, default=1e-3)
+    t.add_argument("--subsample", type=float, default=None,
+                   help="frequent-word subsampling threshold t (default: 1e-3 for corpora of 100k+ tokens, else off)")
     t.add_argument("--epochs", type=int, default=5)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=run_train)
@@ -34,7 +35,7 @@ def run_train(args: argparse.Namespace) -> int:
                          subsample=args.subsample, epochs=args.epochs, seed=args.seed)
     sentences = read_sentences(args.corpus, args.column)
     model, vocab, losses = train_word2vec(sentences, cfg)
-    out = save_word2vec(model, vocab, cfg, args.out)
+    out = save_word2vec(model, vocab, model.config, args.out)
     print(f"{len(vocab)} words, loss per epoch: {', '.join(f'{v:.3f}' for v in losses)}; saved to {out}")
     return 0
 

@@ -79,7 +79,7 @@ class SynthConfig:
     image_size: int = 64
     n_train: int = 10000
     n_val: int = 1000
-    n_zeroshot_per_class: int = 10
+    n_zeroshot_per_class: int = 20
 
 
 def _cell_centre(position: str, size: int, rng: np.random.Generator) -> tuple[float, float]:

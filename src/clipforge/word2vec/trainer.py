@@ -21,7 +21,9 @@ class Word2VecConfig:
     """Attributes:
     dim: vector width. window: largest context distance (each centre draws 1..window, as the
     reference code). negatives: noise words per pair. min_count: rarer words are dropped.
-    subsample: the t of frequent-word subsampling (0: off). epochs, batch_size, lr: SparseAdam.
+    subsample: the t of frequent-word subsampling (0: off; None: 1e-3 for corpora of at least
+    100k tokens, else off -- in a small corpus every word is "frequent" and subsampling starves
+    training). epochs, batch_size, lr: SparseAdam.
     seed: everything random.
     """
 
@@ -29,7 +31,7 @@ class Word2VecConfig:
     window: int = 4
     negatives: int = 5
     min_count: int = 2
-    subsample: float = 1e-3
+    subsample: float | None = None
     epochs: int = 5
     batch_size: int = 1024
     lr: float = 0.01
@@ -52,12 +54,13 @@ def read_sentences(path: str | Path, column: str | None = None) -> list[list[str
         return [t for line in f if (t := tokenize(line))]
 
 
-def _pairs(sentences: list[list[int]], cfg: Word2VecConfig, keep: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def _pairs(sentences: list[list[int]], cfg: Word2VecConfig, keep: torch.Tensor | None,
+           g: torch.Generator) -> torch.Tensor:
     """(centre, context) id pairs of one epoch, after subsampling, with dynamic windows."""
     out = []
     for sent in sentences:
         ids = torch.tensor(sent, dtype=torch.long)
-        if cfg.subsample:
+        if keep is not None:
             ids = ids[torch.rand(len(ids), generator=g, dtype=torch.float64) < keep[ids]]
         n = len(ids)
         if n < 2:
@@ -83,7 +86,11 @@ def train_word2vec(sentences: list[list[str]], cfg: Word2VecConfig | None = None
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     ids = [[vocab.index[w] for w in s if w in vocab.index] for s in sentences]
-    keep, noise = vocab.keep_probability(cfg.subsample), vocab.noise_distribution()
+    t = cfg.subsample
+    if t is None:
+        t = 1e-3 if sum(vocab.counts) >= 100_000 else 0.0
+    cfg = Word2VecConfig(**{**asdict(cfg), "subsample": t})
+    keep, noise = vocab.keep_probability(t) if t else None, vocab.noise_distribution()
     model = SkipGram(len(vocab), cfg.dim)
     opt = torch.optim.SparseAdam(list(model.parameters()), lr=cfg.lr)
     losses = []
@@ -102,6 +109,7 @@ def train_word2vec(sentences: list[list[str]], cfg: Word2VecConfig | None = None
                 total, steps = total + loss.item(), steps + 1
                 bar.advance()
         losses.append(total / max(1, steps))
+    model.config = cfg  # the settings actually used (subsample resolved)
     return model, vocab, losses
 
 
