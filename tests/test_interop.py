@@ -228,3 +228,20 @@ def test_unsupported_open_clip_option_is_refused(tmp_path) -> None:
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="ls_init_value"):
         clipforge.load(tmp_path / "m")
+
+
+def test_hf_export_loads_in_transformers(tmp_path) -> None:
+    """The exported folder is read by transformers' own CLIPModel and gives the same features."""
+    transformers = pytest.importorskip("transformers")
+    model = clipforge.load(PEERS / "openclip_vit_tiny")  # an open_clip checkpoint, exported to HF
+    clipforge.export_hf(model, tmp_path / "hf")
+    hf = transformers.CLIPModel.from_pretrained(str(tmp_path / "hf"), local_files_only=True).eval()
+    inputs = load_file(str(PEERS / "openclip_vit_tiny" / "inputs.safetensors"))
+    with torch.no_grad():
+        img = hf.get_image_features(pixel_values=inputs["images"])
+        txt = hf.get_text_features(input_ids=inputs["text"])
+    img = getattr(img, "pooler_output", img)
+    txt = getattr(txt, "pooler_output", txt)
+    ours_img, ours_txt = _outputs(model, "openclip_vit_tiny")
+    torch.testing.assert_close(img, ours_img, atol=1e-5, rtol=0)
+    torch.testing.assert_close(txt, ours_txt, atol=1e-5, rtol=0)

@@ -186,3 +186,22 @@ def test_config_errors_are_clear(tmp_path) -> None:
         TrainConfig.load(tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="no training data"):
         train(TrainConfig(), progress=False)
+
+
+@pytest.mark.slow
+def test_bf16_tiled_loss_locked_tower_and_tensorboard(synth, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    cfg = tiny_train_config(synth, tmp_path / "run", epochs=1, precision="bf16", loss="clip_tiled", tensorboard=True)
+    cfg["model"]["lock_image"] = True
+    init = train(TrainConfig.from_dict({**cfg, "out_dir": str(tmp_path / "init"), "max_steps": 1}), progress=False)
+    before = {k: v.clone() for k, v in init.model.state_dict().items()}
+    cfg["model"]["init"] = str(tmp_path / "init" / "model")
+    result = train(TrainConfig.from_dict(cfg), progress=False)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.state.history)
+    after = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    vis = [k for k in before if k.startswith("visual.")]
+    txt = [k for k in before if k.startswith("text.")]
+    assert all(torch.equal(before[k], after[k]) for k in vis)  # locked
+    assert any(not torch.equal(before[k], after[k]) for k in txt)  # trained
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

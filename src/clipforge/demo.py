@@ -26,6 +26,10 @@ TEMPLATES = ["{article} {}", "there is {article} {}", "a picture of {article} {}
 # The small modified ResNet learns shapes from 10k scenes far better than a ViT of the same cost
 # (64-way zero-shot on seen combinations: 90% vs 51% after 12 and 10 epochs; docs/benchmarks.md).
 DEMO_MODEL = {"name": "tiny-rn-64", "overrides": {"vision": {"width": 16, "head_width": 16}}}
+DEMO_MODELS = {
+    "resnet": DEMO_MODEL,
+    "vit": {"name": "tiny-vit-32", "overrides": {"vision": {"image_size": 64, "patch_size": 8}}},
+}
 
 
 def demo_config(data_dir: Path, run_dir: Path, epochs: int = 12, model: dict | None = None) -> TrainConfig:

@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--train", type=int, default=10000, help="training scenes")
     s.add_argument("--val", type=int, default=1000, help="validation scenes")
     s.add_argument("--zeroshot-per-class", type=int, default=20, help="zero-shot images per (shape, colour)")
+    s.add_argument("--shards", action="store_true", help="also pack the training split as webdataset shards")
     s.set_defaults(func=run_synth)
     k = dsub.add_parser("pack", help="write webdataset shards from a CSV/TSV or a captioned image folder")
     k.add_argument("source", help="CSV/TSV file or folder of x.jpg + x.txt")
@@ -33,6 +34,12 @@ def run_synth(args: argparse.Namespace) -> int:
                       n_zeroshot_per_class=args.zeroshot_per_class)
     out = write_dataset(args.out, cfg)
     print(f"wrote synthetic dataset to {out} (train.csv, val.csv, zeroshot_seen.csv, zeroshot_heldout.csv)")
+    if args.shards:
+        from clipforge.data.pairs import read_pairs
+        from clipforge.data.shards import pack_shards
+
+        shards, _ = pack_shards(read_pairs(out / "train.csv")[0], out / "shards")
+        print(f"and {len(shards)} training shards: {out}/shards/shard-{{000000..{len(shards) - 1:06d}}}.tar")
     return 0
 
 

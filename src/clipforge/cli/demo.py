@@ -13,15 +13,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", type=int, default=1000, help="validation scenes")
     p.add_argument("--zeroshot-per-class", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-tower", choices=["resnet", "vit"], default="resnet",
+                   help="the small modified ResNet (default) or a small ViT (64 px, 8 px patches)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from clipforge.data.synthetic import SynthConfig
-    from clipforge.demo import run_demo
+    from clipforge.demo import DEMO_MODELS, run_demo
 
     synth = SynthConfig(seed=args.seed, n_train=args.train, n_val=args.val,
                         n_zeroshot_per_class=args.zeroshot_per_class)
-    run_demo(args.out, synth, epochs=args.epochs, progress=not args.no_progress)
+    run_demo(args.out, synth, epochs=args.epochs, progress=not args.no_progress, model=DEMO_MODELS[args.image_tower])
     return 0

@@ -38,11 +38,15 @@ class MarginLoss(nn.Module):
         init = torch.full((num_classes or 1,), float(beta), dtype=torch.float64)
         self.beta = nn.Parameter(init, requires_grad=learn_beta)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: Triplets | None = None) -> torch.Tensor:
-        a, p, n = all_triplets(labels) if triplets is None else triplets
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: Triplets | None = None,
+                ref_embeddings: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Anchors come from ``embeddings``; positives and negatives from the reference set if given."""
+        if triplets is None:
+            triplets = all_triplets(labels, ref_labels if ref_embeddings is not None else None)
+        a, p, n = triplets
         if a.numel() == 0:
             return zero_like_graph(embeddings, self.beta)
-        mat = pairwise(embeddings, None, self.distance)
+        mat = pairwise(embeddings, ref_embeddings, self.distance)
         beta = self.beta.to(mat.dtype)
         beta = beta[labels[a]] if beta.numel() > 1 else beta
         pos = F.relu(mat[a, p] - beta + self.alpha)

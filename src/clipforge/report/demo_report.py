@@ -122,9 +122,9 @@ def build_demo_report(model: CLIP, data_dir: Path, state: TrainState, out_dir: P
     parts.append("<h2>Retrieval on the validation scenes</h2>")
     parts.append(table(["direction", "R@1", "R@5", "R@10", "median rank"], [
         ["text -> image", ret["image_retrieval_recall@1"], ret["image_retrieval_recall@5"],
-         ret["image_retrieval_recall@10"], ret["image_retrieval_median_rank"]],
+         ret["image_retrieval_recall@10"], int(ret["image_retrieval_median_rank"])],
         ["image -> text", ret["text_retrieval_recall@1"], ret["text_retrieval_recall@5"],
-         ret["text_retrieval_recall@10"], ret["text_retrieval_median_rank"]]]))
+         ret["text_retrieval_recall@10"], int(ret["text_retrieval_median_rank"])]]))
 
     batch = val_rows[:12]
     img_f, _, _ = embed_images(model, [b.image for b in batch])

@@ -23,6 +23,7 @@ th { background: #f4f4f4; } .num { text-align: right; font-variant-numeric: tabu
 .card { font-size: 0.8em; text-align: center; width: 96px; }
 .card img { width: 96px; height: 96px; image-rendering: pixelated; }
 .hit { outline: 3px solid #2a2; } .miss { outline: 3px solid #ccc; } .muted { color: #777; }
+img.figure { max-width: 100%; height: auto; }
 .headline { font-size: 1.1em; background: #f7f7f2; padding: 0.6em 1em; border-left: 4px solid #884; }
 """
 
@@ -31,7 +32,8 @@ def figure_tag(fig: plt.Figure, alt: str) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f'<img class="figure" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def image_tag(path: str | Path, alt: str = "", css: str = "", size: int = 96) -> str:

@@ -90,6 +90,8 @@ class TrainConfig:
     micro_batch_size: int | None = opt(None, "split each batch into micro-batches of this size; the "
                                        "gradients stay exactly those of the full batch (GradCache)")
     precision: str = opt("fp32", "'fp32' or 'bf16' (autocast)")
+    loss: str = opt("clip", "'clip' (symmetric InfoNCE) or 'clip_tiled' (the same loss, exact, in O(N d) memory "
+                    "for very large batches)")
     seed: int = opt(0, "seed for initialisation, data order and augmentation")
     out_dir: str = opt("runs/clip", "folder for checkpoints, logs and the final model")
     save_every_steps: int = opt(0, "also checkpoint every N steps (0: only at the end of each epoch)")

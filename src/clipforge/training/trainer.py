@@ -19,6 +19,7 @@ from clipforge.data.pairs import PairDataset, Skipped, collate, read_pairs
 from clipforge.data.shards import ShardDataset, count_samples, is_shard_source, iter_captions
 from clipforge.errors import ClipforgeError, ConfigError
 from clipforge.losses.clip import clip_loss
+from clipforge.losses.tiled import tiled_clip_loss
 from clipforge.models.clip import CLIP
 from clipforge.models.config import CLIPConfig
 from clipforge.training import distributed as D
@@ -29,6 +30,9 @@ from clipforge.training.optim import learning_rate, param_groups
 from clipforge.training.sampler import epoch_batches, steps_per_epoch
 from clipforge.training.step import contrastive_backward
 from clipforge.utils.progress import progress_bar
+
+# Looked up at call time so tests can substitute the functions in this module.
+_LOSSES = {"clip": lambda: clip_loss, "clip_tiled": lambda: tiled_clip_loss}
 
 
 class TrainingDiverged(ClipforgeError):
@@ -96,6 +100,9 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         torch.set_num_threads(config.threads)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
+    loss_fn = _LOSSES.get(config.loss)
+    if loss_fn is None:
+        raise ConfigError(f"loss must be one of {', '.join(_LOSSES)}, got {config.loss!r}")
     if config.precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
     if not config.data.train:
@@ -120,10 +127,15 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
         model = load(ckpt / "model").train()
     else:
         ckpt = None
-        captions = list(iter_captions(config.data.train)) if shards else [p.caption for p in pairs]
-        tokenizer = build_tokenizer(config, captions)
-        model = build_model(config, tokenizer)
-        model.tokenizer = tokenizer
+        captions = lambda: list(iter_captions(config.data.train)) if shards else [p.caption for p in pairs]  # noqa: E731
+        if config.model.init:
+            model = build_model(config, None)  # fine-tuning keeps the checkpoint's own tokenizer
+            if model.tokenizer is None:
+                model.tokenizer = build_tokenizer(config, captions())
+        else:
+            tokenizer = build_tokenizer(config, captions())
+            model = build_model(config, tokenizer)
+            model.tokenizer = tokenizer
     model.to(device)
     if config.model.lock_image:
         model.lock_image_tower()
@@ -165,7 +177,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
                 optimizer.zero_grad(set_to_none=True)
                 loss = torch.tensor(float("nan"))
                 if len(batch) > 1:
-                    loss = contrastive_backward(model, batch.images.to(device), batch.tokens.to(device), clip_loss,
+                    loss = contrastive_backward(model, batch.images.to(device), batch.tokens.to(device), loss_fn(),
                                                 config.micro_batch_size, config.precision, info)
                 D.reduce_gradients(model, info)
                 if not torch.isfinite(loss) or not _grads_finite(model):
