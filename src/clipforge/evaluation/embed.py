@@ -27,7 +27,8 @@ def embed_texts(model: CLIP, texts: Sequence[str], batch_size: int = 256) -> tor
 
 @torch.no_grad()
 def embed_images(
-    model: CLIP, paths: Sequence[str], batch_size: int = 128, workers: int = 0
+    model: CLIP, paths: Sequence[str], batch_size: int = 128, workers: int = 0, progress: bool = False,
+    label: str = "embed",
 ) -> tuple[torch.Tensor, torch.Tensor, list[Skipped]]:
     """Normalised image features of the readable images.
 
@@ -36,12 +37,16 @@ def embed_images(
     no_tokens = lambda texts: torch.zeros(len(texts), 1, dtype=torch.long)  # noqa: E731 - images only
     ds = PairDataset([Pair(p, "-") for p in paths], model.preprocess, no_tokens)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    from clipforge.utils.progress import progress_bar
+
     feats, idx, skipped = [], [], []
-    for batch in loader:
-        skipped += batch.skipped
-        if len(batch):
-            feats.append(model.encode_image(batch.images.to(_device(model)), normalize=True).float().cpu())
-            idx.append(batch.indices)
+    with progress_bar(label, total=len(loader), enabled=progress) as bar:
+        for batch in loader:
+            skipped += batch.skipped
+            if len(batch):
+                feats.append(model.encode_image(batch.images.to(_device(model)), normalize=True).float().cpu())
+                idx.append(batch.indices)
+            bar.advance()
     if not feats:
         return torch.empty(0, model.config.embed_dim), torch.empty(0, dtype=torch.long), skipped
     return torch.cat(feats), torch.cat(idx), skipped

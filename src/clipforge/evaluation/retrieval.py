@@ -3,6 +3,10 @@
 ``image_retrieval_recall@k``: share of texts whose image is among the k images most similar to
 the text. ``text_retrieval_recall@k``: share of images with at least one of their captions among
 the k most similar texts. The similarity matrix is never held whole: queries go in blocks.
+
+Ties are ordered by index, as a stable sort would (CLIP_benchmark takes ``torch.topk``, whose order
+among equal scores is unspecified): a candidate with the same score as the positive but a lower
+index ranks above it.
 """
 
 from __future__ import annotations
@@ -33,15 +37,20 @@ def retrieval_metrics(
     ranks_t = torch.empty(n_txt, dtype=torch.long)
     for s in range(0, n_txt, block):
         sims = text_features[s : s + block] @ image_features.T
-        pos = sims.gather(1, t2i[s : s + block, None])
-        ranks_t[s : s + block] = (sims > pos).sum(dim=1)
-    # image -> text: best rank over the image's captions.
+        pos_idx = t2i[s : s + block, None]
+        pos = sims.gather(1, pos_idx)
+        earlier = torch.arange(n_img)[None, :] < pos_idx
+        ranks_t[s : s + block] = ((sims > pos) | ((sims == pos) & earlier)).sum(dim=1)
+    # image -> text: the best rank among the image's captions (a stable descending sort).
     ranks_i = torch.full((n_img,), n_txt, dtype=torch.long)
     for s in range(0, n_img, block):
         sims = image_features[s : s + block] @ text_features.T  # [b, T]
         owner = t2i[None, :] == torch.arange(s, min(s + block, n_img))[:, None]
-        best_pos = sims.masked_fill(~owner, float("-inf")).max(dim=1).values
-        ranks_i[s : s + block] = (sims > best_pos[:, None]).sum(dim=1)
+        order = torch.sort(sims, dim=1, descending=True, stable=True).indices
+        hit = owner.gather(1, order)
+        has = hit.any(dim=1)
+        first = hit.float().argmax(dim=1)  # position of the first caption of this image
+        ranks_i[s : s + block] = torch.where(has, first, torch.full_like(first, n_txt))
     for k in ks:
         out[f"image_retrieval_recall@{k}"] = (ranks_t < k).float().mean().item()
         out[f"text_retrieval_recall@{k}"] = (ranks_i < k).float().mean().item()

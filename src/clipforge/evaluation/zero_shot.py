@@ -50,3 +50,33 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[
     recalls = [(pred[targets == c] == c).float().mean().item() for c in targets.unique().tolist()]
     out["mean_per_class_recall"] = float(sum(recalls) / len(recalls)) if recalls else 0.0
     return out
+
+
+def zero_shot_logits(model: CLIP, image_features: torch.Tensor, classnames: Sequence[str],
+                     templates: Sequence[str] | Sequence[Sequence[str]]) -> torch.Tensor:
+    """100 * cosine similarity of each image to each class (CLIP's scale for zero-shot)."""
+    return 100.0 * image_features @ zero_shot_classifier(model, classnames, templates).T
+
+
+def confusion_matrix_png(targets: torch.Tensor, preds: torch.Tensor, classnames: Sequence[str], path: str) -> None:
+    """Row-normalised confusion matrix as a PNG (class names on both axes up to 40 classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classnames)
+    mat = torch.zeros(n, n)
+    for t, p in zip(targets.tolist(), preds.tolist()):
+        mat[t, p] += 1
+    mat = mat / mat.sum(dim=1, keepdim=True).clamp(min=1)
+    size = min(20.0, 2 + 0.3 * n)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(mat.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if n <= 40:
+        ax.set_xticks(range(n), list(classnames), rotation=90, fontsize=7)
+        ax.set_yticks(range(n), list(classnames), fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title="zero-shot confusion (rows sum to 1)")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -27,7 +27,7 @@ _PATTERN = re.compile(
 
 def default_bpe_path() -> Path:
     """The BPE merges file OpenAI released with CLIP (MIT licence), shipped with clipforge."""
-    return Path(str(resources.files("clipforge") / "data" / "bpe_simple_vocab_16e6.txt.gz"))
+    return Path(str(resources.files("clipforge") / "assets" / "bpe_simple_vocab_16e6.txt.gz"))
 
 
 @lru_cache

@@ -1,0 +1,277 @@
+"""``clipforge eval ...`` and ``clipforge classify``: thin wrappers over clipforge.evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model: zero-shot, retrieval, linear probe, few-shot, overlap")
+    esub = p.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")
+
+    def common(q: argparse.ArgumentParser, dataset_help: str) -> None:
+        q.add_argument("--model", required=True, help="any checkpoint clipforge.load reads")
+        q.add_argument("--dataset", required=True, help=dataset_help)
+        q.add_argument("--out", default="results", help="folder for the result JSON (default: results)")
+        q.add_argument("--batch-size", type=int, default=128)
+        q.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
+
+    data_help = ("built-in name (synthetic, digits), folder of class sub-folders, CSV with image and label "
+                 "columns, or shards with cls entries")
+    z = esub.add_parser("zeroshot", help="zero-shot classification")
+    common(z, data_help)
+    z.add_argument("--split", default="test", help="split of a built-in dataset (default: test)")
+    z.add_argument("--classes", default=None, help="class names: 'a,b,c' or a .txt/.json/.csv file (default: the "
+                   "dataset's)")
+    z.add_argument("--templates", default=None, help="template set name (e.g. imagenet1k, cifar10), a file, or one "
+                   "template with {c} (default: the dataset's set, else 'a photo of a {c}.')")
+    z.add_argument("--image-column", default="image")
+    z.add_argument("--label-column", default="label")
+    z.add_argument("--confusion", default=None, help="write the confusion matrix to this PNG")
+    z.set_defaults(func=run_zeroshot)
+
+    r = esub.add_parser("retrieval", help="image-text retrieval recall@k")
+    common(r, "CSV of image,caption pairs (an image may have several rows), a captioned folder, or synthetic")
+    r.add_argument("--image-column", default="image")
+    r.add_argument("--caption-column", default="caption")
+    r.set_defaults(func=run_retrieval)
+
+    lp = esub.add_parser("linear-probe", help="logistic regression on frozen image features (CLIP paper protocol)")
+    common(lp, "built-in name with train/test splits, or the training set (then give --test)")
+    lp.add_argument("--test", default=None, help="test set when --dataset is not a built-in")
+    lp.add_argument("--normalize", choices=["yes", "no"], default=None,
+                    help="L2-normalise features (default: yes for models, no for --model pixels)")
+    lp.add_argument("--image-column", default="image")
+    lp.add_argument("--label-column", default="label")
+    lp.set_defaults(func=run_linear_probe)
+
+    fs = esub.add_parser("fewshot", help="k-shot linear probes (k examples per class from the training split only)")
+    common(fs, "built-in name with train/test splits, or the training set (then give --test)")
+    fs.add_argument("--test", default=None)
+    fs.add_argument("-k", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    fs.add_argument("--seed", type=int, default=0)
+    fs.add_argument("--zeroshot-init", action="store_true", help="also start from the zero-shot classifier")
+    fs.add_argument("--templates", default=None)
+    fs.set_defaults(func=run_fewshot)
+
+    ov = esub.add_parser("overlap", help="nearest training neighbours of test images; accuracy clean vs overlapping")
+    common(ov, "built-in name with train/test splits, or the training set (then give --test)")
+    ov.add_argument("--test", default=None)
+    ov.add_argument("--threshold", type=float, default=0.95, help="cosine similarity that flags a pair")
+    ov.add_argument("--templates", default=None)
+    ov.set_defaults(func=run_overlap)
+
+    rep = esub.add_parser("report", help="a table (Markdown and CSV) of a folder of results")
+    rep.add_argument("folder")
+    rep.add_argument("--csv", default=None, help="also write the CSV here")
+    rep.set_defaults(func=run_report)
+
+    c = sub.add_parser("classify", help="zero-shot classify images against class names")
+    c.add_argument("--model", required=True)
+    c.add_argument("--labels", required=True, help="'cat,dog,bird' or a class-name file")
+    c.add_argument("--templates", default="a photo of a {c}.", help="template set name, file, or one template")
+    c.add_argument("--top", type=int, default=3)
+    c.add_argument("images", nargs="+")
+    c.set_defaults(func=run_classify)
+
+
+def _load(model_path: str):
+    from clipforge.checkpoints import load
+
+    if model_path == "pixels":
+        return None  # raw pixels: only meaningful for linear probes
+    model = load(model_path)
+    if model.tokenizer is None:
+        from clipforge.errors import ClipforgeError
+
+        raise ClipforgeError(f"{model_path}: the model has no tokenizer, so text cannot be encoded; convert it with "
+                             "its tokenizer, or load a folder that carries tokenizer.json")
+    return model
+
+
+def _text_needed(model_path: str) -> None:
+    if model_path == "pixels":
+        from clipforge.errors import ClipforgeError
+
+        raise ClipforgeError("--model pixels has no text tower: it only works with linear-probe")
+
+
+def _templates(spec: str | None, dataset: str) -> list[str]:
+    from clipforge.evaluation.templates import get_templates, template_sets
+
+    if spec:
+        return get_templates(spec)
+    return template_sets().get(dataset.split("/")[0], ["a photo of a {c}."])
+
+
+def _splits(args: argparse.Namespace):
+    from clipforge.errors import ClipforgeError
+    from clipforge.evaluation.datasets import BUILTIN, load_classification
+
+    col = dict(image_column=getattr(args, "image_column", "image"), label_column=getattr(args, "label_column", "label"))
+    if args.dataset in BUILTIN:
+        return load_classification(args.dataset, "train"), load_classification(args.dataset, "test")
+    if not args.test:
+        raise ClipforgeError(f"{args.dataset} is not a built-in dataset: give the test set with --test")
+    train = load_classification(args.dataset, **col)
+    return train, load_classification(args.test, classes=train.classes, **col)
+
+
+def _features(model, ds, args, label: str):
+    import torch
+
+    from clipforge.evaluation.cache import image_features
+    from clipforge.evaluation.datasets import pixel_features
+
+    if model is None:
+        feats, idx = pixel_features(ds.images)
+        return feats, torch.tensor(ds.labels)[idx]
+    feats, idx, skipped = image_features(model, ds.images, args.batch_size, use_cache=not args.no_cache, label=label)
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable image(s) left out of {ds.name}, e.g. {skipped[0].source}")
+    return feats, torch.tensor(ds.labels)[idx]
+
+
+def _report_missing(ds) -> None:
+    if ds.missing:
+        print(f"warning: {len(ds.missing)} image(s) listed in {ds.name} do not exist, e.g. {ds.missing[0]}")
+
+
+def _save(args, task: str, dataset: str, metrics: dict, settings: dict) -> None:
+    from clipforge.evaluation.results import write_result
+
+    path = write_result(args.out, task, args.model, dataset, metrics, settings)
+    shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+    print(json.dumps(shown))
+    print(f"result written to {path}")
+
+
+def run_zeroshot(args: argparse.Namespace) -> int:
+    _text_needed(args.model)
+    from clipforge.evaluation.datasets import load_classification
+    from clipforge.evaluation.templates import load_classnames
+    from clipforge.evaluation.zero_shot import classification_metrics, confusion_matrix_png, zero_shot_logits
+
+    model = _load(args.model)
+    classes, per_class = load_classnames(args.classes) if args.classes else (None, None)
+    ds = load_classification(args.dataset, args.split, args.image_column, args.label_column, classes)
+    _report_missing(ds)
+    templates = per_class or _templates(args.templates, args.dataset)
+    feats, targets = _features(model, ds, args, "embed images")
+    logits = zero_shot_logits(model, feats, ds.classes, templates)
+    metrics = classification_metrics(logits, targets)
+    if args.confusion:
+        confusion_matrix_png(targets, logits.argmax(1), ds.classes, args.confusion)
+        print(f"confusion matrix written to {args.confusion}")
+    _save(args, "zeroshot_classification", ds.name, metrics,
+          {"templates": templates if per_class is None else "per-class prompts", "n_classes": len(ds.classes),
+           "n_images": len(targets)})
+    return 0
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
+    _text_needed(args.model)
+    from clipforge.evaluation.cache import image_features
+    from clipforge.evaluation.datasets import load_retrieval
+    from clipforge.evaluation.embed import embed_texts
+    from clipforge.evaluation.retrieval import retrieval_metrics
+
+    model = _load(args.model)
+    ds = load_retrieval(args.dataset, args.image_column, args.caption_column)
+    feats, idx, skipped = image_features(model, ds.images, args.batch_size, use_cache=not args.no_cache,
+                                         label="embed images")
+    keep = {int(i): j for j, i in enumerate(idx.tolist())}
+    captions = [c for c, i in zip(ds.captions, ds.text_to_image) if i in keep]
+    t2i = [keep[i] for i in ds.text_to_image if i in keep]
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable image(s) and their captions left out, e.g. {skipped[0].source}")
+    metrics = retrieval_metrics(feats, embed_texts(model, captions), t2i)
+    _save(args, "zeroshot_retrieval", ds.name, metrics, {"n_images": len(feats), "n_captions": len(captions)})
+    return 0
+
+
+def run_linear_probe(args: argparse.Namespace) -> int:
+    from clipforge.evaluation.linear_probe import linear_probe
+
+    model = _load(args.model)
+    train, test = _splits(args)
+    xtr, ytr = _features(model, train, args, "embed train")
+    xte, yte = _features(model, test, args, "embed test")
+    normalize = (args.normalize or ("no" if model is None else "yes")) == "yes"
+    metrics = linear_probe(xtr, ytr, xte, yte, n_classes=len(train.classes), normalize=normalize)
+    curve = metrics.pop("c_curve")
+    _save(args, "linear_probe", test.name, metrics, {"c_curve": curve, "protocol": "CLIP paper, L-BFGS"})
+    return 0
+
+
+def run_fewshot(args: argparse.Namespace) -> int:
+    _text_needed(args.model)
+    from clipforge.evaluation.fewshot import few_shot_probe, zero_shot_init_few_shot
+    from clipforge.evaluation.zero_shot import zero_shot_classifier
+
+    model = _load(args.model)
+    train, test = _splits(args)
+    xtr, ytr = _features(model, train, args, "embed train")
+    xte, yte = _features(model, test, args, "embed test")
+    zs = zero_shot_classifier(model, train.classes, _templates(args.templates, args.dataset)) if args.zeroshot_init \
+        else None
+    for k in args.k:
+        metrics = few_shot_probe(xtr, ytr, xte, yte, k, len(train.classes), args.seed)
+        _save(args, f"fewshot_{k}", test.name, metrics, {"k": k, "seed": args.seed})
+        if zs is not None:
+            metrics = zero_shot_init_few_shot(xtr, ytr, xte, yte, zs, k, args.seed)
+            _save(args, f"fewshot_{k}_zsinit", test.name, metrics, {"k": k, "seed": args.seed})
+    return 0
+
+
+def run_overlap(args: argparse.Namespace) -> int:
+    _text_needed(args.model)
+    from clipforge.evaluation.overlap import overlap_report
+    from clipforge.evaluation.zero_shot import zero_shot_logits
+
+    model = _load(args.model)
+    train, test = _splits(args)
+    xtr, _ = _features(model, train, args, "embed train")
+    xte, yte = _features(model, test, args, "embed test")
+    correct = zero_shot_logits(model, xte, test.classes, _templates(args.templates, args.dataset)).argmax(1) == yte
+    metrics = overlap_report(xte, xtr, correct, args.threshold)
+    pairs = metrics.pop("pairs")
+    _save(args, "overlap", test.name, metrics, {"threshold": args.threshold, "flagged_pairs": pairs[:1000]})
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from clipforge.evaluation.results import report_tables
+
+    md, csv_text = report_tables(args.folder)
+    print(md)
+    if args.csv:
+        Path(args.csv).write_text(csv_text)
+        print(f"CSV written to {args.csv}")
+    return 0
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipforge.evaluation.embed import embed_images
+    from clipforge.evaluation.templates import get_templates, load_classnames
+    from clipforge.evaluation.zero_shot import zero_shot_logits
+
+    model = _load(args.model)
+    classes, per_class = load_classnames(args.labels)
+    templates = per_class or get_templates(args.templates)
+    feats, idx, skipped = embed_images(model, args.images)
+    probs = zero_shot_logits(model, feats, classes, templates).softmax(dim=-1)
+    for s in skipped:
+        print(f"{s.source}: skipped ({s.detail or s.reason})")
+    top = min(args.top, len(classes))
+    width = max(len(c) for c in classes)
+    for row, i in zip(probs, idx.tolist()):
+        values, order = torch.topk(row, top)
+        print(args.images[i])
+        for v, o in zip(values.tolist(), order.tolist()):
+            print(f"  {classes[o]:<{width}}  {v:6.1%}")
+    return 0
