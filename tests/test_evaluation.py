@@ -252,3 +252,27 @@ def test_eval_cli_zeroshot_and_report(tmp_path, capsys) -> None:
     assert main(["eval", "report", str(tmp_path / "res")]) == 0
     assert "zeroshot_classification" in capsys.readouterr().out
     assert main(["eval", "zeroshot", "--model", "pixels", "--dataset", "digits"]) == 2
+
+
+def test_zero_shot_initialised_few_shot_starts_from_the_zero_shot_classifier() -> None:
+    from clipforge.evaluation.fewshot import zero_shot_init_few_shot
+
+    xtr, ytr = _blobs(40, 0)
+    xte, yte = _blobs(20, 1)
+    centres = F.normalize(torch.eye(3, 6), dim=-1)  # a perfect zero-shot classifier for these blobs
+    m = zero_shot_init_few_shot(xtr, ytr, xte, yte, centres, k=1)
+    assert m["lp_acc1"] > 0.95 and m["zero_shot_init"]
+
+
+def test_classification_from_shards_with_cls(tmp_path) -> None:
+    import io
+
+    import webdataset as wds
+
+    with wds.TarWriter(str(tmp_path / "s-000.tar")) as sink:
+        for i, colour in enumerate([(255, 0, 0), (0, 0, 255), (255, 0, 0)]):
+            buf = io.BytesIO()
+            Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
+            sink.write({"__key__": f"{i:03d}", "png": buf.getvalue(), "cls": str(i % 2)})
+    ds = load_classification(str(tmp_path / "s-000.tar"), classes=["red", "blue"])
+    assert ds.labels == [0, 1, 0] and all(Image.open(p).size == (8, 8) for p in ds.images)

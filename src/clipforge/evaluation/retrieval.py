@@ -43,14 +43,16 @@ def retrieval_metrics(
         ranks_t[s : s + block] = ((sims > pos) | ((sims == pos) & earlier)).sum(dim=1)
     # image -> text: the best rank among the image's captions (a stable descending sort).
     ranks_i = torch.full((n_img,), n_txt, dtype=torch.long)
-    for s in range(0, n_img, block):
-        sims = image_features[s : s + block] @ text_features.T  # [b, T]
-        owner = t2i[None, :] == torch.arange(s, min(s + block, n_img))[:, None]
+    # Sorting holds scores and int64 indices for a [rows, T] block: bound it to ~2^26 elements.
+    rows = max(1, min(block, 2**26 // max(1, n_txt)))
+    for s in range(0, n_img, rows):
+        sims = image_features[s : s + rows] @ text_features.T  # [rows, T]
+        owner = t2i[None, :] == torch.arange(s, min(s + rows, n_img))[:, None]
         order = torch.sort(sims, dim=1, descending=True, stable=True).indices
         hit = owner.gather(1, order)
         has = hit.any(dim=1)
         first = hit.float().argmax(dim=1)  # position of the first caption of this image
-        ranks_i[s : s + block] = torch.where(has, first, torch.full_like(first, n_txt))
+        ranks_i[s : s + rows] = torch.where(has, first, torch.full_like(first, n_txt))
     for k in ks:
         out[f"image_retrieval_recall@{k}"] = (ranks_t < k).float().mean().item()
         out[f"text_retrieval_recall@{k}"] = (ranks_i < k).float().mean().item()
