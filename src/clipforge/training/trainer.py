@@ -136,6 +136,10 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
             tokenizer = build_tokenizer(config, captions())
             model = build_model(config, tokenizer)
             model.tokenizer = tokenizer
+        if config.model.init_image_tower:
+            from clipforge.ssl.trainer import load_encoder_into
+
+            load_encoder_into(model.visual, model.config, config.model.init_image_tower)
     model.to(device)
     if config.model.lock_image:
         model.lock_image_tower()

@@ -1,0 +1,86 @@
+"""Configuration of self-supervised pretraining (``clipforge ssl train``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clipforge.errors import ConfigError
+from clipforge.training.config import apply_overrides, build_config, opt
+
+METHODS = ("simclr", "byol", "simsiam")
+
+
+@dataclass
+class SSLAugment:
+    crop_scale: list[float] = opt([0.08, 1.0], "random resized crop area range (SimCLR: 0.08-1)")
+    flip_p: float = opt(0.5, "horizontal flip probability")
+    jitter_p: float = opt(0.8, "colour jitter probability (SimCLR: 0.8)")
+    jitter_strength: float = opt(1.0, "colour jitter strength s (brightness/contrast/saturation 0.8 s, hue 0.2 s)")
+    greyscale_p: float = opt(0.2, "random greyscale probability (SimCLR: 0.2)")
+    blur_p: float = opt(0.5, "Gaussian blur probability (SimCLR: 0.5 on ImageNet; 0 on CIFAR)")
+    blur_sigma: list[float] = opt([0.1, 2.0], "Gaussian blur sigma range")
+
+
+@dataclass
+class SSLConfig:
+    method: str = opt("simclr", "simclr, byol or simsiam")
+    data: str = opt("synthetic", "unlabelled images: a folder (searched recursively), webdataset shards, or a "
+                    "built-in name (synthetic, digits)")
+    eval_data: str | None = opt(None, "labelled data for kNN and linear-probe accuracy after each epoch: a "
+                                "built-in name (synthetic: shape as the label; digits); default: data if built-in")
+    image_size: int = opt(32, "input side; images are resized (short side) and centre-cropped to it first")
+    encoder: dict[str, Any] = opt({"type": "resnet", "layers": [1, 1, 1, 1], "width": 16, "head_width": 16,
+                                   "stem": "small"},
+                                  "the image tower: a clipforge vision config (resnet with stem small/clip, or vit)")
+    embed_dim: int = opt(128, "the encoder's output width (the CLIP embedding width if reused as a CLIP tower)")
+    temperature: float = opt(0.5, "SimCLR's NT-Xent temperature tau (0.5 in the paper's CIFAR runs)")
+    proj_hidden: int | None = opt(None, "projector hidden width (default: the paper's: 2048 SimCLR, 4096 BYOL, "
+                                  "2048 SimSiam)")
+    proj_out: int | None = opt(None, "projector output width (default: 128 SimCLR, 256 BYOL, 2048 SimSiam)")
+    tau_base: float = opt(0.996, "BYOL's base target momentum")
+    augment: SSLAugment = field(default_factory=SSLAugment)
+    epochs: int = opt(20, "passes over the data")
+    batch_size: int = opt(256, "images per step (2 views each)")
+    lr: float = opt(1e-3, "AdamW learning rate (peak; cosine decay after warm-up)")
+    weight_decay: float = opt(1e-6, "AdamW weight decay")
+    warmup_steps: int = opt(50, "linear warm-up steps")
+    precision: str = opt("fp32", "fp32 or bf16 (autocast)")
+    seed: int = opt(0, "seed for initialisation, order and augmentation")
+    workers: int = opt(0, "data-loading worker processes")
+    out_dir: str = opt("runs/ssl", "folder for checkpoints, logs and the encoder")
+    keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
+    eval_every_epochs: int = opt(1, "evaluate every N epochs (0: only at the end)")
+    eval_linear_probe: bool = opt(True, "add a linear probe to the final evaluation (kNN is always computed)")
+    max_steps: int | None = opt(None, "stop after this many steps in total")
+    minutes: float | None = opt(None, "stop after this much training time (a CPU budget)")
+    threads: int | None = opt(None, "torch CPU threads")
+    tensorboard: bool = opt(True, "write TensorBoard logs")
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SSLConfig:
+        return build_config(cls, d, "")
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: list[str]) -> SSLConfig:
+        d: dict[str, Any] = {}
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"{p}: no such config file")
+            d = yaml.safe_load(p.read_text()) or {}
+        return cls.from_dict(apply_overrides(d, overrides))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))

@@ -1,0 +1,79 @@
+"""Images for self-supervised training and labelled sets for its evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from clipforge.data.pairs import IMAGE_SUFFIXES, DataError
+from clipforge.errors import ImageReadError
+from clipforge.evaluation.datasets import BUILTIN, LabelledImages, load_classification
+from clipforge.images.decode import open_image
+from clipforge.images.preprocess import center_crop, resize_short_side
+
+
+def unlabelled_images(source: str) -> list[str]:
+    """Image paths of a folder (recursive), shards (extracted once) or a built-in set's training split."""
+    from pathlib import Path
+
+    if source in BUILTIN:
+        if source == "synthetic":
+            from clipforge.data.pairs import read_csv_pairs
+            from clipforge.evaluation.datasets import _synthetic_root
+
+            return [p.image for p in read_csv_pairs(_synthetic_root() / "train.csv")[0]]
+        return load_classification("digits", "train").images
+    p = Path(source)
+    if p.is_dir():
+        images = sorted(str(q) for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise DataError(f"{p}: no images found")
+        return images
+    if ".tar" in source:
+        return load_classification(source).images
+    raise DataError(f"{source}: expected a folder of images, webdataset shards, or one of {', '.join(BUILTIN)}")
+
+
+def labelled_sets(name: str, seed: int = 0) -> tuple[LabelledImages, LabelledImages]:
+    """(train, test) for kNN / linear probes. ``synthetic``: single-object scenes labelled by shape."""
+    if name == "digits":
+        return load_classification("digits", "train"), load_classification("digits", "test")
+    if name != "synthetic":
+        raise DataError(f"eval_data must be synthetic or digits, got {name!r}")
+    from sklearn.model_selection import train_test_split
+
+    from clipforge.data.synthetic import SHAPES
+
+    seen, held = load_classification("synthetic", "seen"), load_classification("synthetic", "heldout")
+    images = seen.images + held.images
+    shapes = [seen.classes[i].split()[1] for i in seen.labels] + [held.classes[i].split()[1] for i in held.labels]
+    labels = [SHAPES.index(s) for s in shapes]
+    tr, te = train_test_split(np.arange(len(images)), test_size=0.3, random_state=seed, stratify=labels)
+    mk = lambda idx, split: LabelledImages(f"synthetic-shape/{split}", [images[i] for i in idx],  # noqa: E731
+                                           [labels[i] for i in idx], list(SHAPES))
+    return mk(sorted(tr), "train"), mk(sorted(te), "test")
+
+
+class ImageTensors(Dataset):
+    """uint8 [3, size, size] tensors (short side resized, centre crop); unreadable images give None."""
+
+    def __init__(self, images: list[str], size: int) -> None:
+        self.images, self.size = images, size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor | None:
+        try:
+            img = center_crop(resize_short_side(open_image(self.images[i]), self.size), self.size)
+        except ImageReadError:
+            return None
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def collate_images(items: list[torch.Tensor | None]) -> tuple[torch.Tensor, int]:
+    good = [x for x in items if x is not None]
+    stacked = torch.stack(good) if good else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+    return stacked, len(items) - len(good)
+
