@@ -6,8 +6,8 @@ SimCLR, BYOL and SimSiam for the same number of minutes each, with the papers' d
 augmentations, then evaluated with weighted kNN (k = 200, T = 0.1) and the CLIP-paper linear probe.
 Baselines in the same run: the same encoder randomly initialised, and raw pixels.
 
-    .venv/bin/python bench/ssl.py                     # 2 minutes per method and dataset (~15 min)
-    .venv/bin/python bench/ssl.py --minutes 1 --datasets digits
+    .venv/bin/python bench/ssl_pretrain.py                     # 2 minutes per method and dataset (~15 min)
+    .venv/bin/python bench/ssl_pretrain.py --minutes 1 --datasets digits
 """
 
 from __future__ import annotations
