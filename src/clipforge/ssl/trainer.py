@@ -22,7 +22,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from clipforge.checkpoints.state_dict import atomic_write_text
 from clipforge.errors import CheckpointError, ConfigError
 from clipforge.images.preprocess import OPENAI_MEAN, OPENAI_STD
 from clipforge.models.config import CLIPConfig, ResNetConfig
@@ -34,6 +33,7 @@ from clipforge.ssl.data import ImageTensors, collate_images, labelled_sets, unla
 from clipforge.ssl.knn import knn_accuracy
 from clipforge.ssl.methods import BYOL, SimCLR, SimSiam
 from clipforge.training import distributed as D
+from clipforge.training.checkpoint import commit_checkpoint, latest_checkpoint
 from clipforge.training.optim import learning_rate, param_groups
 from clipforge.training.sampler import epoch_batches
 from clipforge.utils.progress import progress_bar
@@ -253,30 +253,16 @@ def _average_gradients(model: nn.Module, info: D.DistInfo) -> None:
 
 
 def _save(run: Path, method: nn.Module, optimizer: torch.optim.Optimizer, state: SSLState, keep: int) -> None:
-    root = run / "checkpoints"
-    name = f"step_{state.step:07d}"
-    tmp = root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in method.state_dict().items()}, str(tmp / "method.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state)))
-    shutil.rmtree(root / name, ignore_errors=True)
-    tmp.rename(root / name)
-    atomic_write_text(name, root / "latest")
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    def write(tmp: Path) -> None:
+        save_file({k: v.contiguous() for k, v in method.state_dict().items()}, str(tmp / "method.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+
+    commit_checkpoint(run / "checkpoints", f"step_{state.step:07d}", write, keep)
 
 
 def _load(run: Path, which: str, method: nn.Module, optimizer: torch.optim.Optimizer) -> SSLState:
-    path = Path(which)
-    if which == "latest":
-        pointer = run / "checkpoints" / "latest"
-        if not pointer.is_file():
-            raise CheckpointError(f"{run}: no checkpoint to resume from")
-        path = run / "checkpoints" / pointer.read_text().strip()
-    if not (path / "state.json").is_file():
-        raise CheckpointError(f"{path}: not an SSL checkpoint")
+    path = latest_checkpoint(run / "checkpoints", which)
     method.load_state_dict(load_file(str(path / "method.safetensors")))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     return SSLState(**json.loads((path / "state.json").read_text()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,39 +35,50 @@ class TrainState:
     evals: list[dict[str, Any]] = field(default_factory=list)
 
 
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
-                    keep: int = 3) -> Path:
-    ckpt_root = run_dir / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{state.step:07d}"
-    final = ckpt_root / name
-    tmp = ckpt_root / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model(model, tmp / "model")  # type: ignore[arg-type]
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state)))
-    if final.exists():
-        shutil.rmtree(final)
+def commit_checkpoint(root: Path, name: str, write: Callable[[Path], None], keep: int) -> Path:
+    """Write a checkpoint folder atomically: ``write(tmp)`` fills a temporary folder, which is renamed
+    to ``root/name``; then ``root/latest`` names it and all but the newest ``keep`` are removed."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    atomic_write_text(name, ckpt_root / "latest")
-    for old in sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-keep]:
+    atomic_write_text(name, root / "latest")
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def resolve_checkpoint(run_dir: Path, which: str) -> Path:
-    """``latest`` or a checkpoint folder -> the checkpoint folder."""
+def latest_checkpoint(root: Path, which: str, marker: str = "state.json") -> Path:
+    """``latest`` or an explicit folder -> the checkpoint folder (which must hold ``marker``)."""
     if which == "latest":
-        pointer = run_dir / "checkpoints" / "latest"
+        pointer = root / "latest"
         if not pointer.is_file():
-            raise CheckpointError(f"{run_dir}: no checkpoint to resume from (no checkpoints/latest)")
-        path = run_dir / "checkpoints" / pointer.read_text().strip()
+            raise CheckpointError(f"{root.parent}: no checkpoint to resume from (no {root.name}/latest)")
+        path = root / pointer.read_text().strip()
     else:
         path = Path(which)
-    if not (path / "state.json").is_file():
-        raise CheckpointError(f"{path}: not a training checkpoint (no state.json)")
+    if not (path / marker).is_file():
+        raise CheckpointError(f"{path}: not a training checkpoint (no {marker})")
     return path
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
+                    keep: int = 3) -> Path:
+    def write(tmp: Path) -> None:
+        save_model(model, tmp / "model")  # type: ignore[arg-type]
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+
+    return commit_checkpoint(run_dir / "checkpoints", f"step_{state.step:07d}", write, keep)
+
+
+def resolve_checkpoint(run_dir: Path, which: str) -> Path:
+    """``latest`` or a checkpoint folder -> the checkpoint folder."""
+    return latest_checkpoint(run_dir / "checkpoints", which)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:

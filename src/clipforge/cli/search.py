@@ -1,0 +1,93 @@
+"""``clipforge embed``, ``clipforge index`` and ``clipforge search``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("embed", help="embed an image collection (resumable) into EMB_DIR")
+    e.add_argument("--model", required=True)
+    e.add_argument("--images", required=True, help="folder of images, CSV (image[,caption]) or shards")
+    e.add_argument("--out", required=True, help="embeddings folder (re-run to resume)")
+    e.add_argument("--part-size", type=int, default=10000)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--captions", action="store_true", help="also embed the captions")
+    e.set_defaults(func=run_embed)
+
+    i = sub.add_parser("index", help="build a FAISS index from an embeddings folder")
+    i.add_argument("emb_dir")
+    i.add_argument("--out", required=True, help="index folder (replaced atomically)")
+    i.add_argument("--memory-mb", type=float, default=None, help="memory budget that decides the index kind")
+    i.add_argument("--kind", choices=["flat", "hnsw", "ivfpq"], default=None, help="force an index kind")
+    i.add_argument("--dedup-threshold", type=float, default=None, help="compute near-duplicate groups (cosine)")
+    i.set_defaults(func=run_index)
+
+    s = sub.add_parser("search", help="search an index by text (or --image / --vector)")
+    s.add_argument("index_dir")
+    s.add_argument("query", nargs="?", help="text query")
+    s.add_argument("--image", default=None, help="search by this image instead")
+    s.add_argument("--model", default=None, help="the model (default: the one recorded in index.json)")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--threshold", type=float, default=None)
+    s.add_argument("--dedup", action="store_true")
+    s.set_defaults(func=run_search)
+
+    v = sub.add_parser("serve", help="serve an index over HTTP, with a web page (http://127.0.0.1:8000/)")
+    v.add_argument("index_dir")
+    v.add_argument("--model", default=None, help="the model (default: the one recorded in index.json)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.set_defaults(func=run_serve)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clipforge.checkpoints import load
+    from clipforge.search.embed import embed_collection, skipped_items
+
+    model = load(args.model)
+    out = embed_collection(model, args.images, args.out, model_path=str(Path(args.model).resolve()),
+                           part_size=args.part_size, batch_size=args.batch_size, captions=args.captions)
+    skipped = skipped_items(out)
+    note = f"; {len(skipped)} unreadable image(s) listed in skipped-*.jsonl" if skipped else ""
+    print(f"embeddings in {out}{note}")
+    return 0
+
+
+def run_index(args: argparse.Namespace) -> int:
+    import json
+
+    from clipforge.search.index import build_index
+
+    out = build_index(args.emb_dir, args.out, args.memory_mb, args.kind, args.dedup_threshold)
+    info = json.loads((out / "index.json").read_text())
+    print(f"{info['kind']} index of {info['n']} vectors in {out}: {info['reason']}")
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from clipforge.errors import ClipforgeError
+    from clipforge.search.query import image_query, load_index_model, text_query
+    from clipforge.search.searcher import Searcher
+
+    searcher = Searcher(args.index_dir)
+    if not args.query and not args.image:
+        raise ClipforgeError("give a text query or --image")
+    model = load_index_model(searcher.info, args.model)
+    q = image_query(model, args.image) if args.image else text_query(model, args.query)
+    for r in searcher.search(q, args.k, args.threshold, args.dedup)[0]:
+        print(f"{r.score:.3f}  {r.path}" + (f"  ({r.caption})" if r.caption else ""))
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from clipforge.search.server import create_app
+
+    app = create_app(args.index_dir, args.model)
+    print(f"serving {args.index_dir} on http://{args.host}:{args.port}/ (API docs at /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,35 @@
+"""Turning a text, an image or a raw vector into a query embedding with the index's model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clipforge.errors import ClipforgeError
+from clipforge.models.clip import CLIP
+
+
+@torch.no_grad()
+def text_query(model: CLIP, text: str) -> np.ndarray:
+    if model.tokenizer is None:
+        raise ClipforgeError("the index's model has no tokenizer: search by image or by vector instead")
+    return model.encode_text(model.tokenizer([text]), normalize=True).float().numpy()
+
+
+@torch.no_grad()
+def image_query(model: CLIP, image: bytes | str) -> np.ndarray:
+    return model.encode_image(model.preprocess(image).unsqueeze(0), normalize=True).float().numpy()
+
+
+def load_index_model(info: dict, override: str | None = None) -> CLIP:
+    """The model recorded in index.json (or ``override``), checked against the index's fingerprint."""
+    from clipforge.checkpoints import load
+    from clipforge.evaluation.cache import model_fingerprint
+
+    path = override or info.get("model")
+    if not path:
+        raise ClipforgeError("the index does not record its model: pass --model")
+    model = load(path)
+    if info.get("model_fingerprint") and model_fingerprint(model) != info["model_fingerprint"]:
+        raise ClipforgeError(f"{path} is not the model the index was built with (weights differ)")
+    return model

@@ -1,0 +1,163 @@
+"""``clipforge serve``: the HTTP service (FastAPI) over a :class:`~clipforge.search.searcher.Searcher`.
+
+Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
+
+* ``POST /search`` -- JSON ``{"text" | "image" (base64) | "vector" | "id", "k", "threshold", "dedup",
+  "offset"}`` -> ``{"results": [{"id", "score", "caption", "width", "height", "image_url", "thumb_url"}]}``
+* ``GET /image/{id}``, ``GET /thumb/{id}`` -- only files that are in the index, looked up by id (no
+  path ever comes from the request, so no traversal is possible)
+* ``GET /health``, ``GET /stats``; ``GET /`` -- the web page
+
+Requests are bounded (body size, ``k``); a bad request gets a 4xx with a JSON ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from clipforge.errors import ClipforgeError
+from clipforge.search.query import image_query, load_index_model, text_query
+from clipforge.search.searcher import Searcher
+
+MAX_K = 200
+
+
+class SearchRequest(BaseModel):
+    text: str | None = Field(None, max_length=1000, description="search by this text")
+    image: str | None = Field(None, description="search by this image (base64, optionally a data: URL)")
+    vector: list[float] | None = Field(None, description="search by this embedding")
+    id: int | None = Field(None, ge=0, description="search by the indexed image with this id")
+    k: int = Field(20, ge=1, le=MAX_K)
+    threshold: float | None = Field(None, ge=-1, le=1)
+    dedup: bool = False
+    offset: int = Field(0, ge=0, le=10_000)
+
+
+def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb: float = 10.0) -> FastAPI:
+    searcher = Searcher(index_dir)
+    models: list = []
+
+    def model():  # loaded on the first text or image query: vector search needs none
+        if not models:
+            models.append(load_index_model(searcher.info, model_path))
+        return models[0]
+
+    if model_path or searcher.info.get("model"):
+        model()  # fail at start-up, not on the first request, when the recorded model is unusable
+    by_id = {int(m["id"]): m for m in searcher.meta}
+    app = FastAPI(title="clipforge search", version="1", description="Search an image collection by text or image.")
+    max_body = int(max_body_mb * 2**20)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.middleware("http")
+    async def bound_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_body:
+            return error(413, f"request body over {max_body_mb:g} MB")
+        try:
+            return await call_next(request)
+        except Exception as e:  # never a bare 500 page: a JSON error instead
+            return error(500, f"internal error: {type(e).__name__}")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", []) if x != "body")
+        return error(422, f"{where or 'request'}: {first.get('msg', 'invalid')}")
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "items": len(searcher)}
+
+    @app.get("/stats")
+    def stats() -> dict:
+        i = searcher.info
+        return {"items": len(searcher), "dim": i["dim"], "index": i["kind"], "reason": i.get("reason"),
+                "model": i.get("model"), "dedup": searcher.groups is not None, "max_k": MAX_K}
+
+    @app.post("/search")
+    def search(req: SearchRequest):
+        given = [x for x in (req.text, req.image, req.vector, req.id) if x is not None]
+        if len(given) != 1:
+            return error(400, "give exactly one of text, image, vector or id")
+        try:
+            if req.text is not None:
+                if not req.text.strip():
+                    return error(400, "text is empty")
+                q = text_query(model(), req.text)
+            elif req.image is not None:
+                q = image_query(model(), _decode_base64(req.image))
+            elif req.id is not None:
+                if req.id not in by_id:
+                    return error(404, f"no item with id {req.id}")
+                q = image_query(model(), by_id[req.id]["path"])
+            else:
+                q = req.vector
+            results = searcher.search(q, req.k, req.threshold, req.dedup, req.offset)[0]
+        except ClipforgeError as e:
+            return error(400, str(e))
+        return {"results": [{"id": r.id, "score": round(r.score, 5), "caption": r.caption, "width": r.width,
+                             "height": r.height, "image_url": f"/image/{r.id}", "thumb_url": f"/thumb/{r.id}"}
+                            for r in results]}
+
+    @app.get("/image/{item_id}")
+    def image(item_id: int):
+        m = by_id.get(item_id)
+        if m is None:
+            return error(404, f"no item with id {item_id}")
+        if not Path(m["path"]).is_file():
+            return error(410, f"item {item_id}'s file is gone")
+        return FileResponse(m["path"])
+
+    @lru_cache(maxsize=4096)
+    def thumbnail(item_id: int, size: int) -> bytes:
+        from clipforge.images.decode import open_image
+
+        img = open_image(by_id[item_id]["path"])
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
+    @app.get("/thumb/{item_id}")
+    def thumb(item_id: int, size: int = 160):
+        if item_id not in by_id:
+            return error(404, f"no item with id {item_id}")
+        if not 16 <= size <= 512:
+            return error(422, "size: must be between 16 and 512")
+        try:
+            return Response(thumbnail(item_id, size), media_type="image/png")
+        except ClipforgeError as e:
+            return error(410, str(e))
+
+    page = (resources.files("clipforge") / "assets" / "search.html").read_text()
+
+    @app.get("/", response_class=HTMLResponse)
+    def home() -> str:
+        return page
+
+    return app
+
+
+def _decode_base64(data: str) -> bytes:
+    if data.startswith("data:"):
+        data = data.split(",", 1)[-1]
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ClipforgeError("image is not valid base64") from None
+    if not raw:
+        raise ClipforgeError("image is empty")
+    return raw
