@@ -46,10 +46,9 @@ def latency_and_recall(index, queries: np.ndarray, truth: np.ndarray) -> tuple[f
 def load_test(n: int, dim: int, seconds: float, clients: int) -> tuple[float, int, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import uvicorn
 
     from clipforge.search.index import build_index
-    from clipforge.search.server import create_app
+    from clipforge.search.server import BackgroundServer, create_app
 
     work = Path(tempfile.mkdtemp(prefix="clipforge-load-"))
     emb = work / "emb"
@@ -61,12 +60,8 @@ def load_test(n: int, dim: int, seconds: float, clients: int) -> tuple[float, in
     pq.write_table(pa.Table.from_pylist(rows), emb / "part-00000.parquet")
     (emb / "manifest.json").write_text(json.dumps({"items": n, "dim": dim, "model": ""}))
     build_index(emb, work / "idx")
-    server = uvicorn.Server(uvicorn.Config(create_app(work / "idx"), host="127.0.0.1", port=0, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/search"
+    server = BackgroundServer(create_app(work / "idx"))
+    url = server.__enter__() + "/search"
     counts, errors = [0] * clients, [0] * clients
     stop = time.perf_counter() + seconds
 
@@ -89,8 +84,7 @@ def load_test(n: int, dim: int, seconds: float, clients: int) -> tuple[float, in
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - t0
-    server.should_exit = True
-    thread.join(timeout=5)
+    server.__exit__(None, None, None)
     return sum(counts) / elapsed, sum(counts), sum(errors)
 
 

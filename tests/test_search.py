@@ -210,35 +210,18 @@ def test_no_path_traversal(client, path) -> None:
 
 
 def test_python_client_against_a_live_server(collection, tmp_path) -> None:
-    import threading
-    import time
-
-    import uvicorn
-
     from clipforge.search import Client
-    from clipforge.search.server import create_app
+    from clipforge.search.server import BackgroundServer, create_app
 
     model = clipforge.load(collection / "model")
     emb = embed_collection(model, str(collection / "imgs"), tmp_path / "emb", model_path=str(collection / "model"),
                            progress=False)
     build_index(emb, tmp_path / "idx")
-    server = uvicorn.Server(uvicorn.Config(create_app(tmp_path / "idx"), host="127.0.0.1", port=0,
-                                           log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        c = Client(f"http://127.0.0.1:{port}")
+    with BackgroundServer(create_app(tmp_path / "idx")) as url:
+        c = Client(url)
         assert c.health()["items"] == 23
         assert len(c.search_text("a blue square", k=3)) == 3
         assert c.search_image(collection / "imgs" / "002.png", k=1)[0]["caption"] == "a blue square"
         with pytest.raises(ClipforgeError, match="422"):
             c.search_text("x", k=100_000)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
     assert json.loads((tmp_path / "idx" / "index.json").read_text())["n"] == 23

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 
 import pytest
 
@@ -19,10 +17,9 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
     from PIL import Image
 
-    from clipforge.search.server import create_app
+    from clipforge.search.server import BackgroundServer, create_app
 
     root = tmp_path_factory.mktemp("web")
     (root / "imgs").mkdir()
@@ -35,17 +32,8 @@ def server(tmp_path_factory):
     clipforge.save(model, root / "model")
     emb = embed_collection(model, str(root / "imgs"), root / "emb", model_path=str(root / "model"), progress=False)
     build_index(emb, root / "idx")
-    srv = uvicorn.Server(uvicorn.Config(create_app(root / "idx"), host="127.0.0.1", port=0, log_level="error"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", root
-    srv.should_exit = True
-    thread.join(timeout=5)
+    with BackgroundServer(create_app(root / "idx")) as url:
+        yield url, root
 
 
 def test_search_page_in_headless_chromium(server, tmp_path) -> None:

@@ -139,6 +139,15 @@ def _report_missing(ds) -> None:
         print(f"warning: {len(ds.missing)} image(s) listed in {ds.name} do not exist, e.g. {ds.missing[0]}")
 
 
+def _probe_inputs(args: argparse.Namespace):
+    """The model, the train/test sets and their features: what every probe-style command starts with."""
+    model = _load(args.model)
+    train, test = _splits(args)
+    xtr, ytr = _features(model, train, args, "embed train")
+    xte, yte = _features(model, test, args, "embed test")
+    return model, train, test, xtr, ytr, xte, yte
+
+
 def _save(args, task: str, dataset: str, metrics: dict, settings: dict) -> None:
     from clipforge.evaluation.results import write_result
 
@@ -195,10 +204,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
 def run_linear_probe(args: argparse.Namespace) -> int:
     from clipforge.evaluation.linear_probe import linear_probe
 
-    model = _load(args.model)
-    train, test = _splits(args)
-    xtr, ytr = _features(model, train, args, "embed train")
-    xte, yte = _features(model, test, args, "embed test")
+    model, train, test, xtr, ytr, xte, yte = _probe_inputs(args)
     normalize = (args.normalize or ("no" if model is None else "yes")) == "yes"
     metrics = linear_probe(xtr, ytr, xte, yte, n_classes=len(train.classes), normalize=normalize)
     curve = metrics.pop("c_curve")
@@ -211,10 +217,7 @@ def run_fewshot(args: argparse.Namespace) -> int:
     from clipforge.evaluation.fewshot import few_shot_probe, zero_shot_init_few_shot
     from clipforge.evaluation.zero_shot import zero_shot_classifier
 
-    model = _load(args.model)
-    train, test = _splits(args)
-    xtr, ytr = _features(model, train, args, "embed train")
-    xte, yte = _features(model, test, args, "embed test")
+    model, train, test, xtr, ytr, xte, yte = _probe_inputs(args)
     zs = zero_shot_classifier(model, train.classes, _templates(args.templates, args.dataset)) if args.zeroshot_init \
         else None
     for k in args.k:
@@ -231,10 +234,7 @@ def run_overlap(args: argparse.Namespace) -> int:
     from clipforge.evaluation.overlap import overlap_report
     from clipforge.evaluation.zero_shot import zero_shot_logits
 
-    model = _load(args.model)
-    train, test = _splits(args)
-    xtr, _ = _features(model, train, args, "embed train")
-    xte, yte = _features(model, test, args, "embed test")
+    model, train, test, xtr, _, xte, yte = _probe_inputs(args)
     correct = zero_shot_logits(model, xte, test.classes, _templates(args.templates, args.dataset)).argmax(1) == yte
     metrics = overlap_report(xte, xtr, correct, args.threshold)
     pairs = metrics.pop("pairs")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import threading
+import time
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -149,6 +151,32 @@ def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb
         return page
 
     return app
+
+
+class BackgroundServer:
+    """Serve an app on 127.0.0.1 in a thread (tests, notebooks, benchmarks): ``with BackgroundServer(app) as url:``."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> str:
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout=10)
 
 
 def _decode_base64(data: str) -> bytes:
