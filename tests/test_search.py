@@ -225,3 +225,30 @@ def test_python_client_against_a_live_server(collection, tmp_path) -> None:
         with pytest.raises(ClipforgeError, match="422"):
             c.search_text("x", k=100_000)
     assert json.loads((tmp_path / "idx" / "index.json").read_text())["n"] == 23
+
+
+def test_effort_raises_hnsw_recall(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((3000, 32)).astype(np.float32)
+    data /= np.linalg.norm(data, axis=1, keepdims=True)
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    np.save(emb / "part-00000.npy", data.astype(np.float16))
+    rows = [{"id": i, "path": f"{i}.png", "caption": "", "width": 1, "height": 1, "sha1": ""} for i in range(3000)]
+    pq.write_table(pa.Table.from_pylist(rows), emb / "part-00000.parquet")
+    (emb / "manifest.json").write_text(json.dumps({"items": 3000, "dim": 32}))
+    build_index(emb, tmp_path / "idx", kind="hnsw")
+    s = Searcher(tmp_path / "idx")
+    assert s.info["kind"] == "hnsw"
+    exact = data @ data[:50].T
+    truth = [set(np.argsort(-exact[:, j])[:10]) for j in range(50)]
+
+    def recall(effort):
+        got = s.search(data[:50], k=10, effort=effort)
+        return np.mean([len({r.id for r in g} & t) / 10 for g, t in zip(got, truth)])
+
+    low, high = recall(10), recall(512)
+    assert high >= low and high > 0.95

@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--threshold", type=float, default=None)
     s.add_argument("--dedup", action="store_true")
+    s.add_argument("--effort", type=int, default=None, help="approximate indexes: efSearch (HNSW) or nprobe (IVF)")
     s.set_defaults(func=run_search)
 
     v = sub.add_parser("serve", help="serve an index over HTTP, with a web page (http://127.0.0.1:8000/)")
@@ -77,7 +78,7 @@ def run_search(args: argparse.Namespace) -> int:
         raise ClipforgeError("give a text query or --image")
     model = load_index_model(searcher.info, args.model)
     q = image_query(model, args.image) if args.image else text_query(model, args.query)
-    for r in searcher.search(q, args.k, args.threshold, args.dedup)[0]:
+    for r in searcher.search(q, args.k, args.threshold, args.dedup, effort=args.effort)[0]:
         print(f"{r.score:.3f}  {r.path}" + (f"  ({r.caption})" if r.caption else ""))
     return 0
 

@@ -38,10 +38,7 @@ class Searcher:
             self.index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         except RuntimeError:
             self.index = faiss.read_index(path)
-        if self.info.get("kind") == "hnsw":
-            self.index.hnsw.efSearch = self.info.get("efSearch", 128)
-        if self.info.get("kind") == "ivfpq":
-            self.index.nprobe = self.info.get("nprobe", 32)
+        self.set_effort(None)
         self.meta = pq.read_table(self.dir / "metadata.parquet").to_pylist()
         dedup = self.dir / "dedup.npy"
         self.groups = np.load(dedup) if dedup.is_file() else None
@@ -49,15 +46,27 @@ class Searcher:
     def __len__(self) -> int:
         return self.index.ntotal
 
+    def set_effort(self, effort: int | None) -> None:
+        """Recall/latency knob of approximate indexes: HNSW's efSearch or IVF's nprobe (None: index.json's)."""
+        kind = self.info.get("kind")
+        if kind == "hnsw":
+            self.index.hnsw.efSearch = int(effort or self.info.get("efSearch", 128))
+        elif kind == "ivfpq":
+            self.index.nprobe = int(effort or self.info.get("nprobe", 32))
+
     def search(self, queries: np.ndarray, k: int = 10, threshold: float | None = None, dedup: bool = False,
-               offset: int = 0) -> list[list[Result]]:
-        """Top ``k`` (after ``offset``, for paging) per query row; unit-normalised queries."""
+               offset: int = 0, effort: int | None = None) -> list[list[Result]]:
+        """Top ``k`` (after ``offset``, for paging) per query row; unit-normalised queries.
+
+        ``effort`` raises recall at the cost of latency on approximate indexes (see :meth:`set_effort`).
+        """
         q = np.ascontiguousarray(np.atleast_2d(queries).astype(np.float32))
         q /= np.linalg.norm(q, axis=1, keepdims=True).clip(min=1e-12)
         if q.shape[1] != self.info["dim"]:
             raise ClipforgeError(f"query has dimension {q.shape[1]}, the index {self.info['dim']}")
         want = offset + k
         fetch = want * (4 if dedup and self.groups is not None else 1)
+        self.set_effort(effort)
         scores, ids = self.index.search(q, min(fetch, len(self)))
         out = []
         for srow, irow in zip(scores, ids):

@@ -43,6 +43,7 @@ class SearchRequest(BaseModel):
     threshold: float | None = Field(None, ge=-1, le=1)
     dedup: bool = False
     offset: int = Field(0, ge=0, le=10_000)
+    effort: int | None = Field(None, ge=1, le=4096, description="approximate indexes: efSearch (HNSW) or nprobe (IVF)")
 
 
 def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb: float = 10.0) -> FastAPI:
@@ -107,7 +108,7 @@ def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb
                 q = image_query(model(), by_id[req.id]["path"])
             else:
                 q = req.vector
-            results = searcher.search(q, req.k, req.threshold, req.dedup, req.offset)[0]
+            results = searcher.search(q, req.k, req.threshold, req.dedup, req.offset, req.effort)[0]
         except ClipforgeError as e:
             return error(400, str(e))
         return {"results": [{"id": r.id, "score": round(r.score, 5), "caption": r.caption, "width": r.width,
