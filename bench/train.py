@@ -4,8 +4,8 @@ The reference is the loop a user would write (forward both towers, CLIP loss fro
 ``F.cross_entropy`` on the logits, backward, AdamW step). clipforge's step is the trainer's
 (``contrastive_backward`` + gradient clipping + AdamW + temperature clamp), with the full batch and
 with exact micro-batching (GradCache). Each configuration runs in a fresh process, so "peak RSS"
-is that configuration's own peak resident memory; "loss MB" is the size of the loss's N x N
-tensors (logits and their gradients, both directions), which micro-batching does not shrink.
+is that configuration's own peak resident memory. The loss's own memory, naive and tiled, is
+measured by bench/loss_memory.py.
 
     .venv/bin/python bench/train.py                 # demo model (64 px ViT), batch 128
     .venv/bin/python bench/train.py --batch 256 --steps 5
@@ -95,7 +95,6 @@ def main() -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
-    loss_mb = 4 * 4 * args.batch * args.batch / 2**20  # fp32 logits + grads, two directions
     rows = []
     for threads in args.threads:
         base, _ = None, None
@@ -103,11 +102,10 @@ def main() -> None:
             rate, rss = measure(kind, threads, args.batch, args.steps, micro)
             base = base or rate
             label = kind if micro is None else f"{kind}, micro-batch {micro}"
-            rows.append([label, threads, args.batch, f"{rate:.1f}", f"{rate / base:.2f}", f"{rss:.0f}",
-                         f"{loss_mb:.2f}"])
+            rows.append([label, threads, args.batch, f"{rate:.1f}", f"{rate / base:.2f}", f"{rss:.0f}"])
             print(" | ".join(str(c) for c in rows[-1]), flush=True)
     print()
-    print(markdown_table(["loop", "threads", "batch", "samples/s", "vs reference", "peak RSS MB", "loss MB"], rows))
+    print(markdown_table(["loop", "threads", "batch", "samples/s", "vs reference", "peak RSS MB"], rows))
 
 
 if __name__ == "__main__":

@@ -129,9 +129,13 @@ def _features(model, ds, args, label: str):
         feats, idx = pixel_features(ds.images)
         return feats, torch.tensor(ds.labels)[idx]
     feats, idx, skipped = image_features(model, ds.images, args.batch_size, use_cache=not args.no_cache, label=label)
-    if skipped:
-        print(f"warning: {len(skipped)} unreadable image(s) left out of {ds.name}, e.g. {skipped[0].source}")
+    _report_skipped(skipped, ds.name)
     return feats, torch.tensor(ds.labels)[idx]
+
+
+def _report_skipped(skipped, name: str) -> None:
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable image(s) left out of {name}, e.g. {skipped[0].source}")
 
 
 def _report_missing(ds) -> None:
@@ -160,17 +164,18 @@ def _save(args, task: str, dataset: str, metrics: dict, settings: dict) -> None:
 def run_zeroshot(args: argparse.Namespace) -> int:
     _text_needed(args.model)
     from clipforge.evaluation.datasets import load_classification
+    from clipforge.evaluation.tasks import zero_shot_task
     from clipforge.evaluation.templates import load_classnames
-    from clipforge.evaluation.zero_shot import classification_metrics, confusion_matrix_png, zero_shot_logits
+    from clipforge.evaluation.zero_shot import confusion_matrix_png
 
     model = _load(args.model)
     classes, per_class = load_classnames(args.classes) if args.classes else (None, None)
     ds = load_classification(args.dataset, args.split, args.image_column, args.label_column, classes)
     _report_missing(ds)
     templates = per_class or _templates(args.templates, args.dataset)
-    feats, targets = _features(model, ds, args, "embed images")
-    logits = zero_shot_logits(model, feats, ds.classes, templates)
-    metrics = classification_metrics(logits, targets)
+    metrics, logits, targets, skipped = zero_shot_task(model, ds, templates, args.batch_size,
+                                                       use_cache=not args.no_cache, progress=True)
+    _report_skipped(skipped, ds.name)
     if args.confusion:
         confusion_matrix_png(targets, logits.argmax(1), ds.classes, args.confusion)
         print(f"confusion matrix written to {args.confusion}")
@@ -182,22 +187,16 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 
 def run_retrieval(args: argparse.Namespace) -> int:
     _text_needed(args.model)
-    from clipforge.evaluation.cache import image_features
     from clipforge.evaluation.datasets import load_retrieval
-    from clipforge.evaluation.embed import embed_texts
-    from clipforge.evaluation.retrieval import retrieval_metrics
+    from clipforge.evaluation.tasks import retrieval_task
 
     model = _load(args.model)
     ds = load_retrieval(args.dataset, args.image_column, args.caption_column)
-    feats, idx, skipped = image_features(model, ds.images, args.batch_size, use_cache=not args.no_cache,
-                                         label="embed images")
-    keep = {int(i): j for j, i in enumerate(idx.tolist())}
-    captions = [c for c, i in zip(ds.captions, ds.text_to_image) if i in keep]
-    t2i = [keep[i] for i in ds.text_to_image if i in keep]
+    metrics, skipped = retrieval_task(model, ds, args.batch_size, use_cache=not args.no_cache, progress=True)
     if skipped:
         print(f"warning: {len(skipped)} unreadable image(s) and their captions left out, e.g. {skipped[0].source}")
-    metrics = retrieval_metrics(feats, embed_texts(model, captions), t2i)
-    _save(args, "zeroshot_retrieval", ds.name, metrics, {"n_images": len(feats), "n_captions": len(captions)})
+    _save(args, "zeroshot_retrieval", ds.name, metrics,
+          {"n_images": len(ds.images), "n_captions": len(ds.captions), "n_unreadable_images": len(skipped)})
     return 0
 
 

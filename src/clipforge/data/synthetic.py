@@ -60,7 +60,7 @@ class SceneObject:
     size: str
     position: str
 
-    def phrase(self, rng: np.random.Generator, with_size: bool) -> str:
+    def phrase(self, with_size: bool) -> str:
         return f"{self.size} {self.colour} {self.shape}" if with_size else f"{self.colour} {self.shape}"
 
 
@@ -156,12 +156,12 @@ def _caption(objs: list[SceneObject], rng: np.random.Generator) -> str:
     with_size = bool(rng.random() < 0.6)
     if len(objs) == 1:
         o = objs[0]
-        p = o.phrase(rng, with_size)
+        p = o.phrase(with_size)
         where = _POSITION_PHRASES[o.position]
         forms = [f"{_a(p)} {where}", _a(p), f"there is {_a(p)} {where}", f"a picture of {_a(p)}",
                  f"{where}, {_a(p)}", f"{_a(p)} on a textured background"]
         return forms[int(rng.integers(len(forms)))]
-    phrases = [o.phrase(rng, with_size) for o in objs]
+    phrases = [o.phrase(with_size) for o in objs]
     if len(objs) == 2:
         a, b = objs
         (ar, ac), (br, bc) = divmod(POSITIONS.index(a.position), 3), divmod(POSITIONS.index(b.position), 3)

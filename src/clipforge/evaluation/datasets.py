@@ -145,14 +145,15 @@ def _from_shards(source: str, classes: list[str] | None) -> LabelledImages:
     return LabelledImages(source, images, labels, list(classes) if classes else [str(i) for i in range(n)])
 
 
-def load_retrieval(source: str, image_column: str = "image", caption_column: str = "caption") -> CaptionedImages:
+def load_retrieval(source: str, image_column: str = "image", caption_column: str = "caption",
+                   separator: str | None = None) -> CaptionedImages:
     """Image-caption pairs (CSV, folder of x.jpg + x.txt, or ``synthetic``) grouped by image."""
     from clipforge.data.pairs import read_pairs
 
     name = source
     if source == "synthetic":
-        source = str(_synthetic_root() / "val.csv")
-    pairs, _ = read_pairs(source, image_column, caption_column)
+        source = str(synthetic_root() / "val.csv")
+    pairs, _ = read_pairs(source, image_column, caption_column, separator)
     images: dict[str, int] = {}
     captions, t2i = [], []
     for p in pairs:
@@ -164,7 +165,7 @@ def load_retrieval(source: str, image_column: str = "image", caption_column: str
     return CaptionedImages(name, list(images), captions, t2i)
 
 
-def _synthetic_root() -> Path:
+def synthetic_root() -> Path:
     from clipforge.data.synthetic import SynthConfig, write_dataset
 
     root = cache_dir() / "synthetic"
@@ -177,7 +178,7 @@ def _builtin(name: str, split: str) -> LabelledImages:
     if name == "synthetic":
         from clipforge.data.synthetic import class_names
 
-        root = _synthetic_root()
+        root = synthetic_root()
         csv_name = {"test": "zeroshot_heldout.csv", "heldout": "zeroshot_heldout.csv", "seen": "zeroshot_seen.csv",
                     "train": "zeroshot_seen.csv"}.get(split)
         if csv_name is None:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.images.preprocess import Preprocess
 from clipforge.models.config import CLIPConfig, HFTextConfig, ResNetConfig
 from clipforge.models.resnet import ModifiedResNet
 from clipforge.models.text import TextTransformer
 from clipforge.models.vit import VisionTransformer
-
-if TYPE_CHECKING:
-    from clipforge.images.preprocess import Preprocess
 
 
 class CLIP(nn.Module):
@@ -50,8 +48,6 @@ class CLIP(nn.Module):
             self.text = TextTransformer(config.text, config.embed_dim, act)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         self.tokenizer: Any = None
-        from clipforge.images.preprocess import Preprocess
-
         self.preprocess: Preprocess = Preprocess(image_size=config.vision.image_size)
 
     @property

@@ -11,8 +11,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from clipforge.data.pairs import read_csv_pairs
-from clipforge.evaluation import classification_metrics, embed_images, embed_texts, zero_shot_classifier
+from clipforge.evaluation import embed_texts
+from clipforge.evaluation.cache import image_features
+from clipforge.evaluation.datasets import load_classification, load_retrieval
+from clipforge.evaluation.tasks import retrieval_task, zero_shot_task
 from clipforge.models.clip import CLIP
 from clipforge.report.html import figure_tag, image_tag, page, table
 from clipforge.training.checkpoint import TrainState
@@ -75,17 +77,13 @@ def build_demo_report(model: CLIP, data_dir: Path, state: TrainState, out_dir: P
     model.eval()
     meta = json.loads((data_dir / "meta.json").read_text())
     classes, heldout = meta["classes"], meta["heldout_combinations"]
-    weights = zero_shot_classifier(model, classes, templates)
     results: dict[str, Any] = {}
     parts = []
     zs_rows = []
     conf_html = ""
     for split in ("seen", "heldout"):
-        rows, _ = read_csv_pairs(data_dir / f"zeroshot_{split}.csv", "image", "label")
-        feats, idx, _ = embed_images(model, [r.image for r in rows])
-        targets = torch.tensor([classes.index(rows[i].caption) for i in idx.tolist()])
-        logits = feats @ weights.T
-        m = classification_metrics(logits, targets)
+        ds = load_classification(str(data_dir / f"zeroshot_{split}.csv"), classes=classes)
+        m, logits, targets, _ = zero_shot_task(model, ds, templates)
         preds = logits.argmax(1)
         shape_ok = [classes[p].split()[1] == classes[t].split()[1] for p, t in zip(preds.tolist(), targets.tolist())]
         colour_ok = [classes[p].split()[0] == classes[t].split()[0] for p, t in zip(preds.tolist(), targets.tolist())]
@@ -97,10 +95,14 @@ def build_demo_report(model: CLIP, data_dir: Path, state: TrainState, out_dir: P
         if split == "heldout":
             conf_html = figure_tag(confusion_figure(preds, targets, classes, heldout), "held-out confusion")
 
-    val_rows, _ = read_csv_pairs(data_dir / "val.csv")
-    from clipforge.training.evaluate import retrieval_eval
-
-    results["retrieval_val"] = retrieval_eval(model, [r.image for r in val_rows], [r.caption for r in val_rows])
+    # The validation images are embedded once: for retrieval, the similarity matrix and the searches.
+    val = load_retrieval(str(data_dir / "val.csv"))
+    val_features = image_features(model, val.images, use_cache=False, progress=False)
+    all_f, all_idx, _ = val_features
+    results["retrieval_val"], _ = retrieval_task(model, val, features=val_features)
+    caption_of: dict[int, str] = {}
+    for caption, image in zip(val.captions, val.text_to_image):
+        caption_of.setdefault(image, caption)
 
     r = results
     headline = (f"Zero-shot accuracy over all {len(classes)} (colour, shape) classes: "
@@ -126,25 +128,24 @@ def build_demo_report(model: CLIP, data_dir: Path, state: TrainState, out_dir: P
         ["image -> text", ret["text_retrieval_recall@1"], ret["text_retrieval_recall@5"],
          ret["text_retrieval_recall@10"], int(ret["text_retrieval_median_rank"])]]))
 
-    batch = val_rows[:12]
-    img_f, _, _ = embed_images(model, [b.image for b in batch])
-    txt_f = embed_texts(model, [b.caption for b in batch])
-    sims = (txt_f @ img_f.T).numpy()
+    batch = [(val.images[i], caption_of[i]) for i in all_idx[:12].tolist()]
+    txt_f = embed_texts(model, [caption for _, caption in batch])
+    sims = (txt_f @ all_f[:12].T).numpy()
     parts.append("<h2>Similarity matrix of a validation batch</h2>")
     parts.append('<div class="grid">' + "".join(
-        f'<div class="card">{image_tag(b.image, b.caption)}<br>{i}</div>' for i, b in enumerate(batch)) + "</div>")
-    parts.append(figure_tag(similarity_figure(sims, [b.caption for b in batch]), "similarity matrix"))
+        f'<div class="card">{image_tag(path, caption)}<br>{i}</div>' for i, (path, caption) in enumerate(batch))
+        + "</div>")
+    parts.append(figure_tag(similarity_figure(sims, [caption for _, caption in batch]), "similarity matrix"))
 
     parts.append("<h2>Text -> image search over the validation scenes</h2>")
-    all_f, all_idx, _ = embed_images(model, [v.image for v in val_rows])
     queries = ["a red circle", "a large blue square", "a green star and a yellow triangle", "a purple ring",
                "an orange cross in the top left"] + [f"{'an' if h[0] in 'aeiou' else 'a'} {h}" for h in heldout[:3]]
     q_f = embed_texts(model, queries)
     for q, qf in zip(queries, q_f):
         top = (all_f @ qf).topk(6).indices.tolist()
-        cards = "".join(
-            f'<div class="card">{image_tag(val_rows[all_idx[t]].image, val_rows[all_idx[t]].caption)}'
-            f'<br>{html.escape(val_rows[all_idx[t]].caption[:40])}</div>' for t in top)
+        hits = [(val.images[int(all_idx[t])], caption_of[int(all_idx[t])]) for t in top]
+        cards = "".join(f'<div class="card">{image_tag(path, caption)}<br>{html.escape(caption[:40])}</div>'
+                        for path, caption in hits)
         parts.append(f"<p><b>{html.escape(q)}</b></p><div class='grid'>{cards}</div>")
 
     out_dir.mkdir(parents=True, exist_ok=True)

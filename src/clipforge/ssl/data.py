@@ -20,9 +20,9 @@ def unlabelled_images(source: str) -> list[str]:
     if source in BUILTIN:
         if source == "synthetic":
             from clipforge.data.pairs import read_csv_pairs
-            from clipforge.evaluation.datasets import _synthetic_root
+            from clipforge.evaluation.datasets import synthetic_root
 
-            return [p.image for p in read_csv_pairs(_synthetic_root() / "train.csv")[0]]
+            return [p.image for p in read_csv_pairs(synthetic_root() / "train.csv")[0]]
         return load_classification("digits", "train").images
     p = Path(source)
     if p.is_dir():
