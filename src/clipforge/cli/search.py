@@ -12,14 +12,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, help="embeddings folder (re-run to resume)")
     e.add_argument("--part-size", type=int, default=10000)
     e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--captions", action="store_true", help="also embed the captions")
+    e.add_argument("--captions", action="store_true",
+                   help="also embed the captions (clipforge index then measures recall on them as queries)")
+    e.add_argument("--workers", type=int, default=None,
+                   help="threads decoding images while the model encodes (default: CPUs, at most 8)")
     e.set_defaults(func=run_embed)
 
     i = sub.add_parser("index", help="build a FAISS index from an embeddings folder")
     i.add_argument("emb_dir")
     i.add_argument("--out", required=True, help="index folder (replaced atomically)")
     i.add_argument("--memory-mb", type=float, default=None, help="memory budget that decides the index kind")
-    i.add_argument("--kind", choices=["flat", "hnsw", "ivfpq"], default=None, help="force an index kind")
+    i.add_argument("--kind", choices=["flat", "pq-rerank", "ivfpq", "hnsw"], default=None,
+                   help="force an index kind (default: chosen from the size and --memory-mb; see index.json)")
+    i.add_argument("--target-recall", type=float, default=0.95,
+                   help="approximate kinds: the least search effort reaching this recall@10 against exact search, "
+                        "measured at build time, becomes the default (default: 0.95)")
+    i.add_argument("--threads", type=int, default=None,
+                   help="pq-rerank: threads one query's scan is split over (default: CPUs here, at most 8)")
     i.add_argument("--dedup-threshold", type=float, default=None, help="compute near-duplicate groups (cosine)")
     i.set_defaults(func=run_index)
 
@@ -31,7 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--threshold", type=float, default=None)
     s.add_argument("--dedup", action="store_true")
-    s.add_argument("--effort", type=int, default=None, help="approximate indexes: efSearch (HNSW) or nprobe (IVF)")
+    s.add_argument("--effort", type=int, default=None,
+                   help="approximate indexes: more is slower and finds more (pq-rerank: candidates per result; "
+                        "HNSW: efSearch; IVF: nprobe); default: the one measured at build time")
     s.set_defaults(func=run_search)
 
     v = sub.add_parser("serve", help="serve an index over HTTP, with a web page (http://127.0.0.1:8000/)")
@@ -50,7 +61,8 @@ def run_embed(args: argparse.Namespace) -> int:
 
     model = load(args.model)
     out = embed_collection(model, args.images, args.out, model_path=str(Path(args.model).resolve()),
-                           part_size=args.part_size, batch_size=args.batch_size, captions=args.captions)
+                           part_size=args.part_size, batch_size=args.batch_size, captions=args.captions,
+                           workers=args.workers)
     skipped = skipped_items(out)
     note = f"; {len(skipped)} unreadable image(s) listed in skipped-*.jsonl" if skipped else ""
     print(f"embeddings in {out}{note}")
@@ -62,9 +74,12 @@ def run_index(args: argparse.Namespace) -> int:
 
     from clipforge.search.index import build_index
 
-    out = build_index(args.emb_dir, args.out, args.memory_mb, args.kind, args.dedup_threshold)
+    out = build_index(args.emb_dir, args.out, args.memory_mb, args.kind, args.dedup_threshold, args.target_recall,
+                      threads=args.threads, verbose=True)
     info = json.loads((out / "index.json").read_text())
-    print(f"{info['kind']} index of {info['n']} vectors in {out}: {info['reason']}")
+    tuned = (f"; effort {info['effort']} ({info['tuning']['effort']}) measured recall@10 {info['recall_at_10']:.3f}"
+             if "tuning" in info else "")
+    print(f"{info['kind']} index of {info['n']} vectors in {out}: {info['reason']}{tuned}")
     return 0
 
 

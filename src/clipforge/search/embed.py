@@ -4,7 +4,8 @@ Layout of EMB_DIR::
 
     manifest.json            model, source, item count, part size, dimension
     part-00000.npy           float16 [n, D] image embeddings of items 0 .. part_size-1 (readable ones)
-    part-00000.parquet       id, path, caption, width, height, sha1 of the file, for the same rows
+    part-00000.parquet       id, path, member/offset/size (a shard's image), caption, width, height,
+                             sha1 of the image bytes, for the same rows
     text-00000.npy           (with captions) float16 caption embeddings, same rows
     skipped-00000.jsonl      items of the part that could not be read, and why
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ import torch
 from clipforge.errors import ClipforgeError, ImageReadError
 from clipforge.images.decode import open_image
 from clipforge.models.clip import CLIP
-from clipforge.search.collection import Item, list_items
+from clipforge.search.collection import Item, list_items, read_item_bytes
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
@@ -37,26 +40,52 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _load(model: CLIP, item: Item) -> tuple[torch.Tensor, dict] | str:
+    """Decode and preprocess one item (in a worker thread: Pillow releases the GIL); an error message if unreadable."""
+    try:
+        data = read_item_bytes(item.path, item.member, item.offset, item.size)
+        img = open_image(data, name=item.name)
+    except (OSError, ImageReadError) as e:
+        return str(e)
+    row = {"path": item.path, "member": item.member, "offset": item.offset, "size": item.size,
+           "caption": item.caption, "width": img.width, "height": img.height,
+           "sha1": hashlib.sha1(data).hexdigest()}
+    return model.preprocess(img), row
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn, items: list, ahead: int):
+    """``pool.map`` in order, but with at most ``ahead`` items in flight (bounded memory)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 @torch.no_grad()
-def _embed_part(model: CLIP, items: list[Item], first_id: int, batch_size: int, captions: bool):
+def _embed_part(model: CLIP, items: list[Item], first_id: int, batch_size: int, captions: bool,
+                pool: ThreadPoolExecutor, bar) -> tuple:
     feats, rows, texts, skipped = [], [], [], []
     images: list[torch.Tensor] = []
 
     def flush() -> None:
         if images:
             feats.append(model.encode_image(torch.stack(images), normalize=True).float())
+            bar.advance(len(images))
             images.clear()
 
-    for offset, item in enumerate(items):
-        try:
-            data = Path(item.path).read_bytes()
-            img = open_image(data, name=item.path)
-        except (OSError, ImageReadError) as e:
-            skipped.append({"id": first_id + offset, "path": item.path, "reason": str(e)})
+    # Items are decoded ahead by the pool, in order, while the model encodes the previous batch.
+    for offset, loaded in enumerate(_bounded_map(pool, lambda it: _load(model, it), items, ahead=2 * batch_size)):
+        item = items[offset]
+        if isinstance(loaded, str):
+            skipped.append({"id": first_id + offset, "path": item.name, "reason": loaded})
+            bar.advance()
             continue
-        images.append(model.preprocess(img))
-        rows.append({"id": first_id + offset, "path": item.path, "caption": item.caption, "width": img.width,
-                     "height": img.height, "sha1": hashlib.sha1(data).hexdigest()})
+        tensor, row = loaded
+        images.append(tensor)
+        rows.append({"id": first_id + offset, **row})
         texts.append(item.caption)
         if len(images) == batch_size:
             flush()
@@ -73,8 +102,12 @@ def _embed_part(model: CLIP, items: list[Item], first_id: int, batch_size: int, 
 
 def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: str = "", part_size: int = 10000,
                      batch_size: int = 64, captions: bool = False, progress: bool = True,
-                     max_parts: int | None = None) -> Path:
-    """Embed every item of ``source`` into ``out_dir`` (resuming where a previous run stopped)."""
+                     max_parts: int | None = None, workers: int | None = None) -> Path:
+    """Embed every item of ``source`` into ``out_dir`` (resuming where a previous run stopped).
+
+    ``workers`` threads decode and preprocess images (default: the number of CPUs, at most 8) while
+    the model encodes; the result does not depend on it.
+    """
     from clipforge.evaluation.cache import model_fingerprint
     from clipforge.utils.progress import progress_bar
 
@@ -95,7 +128,8 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
         mpath.write_text(json.dumps(manifest, indent=2))
     n_parts = (len(items) + part_size - 1) // part_size
     done = 0
-    with progress_bar("embed", total=len(items), enabled=progress) as bar:
+    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    with progress_bar("embed", total=len(items), enabled=progress) as bar, ThreadPoolExecutor(workers) as pool:
         for part in range(n_parts):
             name = f"{part:05d}"
             chunk = items[part * part_size : (part + 1) * part_size]
@@ -104,7 +138,8 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
                 continue
             if max_parts is not None and done >= max_parts:
                 break
-            image_emb, rows, text_emb, skipped = _embed_part(model, chunk, part * part_size, batch_size, captions)
+            image_emb, rows, text_emb, skipped = _embed_part(model, chunk, part * part_size, batch_size, captions,
+                                                             pool, bar)
             _save_npy(image_emb, out / f"part-{name}.npy")
             if text_emb is not None:
                 _save_npy(text_emb, out / f"text-{name}.npy")
@@ -114,12 +149,12 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
             pq.write_table(table, tmp)
             os.replace(tmp, out / f"part-{name}.parquet")  # the part is complete only now
             done += 1
-            bar.advance(len(chunk))
     return out
 
 
-_SCHEMA = pa.schema([("id", pa.int64()), ("path", pa.string()), ("caption", pa.string()), ("width", pa.int32()),
-                     ("height", pa.int32()), ("sha1", pa.string())])
+_SCHEMA = pa.schema([("id", pa.int64()), ("path", pa.string()), ("member", pa.string()), ("offset", pa.int64()),
+                     ("size", pa.int64()), ("caption", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+                     ("sha1", pa.string())])
 
 
 def read_embeddings(emb_dir: str | Path) -> tuple[np.ndarray, pa.Table, dict]:
@@ -134,6 +169,16 @@ def read_embeddings(emb_dir: str | Path) -> tuple[np.ndarray, pa.Table, dict]:
     arrays = [np.load(p.with_suffix(".npy")).astype(np.float32) for p in parts]
     tables = [pq.read_table(p) for p in parts]
     return np.concatenate(arrays), pa.concat_tables(tables), manifest
+
+
+def read_caption_embeddings(emb_dir: str | Path) -> np.ndarray | None:
+    """The caption embeddings (float32, rows as in :func:`read_embeddings`), or None without captions."""
+    emb = Path(emb_dir)
+    parts = sorted(emb.glob("part-*.parquet"))
+    texts = [p.with_name(p.name.replace("part-", "text-")).with_suffix(".npy") for p in parts]
+    if not parts or not all(t.is_file() for t in texts):
+        return None
+    return np.concatenate([np.load(t).astype(np.float32) for t in texts])
 
 
 def skipped_items(emb_dir: str | Path) -> list[dict]:

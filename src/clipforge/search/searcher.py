@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
 from clipforge.errors import ClipforgeError
+from clipforge.search.index import DEFAULT_EFFORT, KINDS, open_backend
 
 
 @dataclass
@@ -22,10 +22,11 @@ class Result:
     caption: str
     width: int
     height: int
+    member: str = ""  # set when the image is a member of the webdataset shard ``path``
 
 
 class Searcher:
-    """Opens ``index.faiss`` (memory-mapped where FAISS supports it), the metadata and dedup groups."""
+    """Opens an index folder: the index (memory-mapped where possible), the metadata and dedup groups."""
 
     def __init__(self, index_dir: str | Path) -> None:
         self.dir = Path(index_dir)
@@ -33,44 +34,55 @@ class Searcher:
         if not info_path.is_file():
             raise ClipforgeError(f"{self.dir}: not an index folder (no index.json; run clipforge index)")
         self.info: dict[str, Any] = json.loads(info_path.read_text())
-        path = str(self.dir / "index.faiss")
-        try:
-            self.index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        except RuntimeError:
-            self.index = faiss.read_index(path)
-        self.set_effort(None)
-        self.meta = pq.read_table(self.dir / "metadata.parquet").to_pylist()
+        if self.info.get("kind") not in KINDS:
+            raise ClipforgeError(f"{info_path}: unknown index kind {self.info.get('kind')!r}; rebuild the index")
+        self.index = open_backend(self.dir, self.info)
+        self.effort = int(self.info.get("effort") or DEFAULT_EFFORT[self.info["kind"]])
+        self.meta = pq.read_table(self.dir / "metadata.parquet")
+        ids = self.meta.column("id").to_numpy()
+        self._id_order = np.argsort(ids, kind="stable")
+        self._sorted_ids = ids[self._id_order]
         dedup = self.dir / "dedup.npy"
         self.groups = np.load(dedup) if dedup.is_file() else None
 
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def set_effort(self, effort: int | None) -> None:
-        """Recall/latency knob of approximate indexes: HNSW's efSearch or IVF's nprobe (None: index.json's)."""
-        kind = self.info.get("kind")
-        if kind == "hnsw":
-            self.index.hnsw.efSearch = int(effort or self.info.get("efSearch", 128))
-        elif kind == "ivfpq":
-            self.index.nprobe = int(effort or self.info.get("nprobe", 32))
+    def row_of(self, item_id: int) -> int | None:
+        """The index row of an item id, or None when the id is not in the index."""
+        at = int(np.searchsorted(self._sorted_ids, item_id))
+        if at < len(self._sorted_ids) and self._sorted_ids[at] == item_id:
+            return int(self._id_order[at])
+        return None
+
+    def item(self, row: int) -> dict[str, Any]:
+        """The metadata of a row: id, path, caption, width, height, sha1 (and member/offset/size for shards)."""
+        return {name: self.meta.column(name)[row].as_py() for name in self.meta.column_names}
+
+    def stored_vector(self, row: int) -> np.ndarray | None:
+        """The indexed vector of a row, when the index keeps vectors (all kinds but IVF-PQ)."""
+        return self.index.vector(row)
 
     def search(self, queries: np.ndarray, k: int = 10, threshold: float | None = None, dedup: bool = False,
                offset: int = 0, effort: int | None = None) -> list[list[Result]]:
-        """Top ``k`` (after ``offset``, for paging) per query row; unit-normalised queries.
+        """Top ``k`` (after ``offset``, for paging) per query row; queries are unit-normalised here.
 
-        ``effort`` raises recall at the cost of latency on approximate indexes (see :meth:`set_effort`).
+        ``effort`` trades latency for recall on approximate indexes: candidates re-ranked per result
+        (pq-rerank), efSearch (HNSW) or nprobe (IVF); None uses the one measured at build time.
         """
         q = np.ascontiguousarray(np.atleast_2d(queries).astype(np.float32))
-        q /= np.linalg.norm(q, axis=1, keepdims=True).clip(min=1e-12)
-        if q.shape[1] != self.info["dim"]:
-            raise ClipforgeError(f"query has dimension {q.shape[1]}, the index {self.info['dim']}")
+        if q.ndim != 2 or q.shape[1] != self.info["dim"]:
+            raise ClipforgeError(f"query has dimension {q.shape[-1]}, the index {self.info['dim']}")
+        norms = np.linalg.norm(q, axis=1, keepdims=True)
+        if not np.isfinite(q).all() or not (np.isfinite(norms) & (norms > 0)).all():
+            raise ClipforgeError("query vector must be finite and non-zero")
+        q /= norms
         want = offset + k
         fetch = want * (4 if dedup and self.groups is not None else 1)
-        self.set_effort(effort)
-        scores, ids = self.index.search(q, min(fetch, len(self)))
+        scores, ids = self.index.search(q, min(fetch, len(self)), int(effort or self.effort))
         out = []
         for srow, irow in zip(scores, ids):
-            results, seen = [], set()
+            kept, seen = [], set()
             for s, i in zip(srow, irow):
                 if i < 0 or (threshold is not None and s < threshold):
                     continue
@@ -79,7 +91,10 @@ class Searcher:
                     if g in seen:
                         continue
                     seen.add(g)
-                m = self.meta[int(i)]
-                results.append(Result(int(m["id"]), float(s), m["path"], m["caption"], m["width"], m["height"]))
-            out.append(results[offset:want])
+                kept.append((float(s), int(i)))
+            out.append([self._result(s, i) for s, i in kept[offset:want]])
         return out
+
+    def _result(self, score: float, row: int) -> Result:
+        m = self.item(row)
+        return Result(int(m["id"]), score, m["path"], m["caption"], m["width"], m["height"], m.get("member") or "")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import mimetypes
 import threading
 import time
 from functools import lru_cache
@@ -28,6 +29,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from clipforge.errors import ClipforgeError
+from clipforge.search.collection import read_item_bytes
 from clipforge.search.query import image_query, load_index_model, text_query
 from clipforge.search.searcher import Searcher
 
@@ -43,7 +45,9 @@ class SearchRequest(BaseModel):
     threshold: float | None = Field(None, ge=-1, le=1)
     dedup: bool = False
     offset: int = Field(0, ge=0, le=10_000)
-    effort: int | None = Field(None, ge=1, le=4096, description="approximate indexes: efSearch (HNSW) or nprobe (IVF)")
+    effort: int | None = Field(None, ge=1, le=4096,
+                               description="approximate indexes: candidates per result (pq-rerank), efSearch "
+                                           "(HNSW) or nprobe (IVF); default: measured at build time")
 
 
 def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb: float = 10.0) -> FastAPI:
@@ -57,18 +61,24 @@ def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb
 
     if model_path or searcher.info.get("model"):
         model()  # fail at start-up, not on the first request, when the recorded model is unusable
-    by_id = {int(m["id"]): m for m in searcher.meta}
+
+    def item(item_id: int) -> dict | None:
+        row = searcher.row_of(item_id)
+        return None if row is None else searcher.item(row)
+
+    def item_bytes(m: dict) -> bytes:
+        return read_item_bytes(m["path"], m.get("member") or "", m.get("offset", -1), m.get("size", -1))
+
     app = FastAPI(title="clipforge search", version="1", description="Search an image collection by text or image.")
     max_body = int(max_body_mb * 2**20)
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
+    app.add_middleware(BodyLimit, max_bytes=max_body)
+
     @app.middleware("http")
-    async def bound_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body:
-            return error(413, f"request body over {max_body_mb:g} MB")
+    async def json_errors(request: Request, call_next):
         try:
             return await call_next(request)
         except Exception as e:  # never a bare 500 page: a JSON error instead
@@ -88,6 +98,7 @@ def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb
     def stats() -> dict:
         i = searcher.info
         return {"items": len(searcher), "dim": i["dim"], "index": i["kind"], "reason": i.get("reason"),
+                "effort": searcher.effort, "measured_recall_at_10": i.get("recall_at_10"),
                 "model": i.get("model"), "dedup": searcher.groups is not None, "max_k": MAX_K}
 
     @app.post("/search")
@@ -103,9 +114,12 @@ def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb
             elif req.image is not None:
                 q = image_query(model(), _decode_base64(req.image))
             elif req.id is not None:
-                if req.id not in by_id:
+                row = searcher.row_of(req.id)
+                if row is None:
                     return error(404, f"no item with id {req.id}")
-                q = image_query(model(), by_id[req.id]["path"])
+                q = searcher.stored_vector(row)  # the indexed vector: no model run, no file read
+                if q is None:
+                    q = image_query(model(), item_bytes(searcher.item(row)))
             else:
                 q = req.vector
             results = searcher.search(q, req.k, req.threshold, req.dedup, req.offset, req.effort)[0]
@@ -117,18 +131,24 @@ def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb
 
     @app.get("/image/{item_id}")
     def image(item_id: int):
-        m = by_id.get(item_id)
+        m = item(item_id)
         if m is None:
             return error(404, f"no item with id {item_id}")
         if not Path(m["path"]).is_file():
             return error(410, f"item {item_id}'s file is gone")
-        return FileResponse(m["path"])
+        if not m.get("member"):
+            return FileResponse(m["path"])
+        try:
+            data = item_bytes(m)
+        except OSError as e:
+            return error(410, str(e))
+        return Response(data, media_type=mimetypes.guess_type(m["member"])[0] or "application/octet-stream")
 
     @lru_cache(maxsize=4096)
     def thumbnail(item_id: int, size: int) -> bytes:
         from clipforge.images.decode import open_image
 
-        img = open_image(by_id[item_id]["path"])
+        img = open_image(item_bytes(item(item_id)), name=f"item {item_id}")
         img.thumbnail((size, size))
         buf = io.BytesIO()
         img.save(buf, format="PNG")
@@ -136,13 +156,13 @@ def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb
 
     @app.get("/thumb/{item_id}")
     def thumb(item_id: int, size: int = 160):
-        if item_id not in by_id:
+        if searcher.row_of(item_id) is None:
             return error(404, f"no item with id {item_id}")
         if not 16 <= size <= 512:
             return error(422, "size: must be between 16 and 512")
         try:
             return Response(thumbnail(item_id, size), media_type="image/png")
-        except ClipforgeError as e:
+        except (ClipforgeError, OSError) as e:
             return error(410, str(e))
 
     page = (resources.files("clipforge") / "assets" / "search.html").read_text()
@@ -152,6 +172,52 @@ def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb
         return page
 
     return app
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets a 413 JSON error before the app sees it.
+
+    Checks the declared Content-Length first, then counts the bytes actually received, so chunked
+    uploads without a length are bounded too.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._reject(scope, receive, send)
+        body, more = [], True
+        size = 0
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            body.append(message.get("body", b""))
+            size += len(body[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                return await self._reject(scope, receive, send)
+        replay = [{"type": "http.request", "body": b"".join(body), "more_body": False}]
+        return await self.app(scope, _replay(replay, receive), send)
+
+    async def _reject(self, scope, receive, send) -> None:
+        limit = self.max_bytes / 2**20
+        await JSONResponse({"error": f"request body over {limit:g} MB"}, status_code=413)(scope, receive, send)
+
+
+def _replay(messages: list[dict], then=None):
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 class BackgroundServer:
