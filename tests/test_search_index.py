@@ -70,7 +70,7 @@ def test_tune_effort_picks_the_least_effort_reaching_the_target() -> None:
 
     assert recall_at_k(truth, search(None, 10, 7)[1]) == pytest.approx(0.7)
     effort, recall, table = tune_effort(search, np.zeros((3, 4)), truth, [1, 5, 9, 10], target=0.9)
-    assert (effort, recall) == (9, 0.9) and table == [[1, 0.1], [5, 0.5], [9, 0.9]]  # every query the same
+    assert (effort, recall) == (9, 0.9) and table == [[1, 0.1, 0.1], [5, 0.5, 0.5], [9, 0.9, 0.9]]
 
     def uneven(q, k, effort):  # one query of three misses one neighbour: 0.967 +- 0.022 (2 s.e. 0.044)
         found = np.arange(10)[None].repeat(3, 0)
@@ -79,6 +79,9 @@ def test_tune_effort_picks_the_least_effort_reaching_the_target() -> None:
 
     effort, recall, _ = tune_effort(uneven, np.zeros((3, 4)), truth, [1, 2, 3], target=0.95)
     assert (effort, recall) == (3, 1.0)  # 0.967 is over the target but not with margin
+    assert tune_effort(uneven, np.zeros((3, 4)), truth, [1, 2, 3], target=0.91)[0] == 1  # 0.967 - 0.054 >= 0.91
+    effort, recall, table = tune_effort(uneven, np.zeros((3, 4)), truth, [1, 2, 3], target=0.91, groups=[1, 0, 0])
+    assert (effort, recall) == (3, 1.0) and table[0] == [1, 0.9667, 0.9]  # query 0's group alone is at 0.9
     effort, recall, _ = tune_effort(search, np.zeros((3, 4)), truth, [1, 2], target=0.9)
     assert (effort, recall) == (2, 0.2)  # target not reached: the highest effort, its recall
 
@@ -102,7 +105,7 @@ def test_pq_rerank_round_trips_through_an_index_folder(tmp_path) -> None:
     build_index(tmp_path / "emb", tmp_path / "idx", kind="pq-rerank")
     info = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert info["kind"] == "pq-rerank" and info["recall_at_10"] >= 0.95
-    assert info["tuning"]["recall_by_effort"][-1] == [info["effort"], info["recall_at_10"]]
+    assert info["tuning"]["recall_by_effort"][-1][:2] == [info["effort"], info["recall_at_10"]]
     s = Searcher(tmp_path / "idx")
     assert isinstance(s.index.vectors, np.memmap)  # re-ranking reads a memory map
     hits = s.search(v[5], k=3)[0]

@@ -11,9 +11,9 @@
 
 For the approximate kinds the search effort (candidates per result, efSearch or nprobe) is chosen
 at build time as the least that reaches ``target_recall`` recall@10 against exact search, measured
-on held-out queries: the collection's caption embeddings when it has them, else collection vectors
-plus noise (:mod:`clipforge.search.tuning`). The choice, its reason and the measured ladder are
-written to ``index.json``.
+on held-out queries: the collection's caption embeddings when it has them, else half collection
+vectors plus noise and half random directions (:mod:`clipforge.search.tuning`). The choice, its
+reason and the measured ladder are written to ``index.json``.
 
 The index is built in a temporary folder and renamed over the old one: a half-built index never
 replaces a good one. Near-duplicate groups (cosine >= threshold) can be computed and stored for
@@ -38,15 +38,15 @@ from clipforge.search.dedup import near_duplicate_groups
 from clipforge.search.embed import read_caption_embeddings, read_embeddings
 from clipforge.search.faiss_index import FaissIndex
 from clipforge.search.reranked_pq import RerankedPQIndex, sub_quantizers
-from clipforge.search.tuning import exact_top_k, perturbed_queries, tune_effort, unit_rows
+from clipforge.search.tuning import exact_top_k, synthetic_queries, tune_effort, unit_rows
 
 KINDS = ("flat", "pq-rerank", "ivfpq", "hnsw")
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 200
 EXACT_LIMIT = 50_000
 TUNING_QUERIES = 200
 #: Efforts tried, in order, until the target recall is reached.
-LADDERS = {"pq-rerank": [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
-           "hnsw": [16, 32, 64, 128, 256, 512, 1024, 2048, 4096]}
+LADDERS = {"pq-rerank": [1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 1000],
+           "hnsw": [16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096]}
 #: Effort when an index is opened without a measured one.
 DEFAULT_EFFORT = {"flat": 1, "pq-rerank": 20, "hnsw": 128, "ivfpq": 32}
 
@@ -112,15 +112,17 @@ def ladder(spec: dict[str, Any]) -> list[int]:
 
 
 def tune(index: FaissIndex | RerankedPQIndex, spec: dict[str, Any], vectors: np.ndarray,
-         queries: np.ndarray, source: str, target: float) -> dict[str, Any]:
-    """Measure recall@10 along the effort ladder; the spec's ``effort`` becomes the least reaching ``target``."""
+         queries: np.ndarray, groups: np.ndarray | None, source: str, target: float) -> dict[str, Any]:
+    """Measure recall@10 along the effort ladder; the spec's ``effort`` becomes the least reaching ``target``
+    in every group of queries."""
     truth = exact_top_k(vectors, queries, min(10, len(vectors)))
-    effort, recall, table = tune_effort(index.search, queries, truth, ladder(spec), target)
+    effort, recall, table = tune_effort(index.search, queries, truth, ladder(spec), target, groups)
     spec = {**spec, "effort": effort, "recall_at_10": recall,
             "tuning": {"target_recall_at_10": target, "queries": f"{len(queries)} {source}",
                        "effort": "candidates per result" if spec["kind"] == "pq-rerank"
                        else "efSearch" if spec["kind"] == "hnsw" else "nprobe",
-                       "recall_by_effort": table}}
+                       "recall_by_effort": table,
+                       "columns": "effort, mean recall@10, mean recall@10 of the worst query group"}}
     if recall < target:
         spec["reason"] += f"; recall@10 only {recall:.3f} at the highest effort (target {target})"
     return spec
@@ -152,12 +154,12 @@ def build_index(emb_dir: str | Path, out_dir: str | Path, memory_budget_mb: floa
             rng = np.random.default_rng(0)
             queries = unit_rows(captions[np.sort(rng.choice(len(captions), min(TUNING_QUERIES, len(captions)),
                                                             replace=False))])
-            source = "caption embeddings of the collection"
+            groups, source = None, "caption embeddings of the collection"
         else:
-            queries = perturbed_queries(vectors, TUNING_QUERIES, seed=0)
-            source = "collection vectors plus noise (cosine ~0.71)"
+            queries, groups = synthetic_queries(vectors, TUNING_QUERIES, seed=0)
+            source = "queries: half collection vectors plus noise (cosine ~0.71), half random directions"
         say(f"measuring recall@10 against exact search on {len(queries)} {source}")
-        spec = tune(index, spec, vectors, queries, source, target_recall)
+        spec = tune(index, spec, vectors, queries, groups, source, target_recall)
         say(f"effort {spec['effort']} ({spec['tuning']['effort']}): recall@10 {spec['recall_at_10']:.3f}")
     index.save(tmp)
     pq.write_table(meta, tmp / "metadata.parquet")

@@ -26,6 +26,14 @@ def perturbed_queries(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndar
     return unit_rows(unit_rows(base) + noise)
 
 
+def synthetic_queries(vectors: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Half :func:`perturbed_queries`, half uniformly random directions (near no vector: the hardest
+    case), and a group label per query (0 near, 1 random)."""
+    near = perturbed_queries(vectors, count - count // 2, seed)
+    far = unit_rows(np.random.default_rng(seed + 1).standard_normal((count // 2, vectors.shape[1]), dtype=np.float32))
+    return np.vstack([near, far]), np.repeat([0, 1], [len(near), len(far)])
+
+
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 65536) -> np.ndarray:
     """Ids of the exact top-``k`` inner products, in blocks of the collection (ties: lower id first)."""
     best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
@@ -58,17 +66,26 @@ def recall_at_k(truth: np.ndarray, found: np.ndarray) -> float:
 
 
 def tune_effort(search: Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]], queries: np.ndarray,
-                truth: np.ndarray, ladder: Sequence[int], target: float) -> tuple[int, float, list[list[float]]]:
+                truth: np.ndarray, ladder: Sequence[int], target: float,
+                groups: np.ndarray | None = None) -> tuple[int, float, list[list[float]]]:
     """The least effort in ``ladder`` whose recall reaches ``target`` (else the last), its recall, and the table.
 
-    "Reaches" means with margin for the sample: the mean recall minus two standard errors over the
-    queries is at least ``target``, so fresh queries from the same distribution reach it too.
+    "Reaches" means with margin for the sample, in every group of queries (``groups``: a label per
+    query, e.g. near and far ones): the group's mean recall minus two standard errors is at least
+    ``target``, so fresh queries of each kind reach it too. Table rows: effort, mean recall, and the
+    worst group's mean recall.
     """
+    labels = np.zeros(len(queries), dtype=int) if groups is None else np.asarray(groups)
     table: list[list[float]] = []
     for effort in ladder:
         _, found = search(queries, truth.shape[1], effort)
         per_query = recall_per_query(truth, found)
-        table.append([effort, round(float(per_query.mean()), 4)])
-        if per_query.mean() - 2 * per_query.std() / np.sqrt(len(per_query)) >= target:
+        means, bounds = [], []
+        for g in np.unique(labels):
+            r = per_query[labels == g]
+            means.append(r.mean())
+            bounds.append(r.mean() - 2 * r.std() / np.sqrt(len(r)))
+        table.append([effort, round(float(per_query.mean()), 4), round(float(min(means)), 4)])
+        if min(bounds) >= target:
             break
     return int(table[-1][0]), float(table[-1][1]), table
