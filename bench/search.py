@@ -31,23 +31,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def write_embeddings(folder: Path, vectors: np.ndarray, captions: np.ndarray | None = None) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder.mkdir(parents=True)
-    np.save(folder / "part-00000.npy", vectors.astype(np.float16))
-    if captions is not None:
-        np.save(folder / "text-00000.npy", captions.astype(np.float16))
-    n = len(vectors)
-    pq.write_table(pa.table({"id": np.arange(n, dtype=np.int64), "path": [f"/nonexistent/{i}.png" for i in range(n)],
-                             "member": [""] * n, "offset": np.full(n, -1), "size": np.full(n, -1),
-                             "caption": [""] * n, "width": np.ones(n, np.int32), "height": np.ones(n, np.int32),
-                             "sha1": [""] * n}), folder / "part-00000.parquet")
-    (folder / "manifest.json").write_text(json.dumps({"items": n, "dim": vectors.shape[1]}))
-    return folder
-
-
 def measure(searcher, queries: np.ndarray) -> tuple[float, float, np.ndarray]:
     """p50 and p99 ms of one-query searches, and the ids found."""
     times, found = [], []
@@ -101,6 +84,7 @@ def load_test(index_dir: Path, dim: int, seconds: float, clients: int) -> tuple[
 
 
 def main() -> None:
+    from clipforge.search.embed import save_embeddings
     from clipforge.search.index import build_index
     from clipforge.search.searcher import Searcher
     from clipforge.search.tuning import exact_top_k, perturbed_queries, recall_at_k, unit_rows
@@ -125,7 +109,7 @@ def main() -> None:
     rows, largest = [], None
     for n in args.sizes:
         rng = np.random.default_rng(n)
-        emb = write_embeddings(work / f"emb-{n}", unit_rows(rng.standard_normal((n, args.dim), dtype=np.float32)))
+        emb = save_embeddings(work / f"emb-{n}", rng.standard_normal((n, args.dim), dtype=np.float32))
         data = unit_rows(np.load(emb / "part-00000.npy").astype(np.float32))  # what the index holds
         near = perturbed_queries(data, args.queries, seed=7)  # the build tunes on seed 0
         rand = unit_rows(rng.standard_normal((100, args.dim), dtype=np.float32))

@@ -5,35 +5,29 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from clipforge.errors import ClipforgeError
 from clipforge.search.dedup import near_duplicate_groups
+from clipforge.search.embed import save_embeddings
 from clipforge.search.index import build_index, choose_index
 from clipforge.search.reranked_pq import RerankedPQIndex, sub_quantizers
 from clipforge.search.searcher import Searcher
 from clipforge.search.tuning import exact_top_k, perturbed_queries, recall_at_k, tune_effort, unit_rows
 
 
-def write_embeddings(folder, vectors: np.ndarray, captions: np.ndarray | None = None):
-    """An embeddings folder as ``clipforge embed`` writes it, for synthetic vectors."""
-    folder.mkdir(parents=True)
-    np.save(folder / "part-00000.npy", vectors.astype(np.float16))
-    if captions is not None:
-        np.save(folder / "text-00000.npy", captions.astype(np.float16))
-    n = len(vectors)
-    table = pa.table({"id": np.arange(n, dtype=np.int64), "path": [f"{i}.png" for i in range(n)],
-                      "member": [""] * n, "offset": np.full(n, -1), "size": np.full(n, -1), "caption": [""] * n,
-                      "width": np.ones(n, np.int32), "height": np.ones(n, np.int32), "sha1": [""] * n})
-    pq.write_table(table, folder / "part-00000.parquet")
-    (folder / "manifest.json").write_text(json.dumps({"items": n, "dim": vectors.shape[1]}))
-    return folder
-
-
 def random_unit(n: int, d: int, seed: int) -> np.ndarray:
     return unit_rows(np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32))
+
+
+def test_save_embeddings_checks_its_input(tmp_path) -> None:
+    with pytest.raises(ClipforgeError, match="paths: 2 rows for 3 vectors"):
+        save_embeddings(tmp_path / "a", np.ones((3, 4)), paths=["x", "y"])
+    with pytest.raises(ClipforgeError, match=r"\[n, d\]"):
+        save_embeddings(tmp_path / "b", np.ones(4))
+    save_embeddings(tmp_path / "c", np.ones((3, 4)))
+    with pytest.raises(ClipforgeError, match="already holds"):
+        save_embeddings(tmp_path / "c", np.ones((3, 4)))
 
 
 def test_index_choice_follows_size_and_budget() -> None:
@@ -101,7 +95,7 @@ def test_pq_rerank_scores_are_exact_and_full_effort_is_exact_search() -> None:
 
 def test_pq_rerank_round_trips_through_an_index_folder(tmp_path) -> None:
     v = random_unit(2000, 24, 0)
-    write_embeddings(tmp_path / "emb", v)
+    save_embeddings(tmp_path / "emb", v)
     build_index(tmp_path / "emb", tmp_path / "idx", kind="pq-rerank")
     info = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert info["kind"] == "pq-rerank" and info["recall_at_10"] >= 0.95
@@ -115,7 +109,7 @@ def test_pq_rerank_round_trips_through_an_index_folder(tmp_path) -> None:
 
 def test_effort_is_per_call_and_raises_recall(tmp_path) -> None:
     v = random_unit(3000, 32, 0)
-    write_embeddings(tmp_path / "emb", v)
+    save_embeddings(tmp_path / "emb", v)
     build_index(tmp_path / "emb", tmp_path / "idx", kind="hnsw")
     s = Searcher(tmp_path / "idx")
     assert s.info["kind"] == "hnsw" and s.info["tuning"]["effort"] == "efSearch"
@@ -133,7 +127,7 @@ def test_effort_is_per_call_and_raises_recall(tmp_path) -> None:
 
 def test_caption_embeddings_are_the_tuning_queries_when_present(tmp_path) -> None:
     v = random_unit(2000, 16, 0)
-    write_embeddings(tmp_path / "emb", v, captions=random_unit(2000, 16, 1))
+    save_embeddings(tmp_path / "emb", v, caption_vectors=random_unit(2000, 16, 1))
     build_index(tmp_path / "emb", tmp_path / "idx", kind="ivfpq")
     info = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert info["tuning"]["queries"] == "200 caption embeddings of the collection"
@@ -159,7 +153,7 @@ def test_near_duplicate_groups_exact_and_inverted_file() -> None:
 def test_approximate_recall_at_10_on_100k_random_unit_vectors(tmp_path) -> None:
     """The issue's bar: recall@10 >= 0.95 against exact search, uniformly random unit vectors, d = 512."""
     v = random_unit(100_000, 512, 0)
-    write_embeddings(tmp_path / "emb", v)
+    save_embeddings(tmp_path / "emb", v)
     build_index(tmp_path / "emb", tmp_path / "idx")  # the automatic choice at this size
     s = Searcher(tmp_path / "idx")
     assert s.info["kind"] == "pq-rerank"

@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--captions", action="store_true",
                    help="also embed the captions (clipforge index then measures recall on them as queries)")
     e.add_argument("--workers", type=int, default=None,
-                   help="threads decoding images while the model encodes (default: CPUs, at most 8)")
+                   help="threads decoding images while the model encodes (default: the cores torch's threads "
+                        "leave free, at least 1)")
     e.set_defaults(func=run_embed)
 
     i = sub.add_parser("index", help="build a FAISS index from an embeddings folder")

@@ -105,8 +105,8 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
                      max_parts: int | None = None, workers: int | None = None) -> Path:
     """Embed every item of ``source`` into ``out_dir`` (resuming where a previous run stopped).
 
-    ``workers`` threads decode and preprocess images (default: the number of CPUs, at most 8) while
-    the model encodes; the result does not depend on it.
+    ``workers`` threads decode and preprocess images while the model encodes (default: the cores
+    torch's threads leave free, at least 1, at most 8); the result does not depend on it.
     """
     from clipforge.evaluation.cache import model_fingerprint
     from clipforge.utils.progress import progress_bar
@@ -128,7 +128,8 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
         mpath.write_text(json.dumps(manifest, indent=2))
     n_parts = (len(items) + part_size - 1) // part_size
     done = 0
-    workers = workers or max(1, min(8, os.cpu_count() or 1))
+    # Decoding threads and torch's threads share the cores: by default, the cores torch leaves free.
+    workers = workers or max(1, min(8, (os.cpu_count() or 1) - torch.get_num_threads()))
     with progress_bar("embed", total=len(items), enabled=progress) as bar, ThreadPoolExecutor(workers) as pool:
         for part in range(n_parts):
             name = f"{part:05d}"
@@ -155,6 +156,42 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
 _SCHEMA = pa.schema([("id", pa.int64()), ("path", pa.string()), ("member", pa.string()), ("offset", pa.int64()),
                      ("size", pa.int64()), ("caption", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
                      ("sha1", pa.string())])
+
+
+def save_embeddings(out_dir: str | Path, vectors: np.ndarray, paths: list[str] | None = None,
+                    captions: list[str] | None = None, caption_vectors: np.ndarray | None = None,
+                    model_path: str = "") -> Path:
+    """An embeddings folder from vectors made elsewhere, for ``clipforge index`` (one part; ids 0..n-1).
+
+    ``paths`` are the images the service will serve (optional: without them only vector search makes
+    sense); ``caption_vectors`` are used by the index build as tuning queries.
+    """
+    out = Path(out_dir)
+    if (out / "manifest.json").exists():
+        raise ClipforgeError(f"{out} already holds embeddings; use a new folder")
+    vectors = np.asarray(vectors, dtype=np.float32)
+    n = len(vectors)
+    if vectors.ndim != 2 or n == 0:
+        raise ClipforgeError(f"vectors: expected a non-empty [n, d] array, got shape {vectors.shape}")
+    for name, given in (("paths", paths), ("captions", captions), ("caption_vectors", caption_vectors)):
+        if given is not None and len(given) != n:
+            raise ClipforgeError(f"{name}: {len(given)} rows for {n} vectors")
+    out.mkdir(parents=True, exist_ok=True)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+    _save_npy((vectors / norms).astype(np.float16), out / "part-00000.npy")
+    if caption_vectors is not None:
+        cv = np.asarray(caption_vectors, dtype=np.float32)
+        _save_npy((cv / np.linalg.norm(cv, axis=1, keepdims=True).clip(min=1e-12)).astype(np.float16),
+                  out / "text-00000.npy")
+    rows = {"id": np.arange(n, dtype=np.int64), "path": list(paths) if paths is not None else [""] * n,
+            "member": [""] * n, "offset": np.full(n, -1, dtype=np.int64), "size": np.full(n, -1, dtype=np.int64),
+            "caption": list(captions) if captions is not None else [""] * n,
+            "width": np.zeros(n, dtype=np.int32), "height": np.zeros(n, dtype=np.int32), "sha1": [""] * n}
+    pq.write_table(pa.table(rows, schema=_SCHEMA), out / "part-00000.parquet")
+    manifest = {"source": "save_embeddings", "model": model_path, "items": n, "part_size": n,
+                "dim": vectors.shape[1], "captions": caption_vectors is not None}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
 
 
 def read_embeddings(emb_dir: str | Path) -> tuple[np.ndarray, pa.Table, dict]:
