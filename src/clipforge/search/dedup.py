@@ -32,8 +32,9 @@ def near_duplicate_groups(vectors: np.ndarray, threshold: float, k: int = 16, ex
     nbrs = np.empty((n, min(k, n)), dtype=np.int64)
     with progress_bar("near-duplicates", total=n, enabled=progress) as bar:
         for start in range(0, n, 16384):
-            sims[start : start + 16384], nbrs[start : start + 16384] = index.search(x[start : start + 16384], min(k, n))
-            bar.advance(len(x[start : start + 16384]))
+            block = slice(start, start + 16384)
+            sims[block], nbrs[block] = index.search(x[block], min(k, n))
+            bar.advance(len(x[block]))
     parent = np.arange(n)
 
     def find(i: int) -> int:

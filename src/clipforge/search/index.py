@@ -37,7 +37,7 @@ from clipforge.errors import ClipforgeError
 from clipforge.search.dedup import near_duplicate_groups
 from clipforge.search.embed import read_caption_embeddings, read_embeddings
 from clipforge.search.faiss_index import FaissIndex
-from clipforge.search.reranked_pq import RerankedPQIndex, sub_quantizers
+from clipforge.search.reranked_pq import RerankedPQIndex, divisor_at_most, sub_quantizers
 from clipforge.search.tuning import exact_top_k, synthetic_queries, tune_effort, unit_rows
 
 KINDS = ("flat", "pq-rerank", "ivfpq", "hnsw")
@@ -47,8 +47,8 @@ TUNING_QUERIES = 200
 #: Efforts tried, in order, until the target recall is reached.
 LADDERS = {"pq-rerank": [1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 1000],
            "hnsw": [16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096]}
-#: Effort when an index is opened without a measured one.
-DEFAULT_EFFORT = {"flat": 1, "pq-rerank": 20, "hnsw": 128, "ivfpq": 32}
+#: Effort of an approximate index opened without a measured one (the exact index has none).
+DEFAULT_EFFORT = {"pq-rerank": 20, "hnsw": 128, "ivfpq": 32}
 
 
 def default_shards() -> int:
@@ -70,9 +70,7 @@ def choose_index(n: int, d: int, memory_budget_mb: float | None = None, exact_li
     budget = memory_budget_mb if memory_budget_mb is not None else float("inf")
     pq_spec = {"kind": "pq-rerank", "m": m, "nbits": 4, "shards": threads or default_shards()}
     nlist = max(16, min(n // 39, int(4 * math.sqrt(n))))
-    mi = max(1, d // 8)
-    while d % mi:
-        mi -= 1
+    mi = divisor_at_most(d, d // 8)
     ivf_spec = {"kind": "ivfpq", "nlist": nlist, "m": mi, "nbits": 8}
     if kind == "flat":
         return {"kind": "flat", "reason": f"asked for: exact search ({flat_mb:.0f} MB)"}
@@ -107,7 +105,7 @@ def open_backend(folder: Path, info: dict[str, Any]) -> FaissIndex | RerankedPQI
 
 def ladder(spec: dict[str, Any]) -> list[int]:
     if spec["kind"] == "ivfpq":
-        return [2**i for i in range(int(math.log2(spec["nlist"])) + 1)] + [spec["nlist"]]
+        return sorted({2**i for i in range(int(math.log2(spec["nlist"])) + 1)} | {spec["nlist"]})
     return LADDERS[spec["kind"]]
 
 

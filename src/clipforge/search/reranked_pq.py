@@ -21,12 +21,17 @@ import faiss
 import numpy as np
 
 
-def sub_quantizers(d: int) -> int:
-    """The largest divisor of ``d`` that is at most ``d / 2`` (2 dimensions a sub-quantiser for even ``d``)."""
-    m = max(1, d // 2)
+def divisor_at_most(d: int, cap: int) -> int:
+    """The largest divisor of ``d`` that is at most ``cap`` (at least 1): a valid PQ sub-quantiser count."""
+    m = max(1, cap)
     while d % m:
         m -= 1
     return m
+
+
+def sub_quantizers(d: int) -> int:
+    """``d / 2`` sub-quantisers (2 dimensions each) for even ``d``, else the largest divisor below it."""
+    return divisor_at_most(d, d // 2)
 
 
 class RerankedPQIndex:

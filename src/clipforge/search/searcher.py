@@ -37,7 +37,7 @@ class Searcher:
         if self.info.get("kind") not in KINDS:
             raise ClipforgeError(f"{info_path}: unknown index kind {self.info.get('kind')!r}; rebuild the index")
         self.index = open_backend(self.dir, self.info)
-        self.effort = int(self.info.get("effort") or DEFAULT_EFFORT[self.info["kind"]])
+        self.effort: int | None = self.info.get("effort") or DEFAULT_EFFORT.get(self.info["kind"])
         self.meta = pq.read_table(self.dir / "metadata.parquet")
         ids = self.meta.column("id").to_numpy()
         self._id_order = np.argsort(ids, kind="stable")
@@ -79,7 +79,7 @@ class Searcher:
         q /= norms
         want = offset + k
         fetch = want * (4 if dedup and self.groups is not None else 1)
-        scores, ids = self.index.search(q, min(fetch, len(self)), int(effort or self.effort))
+        scores, ids = self.index.search(q, min(fetch, len(self)), int(effort or self.effort or 1))
         out = []
         for srow, irow in zip(scores, ids):
             kept, seen = [], set()

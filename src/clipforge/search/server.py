@@ -98,8 +98,7 @@ def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb
     def stats() -> dict:
         i = searcher.info
         return {"items": len(searcher), "dim": i["dim"], "index": i["kind"], "reason": i.get("reason"),
-                "effort": searcher.effort if i["kind"] != "flat" else None,
-                "measured_recall_at_10": i.get("recall_at_10"),
+                "effort": searcher.effort, "measured_recall_at_10": i.get("recall_at_10"),
                 "model": i.get("model"), "dedup": searcher.groups is not None, "max_k": MAX_K}
 
     @app.post("/search")

@@ -39,8 +39,7 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 6
     best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_i = np.zeros((len(queries), 0), dtype=np.int64)
     for start in range(0, len(vectors), block):
-        s = np.asarray(vectors[start : start + block], dtype=np.float32) @ queries.T
-        s = s.T
+        s = queries @ np.asarray(vectors[start : start + block], dtype=np.float32).T
         ids = np.broadcast_to(np.arange(start, start + s.shape[1]), s.shape)
         cat_s, cat_i = np.concatenate([best_s, s], axis=1), np.concatenate([best_i, ids], axis=1)
         order = np.lexsort((cat_i, -cat_s), axis=1)[:, :k] if cat_s.shape[1] <= k else _top_rows(cat_s, cat_i, k)
