@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
+import clipforge
+from clipforge.checkpoints.openclip import config_from_openclip, state_dict_to_openclip
+from clipforge.cli.main import main
 from clipforge.errors import ConfigError
 from clipforge.models import CLIP, CLIPConfig, get_config, list_configs
+from clipforge.tokenizer import BPETokenizer
+from conftest import FIXTURES
 
 
 def _count(name: str) -> int:
@@ -90,3 +98,82 @@ def test_padding_trim_is_exact() -> None:
         model.text.trim_padding = True
         trimmed = model.encode_text(tokens)
     torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=1e-6)
+
+
+# --- named configs follow open_clip's names and activations -----------------------------------
+
+FULL_SIZE = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B-32", "ViT-B-16", "ViT-L-14", "ViT-L-14-336"]
+
+
+@pytest.mark.parametrize("name", [*FULL_SIZE, *(f"{n}-quickgelu" for n in FULL_SIZE)])
+def test_named_configs_equal_open_clips_json(name: str) -> None:
+    """open_clip 3.3.0's model_configs/NAME.json (copied to the fixtures) is the reference."""
+    reference = json.loads((FIXTURES / "open_clip_configs" / f"{name}.json").read_text())
+    expected = config_from_openclip(reference, name)
+    assert get_config(name) == expected
+    assert expected.activation == ("quick_gelu" if name.endswith("-quickgelu") else "gelu")
+
+
+@pytest.mark.parametrize(("openai_name", "name"), [("ViT-B/32", "ViT-B-32-quickgelu"),
+                                                   ("ViT-L/14@336px", "ViT-L-14-336-quickgelu")])
+def test_openai_spelling_names_openais_quickgelu_model(openai_name: str, name: str) -> None:
+    assert get_config(openai_name) == get_config(name)
+
+
+@pytest.mark.slow
+def test_raw_state_dicts_load_by_name_with_open_clips_activation(tmp_path) -> None:
+    """Raw weights of both kinds, in open_clip's layout and shapes, load by name with the right activation."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 224, 224)
+    tokens = BPETokenizer()(["a photo of a cat", "a diagram"])
+    features = {}
+    for name in ("ViT-B-32", "ViT-B-32-quickgelu"):
+        reference = json.loads((FIXTURES / "open_clip_configs" / f"{name}.json").read_text())
+        torch.manual_seed(1)  # the same weights for both kinds
+        model = CLIP(config_from_openclip(reference)).eval()
+        torch.save(state_dict_to_openclip(model.state_dict()), tmp_path / "weights.pt")
+        loaded = clipforge.load(tmp_path / "weights.pt", config=name)
+        assert loaded.config.activation == ("quick_gelu" if "quickgelu" in name else "gelu")
+        with torch.no_grad():
+            features[name] = loaded.encode_image(images)
+            torch.testing.assert_close(features[name], model.encode_image(images), rtol=0, atol=0)
+            torch.testing.assert_close(loaded.encode_text(tokens), model.encode_text(tokens), rtol=0, atol=0)
+    # The activation matters: the same weights give clearly different features.
+    assert (features["ViT-B-32"] - features["ViT-B-32-quickgelu"]).abs().max() > 1e-3
+
+
+# --- bad values give one-line errors naming the key -------------------------------------------
+
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("vision", "width", "wide"), ("vision", "width", "128"), ("vision", "patch_size", 0),
+    ("vision", "head_width", 0), ("vision", "layers", -1), ("vision", "width", True),
+    ("text", "heads", 0), ("text", "layers", -1), ("text", "context_length", 2.5), ("text", "mlp_ratio", "x"),
+    (None, "embed_dim", 0), (None, "max_logit_scale", -1.0),
+])
+def test_bad_model_config_values_name_the_key(section, key: str, value) -> None:
+    d = get_config("tiny-vit-32").to_dict()
+    (d[section] if section else d)[key] = value
+    with pytest.raises(ConfigError, match=rf"^{(section + '.') if section else ''}{key} must be") as info:
+        CLIPConfig.from_dict(d)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("key", "value"), [("width", 1), ("head_width", 0), ("layers", [1, 1, 1]),
+                                            ("layers", [1, 0, 1, 1]), ("head_width", 48)])
+def test_bad_resnet_values_name_the_key(key: str, value) -> None:
+    d = get_config("tiny-rn-64").to_dict()
+    d["vision"][key] = value
+    with pytest.raises(ConfigError, match=r"vision\.(width|head_width|layers)"):
+        CLIPConfig.from_dict(d)
+
+
+def test_info_reports_a_bad_config_in_one_line(tmp_path, capsys) -> None:
+    d = get_config("tiny-vit-32").to_dict()
+    d["vision"]["patch_size"] = 0
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    weights = tmp_path / "weights.safetensors"
+    save_file({"x": torch.zeros(1)}, str(weights))
+    assert main(["info", str(weights), "--config", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clipforge: error:") and "vision.patch_size must be an integer >= 1" in err
+    assert err.count("\n") == 1

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import clipforge
+from clipforge.checkpoints.openclip import config_from_openclip
 from clipforge.cli.main import main
 from clipforge.errors import ActivationMismatchError, CheckpointError
 from clipforge.models import CLIP, CLIPConfig, TextConfig, ViTConfig
@@ -29,17 +30,42 @@ def _outputs(model: CLIP, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", ["openclip_vit_tiny", "openclip_rn_tiny"])
-def test_open_clip_round_trip_is_identical(tmp_path, name: str) -> None:
+@pytest.mark.parametrize("layout", ["flat", "hub"])
+def test_open_clip_round_trip_is_identical(tmp_path, name: str, layout: str) -> None:
     original = load_file(str(PEERS / name / "model.safetensors"))
     model = clipforge.load(PEERS / name)
     clipforge.save(model, tmp_path / "cf")
-    clipforge.export_openclip(clipforge.load(tmp_path / "cf"), tmp_path / "oc")
-    _assert_same_tensors(original, load_file(str(tmp_path / "oc" / "open_clip_model.safetensors")))
-    cfg = json.loads((tmp_path / "oc" / "open_clip_config.json").read_text())
-    assert cfg["model_cfg"]["quick_gelu"] is True
+    clipforge.export_openclip(clipforge.load(tmp_path / "cf"), tmp_path / "oc", layout=layout)
+    weights, config = {"flat": ("oc.safetensors", "oc.json"),
+                       "hub": ("open_clip_model.safetensors", "open_clip_config.json")}[layout]
+    _assert_same_tensors(original, load_file(str(tmp_path / "oc" / weights)))
+    cfg = json.loads((tmp_path / "oc" / config).read_text())
+    if layout == "flat":
+        # What open_clip's registry (factory._rescan_model_configs) accepts: the three keys at the top
+        # level; any other top-level key would reach open_clip.CLIP(**cfg) and fail.
+        assert {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg) <= {"embed_dim", "vision_cfg", "text_cfg",
+                                                                      "quick_gelu"}
+        peer = json.loads((PEERS / name / "config.json").read_text())
+        assert config_from_openclip(cfg) == config_from_openclip(peer)
+    else:
+        cfg = cfg["model_cfg"]
+    assert cfg["quick_gelu"] is True
     # And the exported folder loads back to the same outputs.
     for a, b in zip(_outputs(model, name), _outputs(clipforge.load(tmp_path / "oc"), name)):
         assert torch.equal(a, b)
+
+
+def test_convert_refuses_to_overwrite_without_the_flag(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    assert main(["convert", str(PEERS / "openclip_vit_tiny"), str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "mine.txt").read_text() == "keep me" and not (out / "config.json").exists()
+    assert main(["convert", str(PEERS / "openclip_vit_tiny"), str(out), "--overwrite"]) == 0
+    assert (out / "config.json").is_file()
+    assert main(["convert", str(PEERS / "openclip_vit_tiny"), str(out / "mine.txt")]) == 2
+    assert "not a folder" in capsys.readouterr().err
 
 
 def test_hf_round_trip_is_identical(tmp_path) -> None:
@@ -245,3 +271,26 @@ def test_hf_export_loads_in_transformers(tmp_path) -> None:
     ours_img, ours_txt = _outputs(model, "openclip_vit_tiny")
     torch.testing.assert_close(img, ours_img, atol=1e-5, rtol=0)
     torch.testing.assert_close(txt, ours_txt, atol=1e-5, rtol=0)
+
+
+def test_refused_pickle_names_the_global_and_never_suggests_the_unsafe_path(tmp_path) -> None:
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"weight": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as info:
+        clipforge.load(tmp_path / "evil.pt", config="tiny-vit-32")
+    msg = str(info.value)
+    assert f"{os.name == 'nt' and 'nt' or 'posix'}.system" in msg and "refused" in msg
+    assert "weights_only" not in msg and "\n" not in msg
+    # Not a pickle at all (a JPEG named .pt): said plainly.
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    (tmp_path / "photo.pt").write_bytes((tmp_path / "photo.jpg").read_bytes())
+    with pytest.raises(CheckpointError, match="photo.pt: not a torch checkpoint") as info:
+        clipforge.load(tmp_path / "photo.pt", config="tiny-vit-32")
+    assert "weights_only" not in str(info.value)

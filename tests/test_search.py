@@ -256,3 +256,15 @@ def test_embedding_is_the_same_with_any_number_of_workers(collection, tmp_path) 
     three = embed_collection(model, src, tmp_path / "three", progress=False, workers=3)
     for name in ("part-00000.npy", "skipped-00000.jsonl"):
         assert (one / name).read_bytes() == (three / name).read_bytes()
+
+
+def test_embedding_skips_a_too_elongated_image(collection, tmp_path) -> None:
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "000.png").write_bytes((collection / "imgs" / "000.png").read_bytes())
+    Image.new("RGB", (2_000_000, 1)).save(imgs / "sliver.png")  # ~300 bytes; 448 Gpx once resized
+    out = embed_collection(clipforge.load(collection / "model"), str(imgs), tmp_path / "emb", progress=False)
+    vectors, _, _ = read_embeddings(out)
+    assert vectors.shape[0] == 1
+    (skip,) = skipped_items(out)
+    assert skip["path"].endswith("sliver.png") and "too elongated" in json.dumps(skip)

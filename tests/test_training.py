@@ -205,3 +205,100 @@ def test_bf16_tiled_loss_locked_tower_and_tensorboard(synth, tmp_path) -> None:
     assert all(torch.equal(before[k], after[k]) for k in vis)  # locked
     assert any(not torch.equal(before[k], after[k]) for k in txt)  # trained
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+# --- BatchNorm under micro-batching --------------------------------------------------------------
+
+def _bn_model() -> CLIP:
+    from clipforge.models import CLIPConfig, ResNetConfig
+
+    cfg = micro_config()
+    cfg = CLIPConfig(embed_dim=16, vision=ResNetConfig(image_size=32, layers=(1, 1, 1, 1), width=8, head_width=16),
+                     text=cfg.text, activation="gelu")
+    torch.manual_seed(0)
+    return CLIP(cfg).double().train()
+
+
+def test_micro_batching_updates_batchnorm_statistics_once_per_step() -> None:
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    model = _bn_model()
+    images, tokens = _batch(16, model.config)
+    full = _bn_model()
+    contrastive_backward(full, images, tokens, clip_loss)
+    contrastive_backward(model, images, tokens, clip_loss, micro_batch_size=4)
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, _BatchNorm)}
+    full_bns = dict(full.named_modules())
+    for name, bn in bns.items():
+        assert bn.num_batches_tracked.item() == 1, name  # not 4 (second pass) + 4 (first pass)
+    # The stem's first BatchNorm sees the same inputs either way, and the mean of equal micro-batches'
+    # means is the batch mean: its running mean matches the full batch's update exactly.
+    torch.testing.assert_close(bns["visual.bn1"].running_mean, full_bns["visual.bn1"].running_mean, rtol=1e-12,
+                               atol=1e-14)
+
+
+def test_micro_batching_a_batchnorm_model_warns(synth, tmp_path, capsys) -> None:
+    from clipforge.training.step import micro_batching_is_inexact
+
+    assert micro_batching_is_inexact(_bn_model()) and not micro_batching_is_inexact(CLIP(micro_config()))
+    cfg = tiny_train_config(synth, tmp_path / "run", max_steps=1, micro_batch_size=8)
+    cfg["model"] = {**cfg["model"], "name": "tiny-rn-64",
+                    "overrides": {"vision": {"image_size": 32, "width": 8, "head_width": 16},
+                                  "text": {"width": 32, "layers": 1, "heads": 2}, "embed_dim": 16}}
+    train(TrainConfig.from_dict(cfg), progress=False)
+    assert "BatchNorm layers" in capsys.readouterr().out
+
+
+# --- settings no run can use --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("epochs", -1, "epochs must be at least 1"), ("epochs", 0, "epochs must be at least 1"),
+    ("batch_size", 0, "batch_size must be at least 2"), ("micro_batch_size", 0, "micro_batch_size must be at least 1"),
+    ("log_every_steps", 0, "log_every_steps must be at least 1"), ("max_steps", 0, "max_steps must be at least 1"),
+])
+def test_bad_settings_fail_before_any_work(synth, tmp_path, capsys, key, value, message) -> None:
+    from clipforge.cli.main import main
+
+    cfg = tiny_train_config(synth, tmp_path / "run", **{key: value})
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_out_dir_fails_in_one_line(synth, tmp_path, capsys) -> None:
+    from clipforge.cli.main import main
+
+    (tmp_path / "a_file").write_text("x")
+    for out in (tmp_path / "a_file" / "run", "/proc/clipforge-run"):
+        cfg = tiny_train_config(synth, out)
+        (tmp_path / "c.json").write_text(json.dumps(cfg))
+        assert main(["train", "--config", str(tmp_path / "c.json"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"out_dir={out}: cannot write there" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_resume_drops_the_killed_segments_log_lines(synth, tmp_path) -> None:
+    import shutil
+
+    cfg = tiny_train_config(synth, tmp_path / "run", max_steps=8, save_every_steps=3)
+    train(TrainConfig.from_dict(cfg), progress=False)
+    # As if killed after logging step 8 but before its checkpoint: resume from the one at step 6.
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_0000008")
+    cfg.pop("max_steps")
+    train(TrainConfig.from_dict(cfg), resume=str(tmp_path / "run" / "checkpoints" / "step_0000006"), progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+    evals = (tmp_path / "run" / "evals.jsonl")
+    assert not evals.exists() or len(evals.read_text().splitlines()) == len(set(evals.read_text().splitlines()))
+
+
+def test_help_config_describes_zeroshot_entries(capsys) -> None:
+    from clipforge.cli.main import main
+
+    assert main(["train", "--help-config"]) == 0
+    out = capsys.readouterr().out
+    for key in ("data.zeroshot[].csv", "data.zeroshot[].classes", "data.zeroshot[].templates"):
+        assert key in out

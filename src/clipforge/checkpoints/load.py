@@ -62,9 +62,12 @@ def _load(path: Path, config: ConfigLike) -> CLIP:
         if cfg is not None and hf.is_hf_config(cfg):
             return _load_hf(path, cfg, config)
         weights = next((path / n for n in _WEIGHT_NAMES if (path / n).is_file()), None)
+        if weights is None:  # open_clip's flat layout: NAME.safetensors beside NAME.json
+            weights = next((w for w in sorted(path.glob("*.safetensors")) if w.with_suffix(".json").is_file()), None)
         if weights is None:
             raise CheckpointError(
-                f"{path}: no weights found (looked for {', '.join(_WEIGHT_NAMES)})"
+                f"{path}: no weights found (looked for {', '.join(_WEIGHT_NAMES)} and NAME.safetensors "
+                "beside NAME.json)"
             )
         return _load_state_dict_file(weights, config, cfg)
     return _load_state_dict_file(path, config, None)
@@ -200,6 +203,14 @@ def _default_tokenizer(config: CLIPConfig) -> Any:
 
         return BPETokenizer(context_length=config.text.context_length)
     return None
+
+
+def no_tokenizer_message(model: CLIP) -> str:
+    """Why ``model.tokenizer`` is None and what gives a model one (for text-needing commands)."""
+    vocab = getattr(model.config.text, "vocab_size", None) or model.config.text.hf_config.get("vocab_size")
+    return (f"no tokenizer is known for this model: its text vocabulary has {vocab} tokens, not the 49408 of "
+            "OpenAI's BPE that clipforge bundles, and its checkpoint carries none; a clipforge model folder "
+            "keeps the tokenizer it was trained with (clipforge train writes one)")
 
 
 def build(config: ConfigLike) -> CLIP:

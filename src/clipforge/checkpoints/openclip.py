@@ -132,14 +132,25 @@ def state_dict_to_openclip(sd: StateDict) -> StateDict:
     return to_openai_layout(sd)
 
 
-def export_openclip(model: CLIP, out_dir: str | Path) -> Path:
-    """Write ``open_clip_model.safetensors`` and ``open_clip_config.json`` (the hub layout).
+def export_openclip(model: CLIP, out_dir: str | Path, layout: str = "flat") -> Path:
+    """Write the model for open_clip, in one of two layouts.
 
-    Load it in open_clip with ``create_model("local-dir:" + out_dir)`` or by passing the model
-    config and ``pretrained=<safetensors file>``.
+    ``"flat"`` (default): ``NAME.json``, the flat model config that ``open_clip.add_model_config``
+    registers under NAME (the folder's name), and ``NAME.safetensors``; in open_clip:
+    ``add_model_config(out_dir / "NAME.json")`` then ``create_model("NAME", pretrained=...)``. A flat
+    config has no room for preprocessing: open_clip uses OpenAI's mean/std unless told otherwise.
+    ``"hub"``: ``open_clip_config.json`` (``{"model_cfg", "preprocess_cfg"}``) and
+    ``open_clip_model.safetensors``, the Hugging Face hub layout ``create_model("local-dir:" + out_dir)`` reads.
     """
+    if layout not in ("flat", "hub"):
+        raise CheckpointError(f"open_clip layout must be 'flat' or 'hub', got {layout!r}")
     out = Path(out_dir)
     sd = state_dict_to_openclip(model.state_dict())
+    if layout == "flat":
+        name = out.resolve().name
+        atomic_save_safetensors(sd, out / f"{name}.safetensors")
+        atomic_write_text(json.dumps(config_to_openclip(model.config), indent=2), out / f"{name}.json")
+        return out
     atomic_save_safetensors(sd, out / "open_clip_model.safetensors")
     p = model.preprocess
     cfg = {

@@ -7,6 +7,7 @@ tensors and plain containers.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -58,11 +59,26 @@ def read_state_dict(path: str | Path) -> StateDict:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(
-                f"{path}: not a weights-only torch checkpoint or safetensors file "
-                f"({str(e).splitlines()[0]})"
-            ) from None
+            raise CheckpointError(f"{path}: {explain_load_error(e)}") from None
     return _unwrap(sd, path)
+
+
+def explain_load_error(e: Exception) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in one line.
+
+    PyTorch's own message leads with advice to rerun with ``weights_only=False`` (arbitrary code
+    execution) and buries the refused global in the middle; keep only the facts.
+    """
+    text = str(e)
+    refused = re.search(r"GLOBAL ([\w.]+)", text)
+    if refused:
+        return (f"refused: the file asks to unpickle {refused.group(1)}, which no weights file holds "
+                "(clipforge only reads tensors, never pickled code)")
+    if "Unsupported operand" in text or "invalid load key" in text:
+        return "not a torch checkpoint or safetensors file (its bytes are no weights-only pickle)"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    facts = [ln for ln in lines if "weights_only" not in ln and not ln.startswith("Check the documentation")]
+    return f"not a weights-only torch checkpoint or safetensors file ({(facts or ['unreadable'])[0]})"
 
 
 def _is_safetensors(path: Path) -> bool:

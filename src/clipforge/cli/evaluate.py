@@ -79,6 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _load(model_path: str):
     from clipforge.checkpoints import load
+    from clipforge.checkpoints.load import no_tokenizer_message
 
     if model_path == "pixels":
         return None  # raw pixels: only meaningful for linear probes
@@ -86,8 +87,7 @@ def _load(model_path: str):
     if model.tokenizer is None:
         from clipforge.errors import ClipforgeError
 
-        raise ClipforgeError(f"{model_path}: the model has no tokenizer, so text cannot be encoded; convert it with "
-                             "its tokenizer, or load a folder that carries tokenizer.json")
+        raise ClipforgeError(f"{model_path}: {no_tokenizer_message(model)}")
     return model
 
 

@@ -15,9 +15,10 @@ from clipforge.models.clip import CLIP
 def embed_texts(model: CLIP, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """Normalised text features [N, D]."""
     if model.tokenizer is None:
+        from clipforge.checkpoints.load import no_tokenizer_message
         from clipforge.errors import ConfigError
 
-        raise ConfigError("this model has no tokenizer; load it from a folder that carries one")
+        raise ConfigError(no_tokenizer_message(model))
     out = []
     for i in range(0, len(texts), batch_size):
         tokens = model.tokenizer(list(texts[i : i + batch_size]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -70,8 +71,23 @@ def open_image(
 
 
 def _pixels(e: Exception) -> str:
-    words = str(e).split()
-    return next((w for w in words if w.isdigit()), "too many")
+    # Pillow: "Image size (N pixels) exceeds limit of M pixels, ..."
+    found = re.search(r"size \((\d+) pixels\)", str(e))
+    return found.group(1) if found else "too many"
+
+
+def _thirty_two_bit(img: Image.Image, arr: np.ndarray) -> tuple[np.ndarray, float]:
+    """32-bit integer samples scaled by their type's range, as 16-bit ones are by 65535.
+
+    Pillow holds them as int32, so unsigned TIFF samples above 2**31 arrive wrapped negative; the
+    TIFF SampleFormat tag (339: 1 unsigned, 2 signed) says which they are.
+    """
+    tags = getattr(img, "tag_v2", None)
+    fmt = tags.get(339, 1) if tags is not None else (2 if arr.min(initial=0) < 0 else 1)
+    fmt = fmt[0] if isinstance(fmt, tuple) else fmt
+    if fmt == 2:
+        return np.clip(arr, 0, None), float(2**31 - 1)
+    return np.mod(arr, 2.0**32), float(2**32 - 1)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -82,6 +98,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         arr = np.asarray(img).astype(np.float64)
         if img.mode == "F":
             top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        elif arr.max(initial=0) > 65535 or arr.min(initial=0) < 0:
+            arr, top = _thirty_two_bit(img, arr)
         else:
             top = 65535.0 if arr.max(initial=0) > 255 else 255.0
         grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)

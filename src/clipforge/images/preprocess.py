@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipforge.errors import ImageReadError
 from clipforge.images.decode import open_image
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -25,8 +26,22 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
              "nearest": Image.Resampling.NEAREST}
 
 
-def resize_short_side(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
+# Resizing the short side to `size` makes the long side `size * aspect`: a 321-byte 2,000,000x1 PNG
+# would allocate gigabytes. Panoramas stay well inside this; a sliver beyond it is a bad sample.
+MAX_ASPECT_RATIO = 100
+
+
+def check_aspect(img: Image.Image, name: str = "image") -> None:
+    """Refuse (:class:`ImageReadError`) an image too elongated to resize safely."""
+    w, h = img.size
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise ImageReadError(f"{name}: {w}x{h} pixels is too elongated to resize (aspect ratio above "
+                             f"{MAX_ASPECT_RATIO}:1)")
+
+
+def resize_short_side(img: Image.Image, size: int, interpolation: str = "bicubic", name: str = "image") -> Image.Image:
     """Resize so the short side is ``size`` (long side truncated as torchvision does)."""
+    check_aspect(img, name)
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
     if short == size:
@@ -127,12 +142,14 @@ class Preprocess:
         train: bool = False,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
+        name = str(image) if isinstance(image, (str, os.PathLike)) else "image"
         img = open_image(image)
+        check_aspect(img, name)
         if train:
             crop = RandomResizedCrop(self.image_size, scale=self.train_crop_scale, interpolation=self.interpolation)
             img = crop(img, generator=generator)
         else:
-            img = center_crop(resize_short_side(img, self.image_size, self.interpolation), self.image_size)
+            img = center_crop(resize_short_side(img, self.image_size, self.interpolation, name), self.image_size)
         return to_tensor(img, self.mean, self.std)
 
     def batch(self, images: list, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:

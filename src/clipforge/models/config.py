@@ -19,6 +19,19 @@ Activation = Literal["gelu", "quick_gelu"]
 ACTIVATIONS: tuple[str, ...] = ("gelu", "quick_gelu")
 
 
+def _check_int(value: Any, key: str, minimum: int = 1) -> None:
+    # bool is an int subclass, and "128" must not pass for 128: both would fail later with a traceback.
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_number(value: Any, key: str, positive: bool = True) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or (
+        positive and value <= 0
+    ):
+        raise ConfigError(f"{key} must be a {'positive ' if positive else ''}finite number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     """Vision Transformer image tower (Dosovitskiy et al. 2021, as used by CLIP).
@@ -41,6 +54,9 @@ class ViTConfig:
     type: Literal["vit"] = "vit"
 
     def __post_init__(self) -> None:
+        for key in ("image_size", "patch_size", "width", "layers", "head_width"):
+            _check_int(getattr(self, key), f"vision.{key}")
+        _check_number(self.mlp_ratio, "vision.mlp_ratio")
         if self.image_size % self.patch_size:
             raise ConfigError(
                 f"vision.image_size={self.image_size} is not a multiple of "
@@ -78,11 +94,20 @@ class ResNetConfig:
     type: Literal["resnet"] = "resnet"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
-        if len(self.layers) != 4:
-            raise ConfigError(f"vision.layers must list 4 stages, got {list(self.layers)}")
         if self.stem not in ("clip", "small"):
             raise ConfigError(f"vision.stem must be 'clip' or 'small', got {self.stem!r}")
+        if not isinstance(self.layers, (list, tuple)) or len(self.layers) != 4:
+            raise ConfigError(f"vision.layers must list the blocks of 4 stages, got {self.layers!r}")
+        for n in self.layers:
+            _check_int(n, "vision.layers[i]")
+        object.__setattr__(self, "layers", tuple(self.layers))
+        for key in ("image_size", "head_width"):
+            _check_int(getattr(self, key), f"vision.{key}")
+        _check_int(self.width, "vision.width", minimum=2 if self.stem == "clip" else 1)  # the stem halves it
+        if (self.width * 32) % self.head_width:
+            raise ConfigError(
+                f"vision.width * 32 = {self.width * 32} is not a multiple of vision.head_width={self.head_width}"
+            )
         if self.image_size % self.downsampling:
             raise ConfigError(f"vision.image_size={self.image_size} is not a multiple of {self.downsampling}")
 
@@ -116,6 +141,9 @@ class TextConfig:
     mlp_ratio: float = 4.0
 
     def __post_init__(self) -> None:
+        for key in ("context_length", "vocab_size", "width", "heads", "layers"):
+            _check_int(getattr(self, key), f"text.{key}")
+        _check_number(self.mlp_ratio, "text.mlp_ratio")
         if self.width % self.heads:
             raise ConfigError(f"text.width={self.width} is not a multiple of text.heads={self.heads}")
 
@@ -143,6 +171,8 @@ class HFTextConfig:
     type: Literal["hf"] = "hf"
 
     def __post_init__(self) -> None:
+        _check_int(self.context_length, "text.context_length")
+        _check_int(self.pad_token_id, "text.pad_token_id", minimum=0)
         if self.pooling not in ("mean", "max", "cls"):
             raise ConfigError(f"text.pooling must be 'mean', 'max' or 'cls', got {self.pooling!r}")
         if self.proj not in ("linear", "mlp"):
@@ -176,6 +206,13 @@ class CLIPConfig:
     max_logit_scale: float = 100.0
 
     def __post_init__(self) -> None:
+        _check_int(self.embed_dim, "embed_dim")
+        _check_number(self.init_logit_scale, "init_logit_scale", positive=False)
+        _check_number(self.max_logit_scale, "max_logit_scale")
+        if not isinstance(self.vision, (ViTConfig, ResNetConfig)):
+            raise ConfigError(f"vision must be a ViTConfig or ResNetConfig, got {type(self.vision).__name__}")
+        if not isinstance(self.text, (TextConfig, HFTextConfig)):
+            raise ConfigError(f"text must be a TextConfig or HFTextConfig, got {type(self.text).__name__}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(
                 f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"

@@ -1,11 +1,15 @@
 """Named model configurations.
 
-The OpenAI family has OpenAI's exact shapes and QuickGELU, as their released weights need. Names
-use open_clip's spelling (``ViT-B-32``); OpenAI's spelling (``ViT-B/32``) is accepted too. The
-``tiny-*`` and ``small-*`` configs train on a CPU in minutes on 32x32 or 64x64 images.
+The full-size family has OpenAI's exact shapes and open_clip's names and activations: ``ViT-B-32``
+is GELU (as open_clip's ``ViT-B-32.json``, used by the LAION-trained weights) and
+``ViT-B-32-quickgelu`` is QuickGELU (OpenAI's released weights need it). OpenAI's own spelling
+(``ViT-B/32``) names OpenAI's model, so it means the QuickGELU config. The ``tiny-*`` and
+``small-*`` configs train on a CPU in minutes on 32x32 or 64x64 images.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from clipforge.errors import ConfigError
 from clipforge.models.config import CLIPConfig, ResNetConfig, TextConfig, ViTConfig
@@ -20,6 +24,7 @@ def _resnet(layers: tuple[int, int, int, int], width: int, size: int, embed: int
         embed_dim=embed,
         vision=ResNetConfig(image_size=size, layers=layers, width=width),
         text=_openai_text(text_w, text_w // 64),
+        activation="gelu",
     )
 
 
@@ -28,7 +33,17 @@ def _vit(size: int, patch: int, width: int, layers: int, embed: int, text_w: int
         embed_dim=embed,
         vision=ViTConfig(image_size=size, patch_size=patch, width=width, layers=layers),
         text=_openai_text(text_w, text_w // 64),
+        activation="gelu",
     )
+
+
+def _with_quickgelu(configs: dict[str, CLIPConfig]) -> dict[str, CLIPConfig]:
+    """Each config under its own name (GELU) and under ``NAME-quickgelu`` (QuickGELU), as open_clip names them."""
+    out: dict[str, CLIPConfig] = {}
+    for name, cfg in configs.items():
+        out[name] = cfg
+        out[f"{name}-quickgelu"] = replace(cfg, activation="quick_gelu")
+    return out
 
 
 def _small_text(vocab: int = 49408, context: int = 77, width: int = 128, layers: int = 3) -> TextConfig:
@@ -36,15 +51,17 @@ def _small_text(vocab: int = 49408, context: int = 77, width: int = 128, layers:
 
 
 NAMED_CONFIGS: dict[str, CLIPConfig] = {
-    "RN50": _resnet((3, 4, 6, 3), 64, 224, 1024, 512),
-    "RN101": _resnet((3, 4, 23, 3), 64, 224, 512, 512),
-    "RN50x4": _resnet((4, 6, 10, 6), 80, 288, 640, 640),
-    "RN50x16": _resnet((6, 8, 18, 8), 96, 384, 768, 768),
-    "RN50x64": _resnet((3, 15, 36, 10), 128, 448, 1024, 1024),
-    "ViT-B-32": _vit(224, 32, 768, 12, 512, 512),
-    "ViT-B-16": _vit(224, 16, 768, 12, 512, 512),
-    "ViT-L-14": _vit(224, 14, 1024, 24, 768, 768),
-    "ViT-L-14-336": _vit(336, 14, 1024, 24, 768, 768),
+    **_with_quickgelu({
+        "RN50": _resnet((3, 4, 6, 3), 64, 224, 1024, 512),
+        "RN101": _resnet((3, 4, 23, 3), 64, 224, 512, 512),
+        "RN50x4": _resnet((4, 6, 10, 6), 80, 288, 640, 640),
+        "RN50x16": _resnet((6, 8, 18, 8), 96, 384, 768, 768),
+        "RN50x64": _resnet((3, 15, 36, 10), 128, 448, 1024, 1024),
+        "ViT-B-32": _vit(224, 32, 768, 12, 512, 512),
+        "ViT-B-16": _vit(224, 16, 768, 12, 512, 512),
+        "ViT-L-14": _vit(224, 14, 1024, 24, 768, 768),
+        "ViT-L-14-336": _vit(336, 14, 1024, 24, 768, 768),
+    }),
     # Small configs for CPU training. Text towers keep a 77-token context and the OpenAI
     # vocabulary so the bundled BPE tokenizer works with them out of the box.
     "tiny-vit-32": CLIPConfig(
@@ -67,11 +84,12 @@ NAMED_CONFIGS: dict[str, CLIPConfig] = {
     ),
 }
 
+# OpenAI's spellings name OpenAI's (QuickGELU) models.
 _ALIASES = {
-    "ViT-B/32": "ViT-B-32",
-    "ViT-B/16": "ViT-B-16",
-    "ViT-L/14": "ViT-L-14",
-    "ViT-L/14@336px": "ViT-L-14-336",
+    "ViT-B/32": "ViT-B-32-quickgelu",
+    "ViT-B/16": "ViT-B-16-quickgelu",
+    "ViT-L/14": "ViT-L-14-quickgelu",
+    "ViT-L/14@336px": "ViT-L-14-336-quickgelu",
 }
 
 

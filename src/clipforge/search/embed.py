@@ -29,6 +29,7 @@ import torch
 
 from clipforge.errors import ClipforgeError, ImageReadError
 from clipforge.images.decode import open_image
+from clipforge.images.preprocess import check_aspect
 from clipforge.models.clip import CLIP
 from clipforge.search.collection import Item, list_items, read_item_bytes
 
@@ -45,6 +46,7 @@ def _load(model: CLIP, item: Item) -> tuple[torch.Tensor, dict] | str:
     try:
         data = read_item_bytes(item.path, item.member, item.offset, item.size)
         img = open_image(data, name=item.name)
+        check_aspect(img, item.name)
     except (OSError, ImageReadError) as e:
         return str(e)
     row = {"path": item.path, "member": item.member, "offset": item.offset, "size": item.size,

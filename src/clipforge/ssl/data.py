@@ -66,7 +66,8 @@ class ImageTensors(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor | None:
         try:
-            img = center_crop(resize_short_side(open_image(self.images[i]), self.size), self.size)
+            name = str(self.images[i])
+            img = center_crop(resize_short_side(open_image(name), self.size, name=name), self.size)
         except ImageReadError:
             return None
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)

@@ -90,7 +90,9 @@ class TrainConfig:
     epochs: int = opt(10, "passes over the training data")
     batch_size: int = opt(128, "pairs per optimiser step (the contrastive batch)")
     micro_batch_size: int | None = opt(None, "split each batch into micro-batches of this size; the "
-                                       "gradients stay exactly those of the full batch (GradCache)")
+                                       "gradients stay exactly those of the full batch (GradCache), except "
+                                       "in BatchNorm layers (the ResNet towers), which normalise per micro-batch "
+                                       "(a warning says so)")
     precision: str = opt("fp32", "'fp32' or 'bf16' (autocast)")
     loss: str = opt("clip", "'clip' (symmetric InfoNCE) or 'clip_tiled' (the same loss, exact, in O(N d) memory "
                     "for very large batches)")
@@ -108,6 +110,27 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        """Refuse values no run can use, before any work starts (one line, naming the option)."""
+        at_least = {"epochs": (self.epochs, 1), "batch_size": (self.batch_size, 2),
+                    "micro_batch_size": (self.micro_batch_size, 1), "save_every_steps": (self.save_every_steps, 0),
+                    "keep_checkpoints": (self.keep_checkpoints, 1), "eval_every_epochs": (self.eval_every_epochs, 0),
+                    "log_every_steps": (self.log_every_steps, 1), "max_nonfinite_steps": (self.max_nonfinite_steps, 1),
+                    "max_steps": (self.max_steps, 1), "threads": (self.threads, 1),
+                    "data.workers": (self.data.workers, 0), "data.shuffle_buffer": (self.data.shuffle_buffer, 1),
+                    "data.train_samples": (self.data.train_samples, 1),
+                    "model.context_length": (self.model.context_length, 2),
+                    "optim.warmup_steps": (self.optim.warmup_steps, 0)}
+        for name, (value, low) in at_least.items():
+            if value is not None and value < low:
+                why = " (a contrastive batch needs two pairs)" if name == "batch_size" else ""
+                raise ConfigError(f"{name} must be at least {low}{why}, got {value}")
+        if self.optim.grad_clip is not None and not self.optim.grad_clip > 0:
+            raise ConfigError(f"optim.grad_clip must be positive (or null: no clipping), got {self.optim.grad_clip}")
+        for name, value in (("optim.lr", self.optim.lr), ("optim.weight_decay", self.optim.weight_decay)):
+            if not value >= 0:  # lr 0 is a valid way to run the loop without changing weights
+                raise ConfigError(f"{name} must be at least 0, got {value}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -205,6 +228,11 @@ def describe(klass: type = TrainConfig, prefix: str = "") -> list[tuple[str, str
     for f in fields(klass):
         if dataclasses.is_dataclass(hints[f.name]):
             rows += describe(hints[f.name], f"{prefix}{f.name}.")
+            continue
+        args = get_args(hints[f.name])
+        if get_origin(hints[f.name]) is list and args and dataclasses.is_dataclass(args[0]):
+            rows.append((prefix + f.name, "[]", f"{f.metadata.get('help', '')}; each entry holds:"))
+            rows += describe(args[0], f"{prefix}{f.name}[].")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         rows.append((prefix + f.name, json.dumps(default if not dataclasses.is_dataclass(default)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from clipforge.checkpoints.load import build, load
 from clipforge.checkpoints.native import save as save_model
+from clipforge.checkpoints.state_dict import atomic_write_text
 from clipforge.data.pairs import PairDataset, Skipped, collate, read_pairs
 from clipforge.data.shards import ShardDataset, count_samples, is_shard_source, iter_captions
 from clipforge.errors import ClipforgeError, ConfigError
@@ -28,7 +29,7 @@ from clipforge.training.config import TrainConfig
 from clipforge.training.evaluate import evaluate
 from clipforge.training.optim import learning_rate, param_groups
 from clipforge.training.sampler import epoch_batches, steps_per_epoch
-from clipforge.training.step import contrastive_backward
+from clipforge.training.step import contrastive_backward, micro_batching_is_inexact
 from clipforge.utils.progress import progress_bar
 
 # Looked up at call time so tests can substitute the functions in this module.
@@ -95,6 +96,7 @@ def build_model(config: TrainConfig, tokenizer: Any) -> CLIP:
 
 def train(config: TrainConfig, resume: str | None = None, progress: bool = True) -> TrainResult:
     """Train a CLIP model as ``config`` says; ``resume`` is ``"latest"`` or a checkpoint folder."""
+    config.check()
     info = D.init_distributed()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -108,6 +110,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     if not config.data.train:
         raise ConfigError("no training data: set data.train to a CSV/TSV file or a captioned image folder")
     run_dir = Path(config.out_dir)
+    if info.is_main:
+        _check_writable(run_dir)
     device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
 
     shards = is_shard_source(config.data.train)
@@ -157,6 +161,15 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "train_config.json")
+        # Steps logged after the checkpoint by the interrupted run are done again: drop their lines.
+        for name in ("metrics.jsonl", "evals.jsonl"):
+            truncate_log(run_dir / name, state.step)
+        if config.micro_batch_size and config.micro_batch_size < config.batch_size and \
+                micro_batching_is_inexact(model):
+            print("warning: this model has BatchNorm layers (a ResNet tower): with micro_batch_size="
+                  f"{config.micro_batch_size} < batch_size={config.batch_size} they normalise each micro-batch by "
+                  "its own statistics, so gradients are not exactly the full batch's (running statistics are "
+                  "still updated once per step); use a ViT tower for exact micro-batching", flush=True)
 
     per_epoch = steps_per_epoch(n_samples, config.batch_size)
     batches_of = _epoch_batches(config, pairs, model, info, per_epoch)
@@ -306,6 +319,28 @@ def skip_summary(skipped: dict[str, int], examples: dict[str, list[str]]) -> str
         ex = ", ".join(examples.get(reason, []))
         lines.append(f"  {reason}: {n}" + (f"  e.g. {ex}" if ex else ""))
     return "\n".join(lines)
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Fail before any work if out_dir cannot hold the run's files."""
+    import tempfile
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"out_dir={run_dir}: cannot write there ({e.strerror or e})") from None
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep only the JSON lines of ``path`` whose step is at most ``step`` (atomically)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        atomic_write_text("".join(kept), path)
 
 
 def _grads_finite(model: torch.nn.Module) -> bool:
