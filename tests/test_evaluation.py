@@ -278,3 +278,168 @@ def test_classification_from_shards_with_cls(tmp_path) -> None:
             sink.write({"__key__": f"{i:03d}", "png": buf.getvalue(), "cls": str(i % 2)})
     ds = load_classification(str(tmp_path / "s-000.tar"), classes=["red", "blue"])
     assert ds.labels == [0, 1, 0] and all(Image.open(p).size == (8, 8) for p in ds.images)
+
+
+# --- every input: empty and unreadable datasets, bad options ------------------------------------
+
+@pytest.fixture
+def model_dir(tmp_path):
+    clipforge.save(clipforge.build("tiny-vit-32"), tmp_path / "m")
+    return str(tmp_path / "m")
+
+
+def _one_line_error(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("clipforge: error:") and err.count("\n") == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_empty_or_unreadable_datasets_are_refused_never_scored_nan(tmp_path, model_dir, capsys) -> None:
+    for c in ("red", "blue"):  # class folders without images
+        (tmp_path / "empty_classes" / c).mkdir(parents=True)
+    (tmp_path / "header_only.csv").write_text("image,label\n")
+    (tmp_path / "all_missing.csv").write_text("image,label\nnope/1.png,red\nnope/2.png,blue\n")
+    (tmp_path / "broken").mkdir()
+    for c in ("red", "blue"):
+        (tmp_path / "broken" / c).mkdir()
+        (tmp_path / "broken" / c / "x.png").write_bytes(b"not a png")
+    out = tmp_path / "res"
+    cases = {"empty_classes": "hold no images", "header_only.csv": "no rows below the header",
+             "all_missing.csv": "none of its 2 images exist", "broken": "none of its 2 images could be read"}
+    for name, message in cases.items():
+        assert main(["eval", "zeroshot", "--model", model_dir, "--dataset", str(tmp_path / name),
+                     "--out", str(out)]) == 2
+        _one_line_error(capsys, name, message)
+    (tmp_path / "empty_folder").mkdir()
+    (tmp_path / "pairs_header_only.csv").write_text("image,caption\n")
+    for name in ("empty_folder", "pairs_header_only.csv"):
+        assert main(["eval", "retrieval", "--model", model_dir, "--dataset", str(tmp_path / name),
+                     "--out", str(out)]) == 2
+        _one_line_error(capsys, name, "no image-caption pairs")
+    assert not out.exists() or not list(out.glob("*.json"))  # no result written, NaN or otherwise
+
+
+def test_a_nan_metric_is_never_written(tmp_path) -> None:
+    with pytest.raises(ClipforgeError, match="acc1 are not finite"):
+        write_result(tmp_path, "zeroshot_classification", "m", "d", {"acc1": float("nan"), "acc5": 0.5})
+    assert not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["eval", "fewshot", "--dataset", "digits", "-k", "0"], "-k must be at least 1, got 0"),
+    (["eval", "fewshot", "--dataset", "digits", "-k", "-3"], "-k must be at least 1, got -3"),
+    (["eval", "overlap", "--dataset", "digits", "--threshold", "1.5"], "--threshold is a cosine similarity"),
+    (["eval", "zeroshot", "--dataset", "digits", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["classify", "--labels", "a,b", "--top", "-1", "x.png"], "--top must be at least 1, got -1"),
+    (["classify", "--labels", "a,b", "--top", "0", "x.png"], "--top must be at least 1, got 0"),
+])
+def test_bad_options_are_refused_in_one_line(tmp_path, model_dir, capsys, argv, message) -> None:
+    head = 2 if argv[0] == "eval" else 1
+    out = ["--out", str(tmp_path / "res")] if argv[0] == "eval" else []
+    assert main([*argv[:head], "--model", model_dir, *out, *argv[head:]]) == 2
+    _one_line_error(capsys, message)
+    assert not (tmp_path / "res").exists()
+
+
+def test_classify_fails_when_no_image_could_be_read(tmp_path, model_dir, capsys) -> None:
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    assert main(["classify", "--model", model_dir, "--labels", "a,b", str(tmp_path / "bad.png"),
+                 str(tmp_path / "missing.png")]) == 2
+    captured = capsys.readouterr()
+    assert "bad.png: skipped" in captured.out and "none of the 2 image(s) could be read" in captured.err
+
+
+def test_folder_class_names_read_as_words(tmp_path) -> None:
+    for folder in ("red_circle", "blue-square"):
+        (tmp_path / "f" / folder).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "f" / folder / "0.png")
+    ds = load_classification(str(tmp_path / "f"))
+    assert ds.classes == ["blue square", "red circle"] and ds.labels == [0, 1]
+    # Given class names may use either spelling.
+    ds = load_classification(str(tmp_path / "f"), classes=["red circle", "blue_square"])
+    assert ds.labels == [1, 0]
+
+
+def test_retrieval_counts_what_was_evaluated(tmp_path, model_dir, capsys) -> None:
+    rows = ["image,caption"]
+    for i in range(4):
+        Image.new("RGB", (16, 16), (60 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        rows += [f"{i}.png,a red square {i}", f"{i}.png,another caption {i}"]
+    (tmp_path / "bad.png").write_bytes(b"broken")
+    rows += ["bad.png,an unreadable image", "missing.png,a missing image"]
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    assert main(["eval", "retrieval", "--model", model_dir, "--dataset", str(tmp_path / "pairs.csv"),
+                 "--out", str(tmp_path / "res")]) == 0
+    (result,) = (json.loads(p.read_text()) for p in (tmp_path / "res").glob("*.json"))
+    assert result["settings"]["n_images"] == 4 and result["settings"]["n_captions"] == 8
+    assert result["settings"]["n_unreadable_images"] == 2
+
+
+def test_fewshot_lines_name_their_k(tmp_path, model_dir, capsys) -> None:
+    _folder(tmp_path / "train", n=4)
+    _folder(tmp_path / "test", n=2)
+    assert main(["eval", "fewshot", "--model", model_dir, "--dataset", str(tmp_path / "train"), "--test",
+                 str(tmp_path / "test"), "-k", "1", "2", "500", "--out", str(tmp_path / "res")]) == 0
+    out = capsys.readouterr().out
+    assert "-k 500 is more than the 4 training images of the smallest class" in out
+    assert any(line.startswith("k=1: {") for line in out.splitlines())
+    assert any(line.startswith("k=2: {") for line in out.splitlines())
+
+
+def _zs_setting(zs_quality: str):
+    """Six Gaussian classes in 16-d; a zero-shot classifier near the class means ("good") or random ("bad")."""
+    classes, dim = 6, 16
+    centres = F.normalize(torch.randn(classes, dim, generator=torch.Generator().manual_seed(5)), dim=-1)
+
+    def draw(n_per: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        y = torch.arange(classes).repeat_interleave(n_per)
+        return centres[y] + 0.35 * torch.randn(len(y), dim, generator=g), y
+
+    noise = torch.randn(classes, dim, generator=torch.Generator().manual_seed(9 if zs_quality == "good" else 7))
+    zs = F.normalize(centres + 0.3 * noise if zs_quality == "good" else noise, dim=-1)
+    return (*draw(16, 0), *draw(20, 1), zs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zs_quality", ["good", "bad"])
+def test_zero_shot_init_is_never_worse_than_both_ends(zs_quality: str) -> None:
+    from clipforge.evaluation.fewshot import zero_shot_init_few_shot
+
+    xtr, ytr, xte, yte, zs = _zs_setting(zs_quality)
+    zs_acc = classification_metrics(F.normalize(xte, dim=-1) @ zs.T, yte)["acc1"]
+    for k in (1, 4, 16):
+        plain = few_shot_probe(xtr, ytr, xte, yte, k, 6)["lp_acc1"]
+        init = zero_shot_init_few_shot(xtr, ytr, xte, yte, zs, k)
+        assert init["lp_acc1"] >= min(zs_acc, plain) - 0.02, (k, init, zs_acc, plain)
+        if k == 16:  # enough examples: a poor zero-shot classifier is left behind (the old default pull kept it)
+            assert init["lp_acc1"] >= plain - 0.05
+    if zs_quality == "bad":
+        assert zero_shot_init_few_shot(xtr, ytr, xte, yte, zs, 16)["lp_acc1"] > zs_acc + 0.5
+
+
+def test_overlap_threshold_calibration_separates_planted_duplicates() -> None:
+    from clipforge.evaluation.overlap import calibrate_threshold
+
+    g = torch.Generator().manual_seed(0)
+    planted = 0.985 + 0.01 * torch.rand(100, generator=g)  # near-duplicates: 0.985-0.995
+    clean = 0.94 + 0.035 * torch.rand(100, generator=g)    # distinct images of a small model: 0.94-0.975
+    threshold, table = calibrate_threshold(planted, clean)
+    assert 0.975 <= threshold <= 0.985
+    row = next(r for r in table if r["threshold"] == threshold)
+    assert row["recall"] == 1.0 and row["clean_flagged"] == 0.0 and row["precision"] == 1.0
+    at_095 = next(r for r in table if r["threshold"] == 0.95)
+    assert at_095["clean_flagged"] > 0.5  # the old fixed default flagged most clean images here
+
+
+def test_overlap_cli_calibrates_and_records_the_sweep(tmp_path, model_dir, capsys) -> None:
+    assert main(["eval", "overlap", "--model", model_dir, "--dataset", "digits", "--plant", "40",
+                 "--out", str(tmp_path / "res")]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated on 40 planted near-duplicates" in out
+    (result,) = (json.loads(p.read_text()) for p in (tmp_path / "res").glob("*.json"))
+    table = result["settings"]["calibration"]
+    assert {"threshold", "precision", "recall", "clean_flagged"} <= set(table[0])
+    assert result["settings"]["threshold"] in [r["threshold"] for r in table]

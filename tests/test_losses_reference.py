@@ -12,6 +12,7 @@ from clipforge.losses import (
     ContrastivePairLoss,
     MarginLoss,
     TripletMarginLoss,
+    clip_loss,
     distance_weighted_triplets,
     hard_negative_triplets,
     info_nce,
@@ -236,3 +237,123 @@ def test_distance_weighted_sampling() -> None:
     a, p, n = t1
     assert (y[a] == y[p]).all() and (y[a] != y[n]).all()
     assert (F.pairwise_distance(F.normalize(e[a]), F.normalize(e[n])) < 1.4).all()
+
+
+def _reference_probabilities(u: torch.Tensor, a: int, negatives: list[int], dim: int) -> dict[int, float]:
+    """Wu et al.'s 1/q(d), d clipped below at 0.5, 0 at or beyond 1.4, normalised over a's negatives (a loop)."""
+    logs = {}
+    for j in negatives:
+        dist = float((u[a] - u[j]).norm())
+        if dist >= 1.4:
+            continue
+        x = max(dist, 0.5)
+        logs[j] = (2.0 - dim) * math.log(x) - (dim - 3) / 2.0 * math.log(1.0 - 0.25 * x * x)
+    if not logs:
+        return {}
+    top = max(logs.values())
+    total = sum(math.exp(v - top) for v in logs.values())
+    return {j: math.exp(v - top) / total for j, v in logs.items()}
+
+
+def _clustered(n_per: int, classes: int, dim: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(classes, dim, generator=g, dtype=torch.float64), dim=-1)
+    y = torch.arange(classes).repeat_interleave(n_per)
+    e = centres[y] + 0.9 * torch.randn(len(y), dim, generator=g, dtype=torch.float64) / math.sqrt(dim)
+    # Pull the classes together a little so that many negatives fall below the 1.4 cutoff.
+    e = e + 0.6 * centres.mean(0)
+    return e.to(dtype), y
+
+
+@pytest.mark.parametrize("dim", [64, 160, 256, 512, 1024, 2048])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_distance_weighted_sampling_at_any_embedding_size(dim: int, dtype: torch.dtype) -> None:
+    e, y = _clustered(8, 8, dim, dtype)
+    u = F.normalize(e.double(), dim=-1)
+    a, p, n = distance_weighted_triplets(e, y, generator=torch.Generator().manual_seed(1))
+    counts = torch.bincount(a, minlength=len(y))
+    drawable = 0
+    for i in range(len(y)):
+        probs = _reference_probabilities(u, i, [j for j in range(len(y)) if y[j] != y[i]], dim)
+        # Every anchor with a negative below the cutoff gets one triplet per positive (7 here).
+        assert counts[i] == (7 if probs else 0), (i, probs)
+        drawable += bool(probs)
+        for ni in n[a == i].tolist():
+            assert ni in probs  # only negatives of non-zero weight are drawn
+        # The probabilities are the formula's, normalised per anchor (the global maximum of the old
+        # code underflowed every row at d >= 160).
+        if probs:
+            valid = y[:, None] != y[None, :]
+            row = distance_weights(torch.cdist(u, u), dim, valid=valid)[i]
+            for j, pj in probs.items():
+                assert row[j].item() == pytest.approx(pj, rel=1e-6, abs=1e-12)
+            assert row.sum().item() == pytest.approx(1.0)
+    assert drawable >= len(y) // 2  # the test data exercises the sampler
+
+
+def test_distance_weighted_draws_follow_the_probabilities() -> None:
+    e, y = _clustered(4, 4, 32, torch.float64, seed=3)
+    u = F.normalize(e, dim=-1)
+    probs = _reference_probabilities(u, 0, [j for j in range(16) if y[j] != y[0]], 32)
+    draws = torch.cat([distance_weighted_triplets(e, y, generator=torch.Generator().manual_seed(s))[2][:3]
+                       for s in range(600)])  # anchor 0's three triplets each time
+    freq = torch.bincount(draws, minlength=16).double() / len(draws)
+    tv = 0.5 * sum(abs(freq[j].item() - probs.get(j, 0.0)) for j in range(16))
+    assert tv < 0.05
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip", "nt_xent", "info_nce", "info_nce_neg", "tiled_clip",
+                                  "tiled_siglip"])
+def test_empty_batches_give_a_zero_that_keeps_the_graph(name: str) -> None:
+    from clipforge.losses.tiled import tiled_clip_loss, tiled_siglip_loss
+
+    x = torch.zeros(0, 8, requires_grad=True)
+    y = torch.zeros(0, 8, requires_grad=True)
+    scale = torch.tensor(10.0, requires_grad=True)
+    bias = torch.tensor(-1.0, requires_grad=True)
+    loss = {
+        "clip": lambda: clip_loss(x, y, scale), "siglip": lambda: siglip_loss(x, y, scale, bias),
+        "nt_xent": lambda: nt_xent(x, y), "info_nce": lambda: info_nce(x, y),
+        "info_nce_neg": lambda: info_nce(x, y, torch.zeros(0, 3, 8)),
+        "tiled_clip": lambda: tiled_clip_loss(x, y, scale),
+        "tiled_siglip": lambda: tiled_siglip_loss(x, y, scale, bias),
+    }[name]()
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert x.grad is not None and x.grad.shape == (0, 8)
+
+
+def test_supcon_without_negatives_is_zero_as_in_pml() -> None:
+    e = torch.randn(6, 5, requires_grad=True)
+    same = torch.zeros(6, dtype=torch.long)
+    for form in ("out", "in"):
+        loss = supcon(e, same, temperature=0.07, form=form)
+        assert loss.item() == 0.0  # the formula alone gives >= log(5); PML's SupConLoss gives 0
+        loss.backward()
+
+
+def test_triplet_swap_with_a_reference_set_uses_the_reference_distance() -> None:
+    # d(p, n) between two reference rows (PML indexes its embeddings-by-reference matrix with the
+    # positive's reference index there, which mixes the two sets: a documented difference).
+    g = torch.Generator().manual_seed(4)
+    emb, ref = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(7, 4, generator=g, dtype=torch.float64)
+    yl, yr = torch.tensor([0, 1, 0, 2, 1]), torch.tensor([0, 0, 1, 1, 2, 2, 0])
+    ue, ur = F.normalize(emb, dim=-1), F.normalize(ref, dim=-1)
+    terms = []
+    for ai in range(5):
+        for pi in range(7):
+            for ni in range(7):
+                if yl[ai] == yr[pi] and yr[ni] != yl[ai]:
+                    an = min(float((ue[ai] - ur[ni]).norm()), float((ur[pi] - ur[ni]).norm()))
+                    terms.append(max(0.0, float((ue[ai] - ur[pi]).norm()) - an + 0.2))
+    got = TripletMarginLoss(margin=0.2, swap=True)(emb, yl, ref_embeddings=ref, ref_labels=yr)
+    assert got.item() == pytest.approx(mean_nonzero(terms), rel=1e-12)
+
+
+@pytest.mark.parametrize("loss", [ContrastivePairLoss(), TripletMarginLoss(), MarginLoss()])
+def test_a_reference_set_needs_its_labels(loss) -> None:
+    e, y = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="ref_embeddings was given without ref_labels"):
+        loss(e, y, ref_embeddings=torch.randn(4, 3))
+    with pytest.raises(ValueError, match="ref_labels was given without ref_embeddings"):
+        loss(e, y, ref_labels=y)

@@ -302,3 +302,16 @@ def test_help_config_describes_zeroshot_entries(capsys) -> None:
     out = capsys.readouterr().out
     for key in ("data.zeroshot[].csv", "data.zeroshot[].classes", "data.zeroshot[].templates"):
         assert key in out
+
+
+def test_an_empty_zero_shot_set_fails_before_training(synth, tmp_path, capsys) -> None:
+    from clipforge.cli.main import main
+
+    (tmp_path / "zs.csv").write_text("image,label\n")
+    cfg = tiny_train_config(synth, tmp_path / "run", eval_every_epochs=1)
+    cfg["data"]["zeroshot"] = [{"name": "zs", "csv": str(tmp_path / "zs.csv")}]
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "zs.csv: no rows below the header" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -53,13 +53,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     fs.add_argument("-k", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     fs.add_argument("--seed", type=int, default=0)
     fs.add_argument("--zeroshot-init", action="store_true", help="also start from the zero-shot classifier")
+    fs.add_argument("--pull", type=float, default=None, help="zero-shot init: weight of the pull towards the "
+                    "zero-shot classifier (default: chosen by cross-validation on the k-shot examples, 0 included)")
     fs.add_argument("--templates", default=None)
     fs.set_defaults(func=run_fewshot)
 
     ov = esub.add_parser("overlap", help="nearest training neighbours of test images; accuracy clean vs overlapping")
     common(ov, "built-in name with train/test splits, or the training set (then give --test)")
     ov.add_argument("--test", default=None)
-    ov.add_argument("--threshold", type=float, default=0.95, help="cosine similarity that flags a pair")
+    ov.add_argument("--threshold", type=float, default=None,
+                    help="cosine similarity at or above which a test image counts as a duplicate of its nearest "
+                    "training image (default: calibrated on near-duplicates planted in the training set)")
+    ov.add_argument("--plant", type=int, default=200, help="near-duplicates planted to calibrate the threshold")
+    ov.add_argument("--features", choices=("pixels", "model"), default="pixels",
+                    help="what counts as a duplicate: 'pixels' (mean-centred 16x16 thumbnails: rescaled, trimmed or "
+                    "re-encoded copies; default) or 'model' (the model's embedding, the CLIP paper's nearest "
+                    "neighbours: images that mean the same)")
     ov.add_argument("--templates", default=None)
     ov.set_defaults(func=run_overlap)
 
@@ -72,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--model", required=True)
     c.add_argument("--labels", required=True, help="'cat,dog,bird' or a class-name file")
     c.add_argument("--templates", default="a photo of a {c}.", help="template set name, file, or one template")
-    c.add_argument("--top", type=int, default=3)
+    c.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
     c.add_argument("images", nargs="+")
     c.set_defaults(func=run_classify)
 
@@ -96,6 +105,13 @@ def _text_needed(model_path: str) -> None:
         from clipforge.errors import ClipforgeError
 
         raise ClipforgeError("--model pixels has no text tower: it only works with linear-probe")
+
+
+def _at_least(value: int, low: int, option: str) -> None:
+    from clipforge.errors import ClipforgeError
+
+    if value < low:
+        raise ClipforgeError(f"{option} must be at least {low}, got {value}")
 
 
 def _templates(spec: str | None, dataset: str) -> list[str]:
@@ -145,6 +161,7 @@ def _report_missing(ds) -> None:
 
 def _probe_inputs(args: argparse.Namespace):
     """The model, the train/test sets and their features: what every probe-style command starts with."""
+    _at_least(args.batch_size, 1, "--batch-size")
     model = _load(args.model)
     train, test = _splits(args)
     xtr, ytr = _features(model, train, args, "embed train")
@@ -152,12 +169,12 @@ def _probe_inputs(args: argparse.Namespace):
     return model, train, test, xtr, ytr, xte, yte
 
 
-def _save(args, task: str, dataset: str, metrics: dict, settings: dict) -> None:
+def _save(args, task: str, dataset: str, metrics: dict, settings: dict, label: str = "") -> None:
     from clipforge.evaluation.results import write_result
 
     path = write_result(args.out, task, args.model, dataset, metrics, settings)
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-    print(json.dumps(shown))
+    print(f"{label}: {json.dumps(shown)}" if label else json.dumps(shown))
     print(f"result written to {path}")
 
 
@@ -168,6 +185,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     from clipforge.evaluation.templates import load_classnames
     from clipforge.evaluation.zero_shot import confusion_matrix_png
 
+    _at_least(args.batch_size, 1, "--batch-size")
     model = _load(args.model)
     classes, per_class = load_classnames(args.classes) if args.classes else (None, None)
     ds = load_classification(args.dataset, args.split, args.image_column, args.label_column, classes)
@@ -190,13 +208,13 @@ def run_retrieval(args: argparse.Namespace) -> int:
     from clipforge.evaluation.datasets import load_retrieval
     from clipforge.evaluation.tasks import retrieval_task
 
+    _at_least(args.batch_size, 1, "--batch-size")
     model = _load(args.model)
     ds = load_retrieval(args.dataset, args.image_column, args.caption_column)
-    metrics, skipped = retrieval_task(model, ds, args.batch_size, use_cache=not args.no_cache, progress=True)
+    metrics, skipped, counts = retrieval_task(model, ds, args.batch_size, use_cache=not args.no_cache, progress=True)
     if skipped:
         print(f"warning: {len(skipped)} unreadable image(s) and their captions left out, e.g. {skipped[0].source}")
-    _save(args, "zeroshot_retrieval", ds.name, metrics,
-          {"n_images": len(ds.images), "n_captions": len(ds.captions), "n_unreadable_images": len(skipped)})
+    _save(args, "zeroshot_retrieval", ds.name, metrics, {**counts, "n_unreadable_images": len(skipped)})
     return 0
 
 
@@ -216,29 +234,91 @@ def run_fewshot(args: argparse.Namespace) -> int:
     from clipforge.evaluation.fewshot import few_shot_probe, zero_shot_init_few_shot
     from clipforge.evaluation.zero_shot import zero_shot_classifier
 
+    for k in args.k:
+        _at_least(k, 1, "-k")
+    if args.pull is not None and args.pull < 0:
+        _at_least(args.pull, 0, "--pull")
     model, train, test, xtr, ytr, xte, yte = _probe_inputs(args)
+    fewest = int(ytr.bincount().min()) if len(ytr) else 0
+    if max(args.k) > fewest:
+        print(f"warning: -k {max(args.k)} is more than the {fewest} training images of the smallest class; "
+              "such classes use all they have")
     zs = zero_shot_classifier(model, train.classes, _templates(args.templates, args.dataset)) if args.zeroshot_init \
         else None
     for k in args.k:
         metrics = few_shot_probe(xtr, ytr, xte, yte, k, len(train.classes), args.seed)
-        _save(args, f"fewshot_{k}", test.name, metrics, {"k": k, "seed": args.seed})
+        _save(args, f"fewshot_{k}", test.name, metrics, {"k": k, "seed": args.seed}, label=f"k={k}")
         if zs is not None:
-            metrics = zero_shot_init_few_shot(xtr, ytr, xte, yte, zs, k, args.seed)
-            _save(args, f"fewshot_{k}_zsinit", test.name, metrics, {"k": k, "seed": args.seed})
+            metrics = zero_shot_init_few_shot(xtr, ytr, xte, yte, zs, k, args.seed, pull=args.pull)
+            _save(args, f"fewshot_{k}_zsinit", test.name, metrics, {"k": k, "seed": args.seed},
+                  label=f"k={k}, zero-shot init")
     return 0
 
 
 def run_overlap(args: argparse.Namespace) -> int:
     _text_needed(args.model)
-    from clipforge.evaluation.overlap import overlap_report
+    import torch
+
+    from clipforge.errors import ClipforgeError
+    from clipforge.evaluation.cache import image_features
+    from clipforge.evaluation.overlap import overlap_report, pixel_signatures
     from clipforge.evaluation.zero_shot import zero_shot_logits
 
-    model, train, test, xtr, _, xte, yte = _probe_inputs(args)
+    if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
+        raise ClipforgeError(f"--threshold is a cosine similarity, between -1 and 1; got {args.threshold}")
+    _at_least(args.batch_size, 1, "--batch-size")
+    model = _load(args.model)
+    train, test = _splits(args)
+    cached = dict(batch_size=args.batch_size, use_cache=not args.no_cache, progress=False)
+    xtr, itr, _ = image_features(model, train.images, **cached)
+    xte, ite, skipped = image_features(model, test.images, **cached)
+    _report_skipped(skipped, test.name)
+    train_images, test_images = [train.images[i] for i in itr], [test.images[i] for i in ite]
+    yte = torch.tensor(test.labels)[ite]
     correct = zero_shot_logits(model, xte, test.classes, _templates(args.templates, args.dataset)).argmax(1) == yte
-    metrics = overlap_report(xte, xtr, correct, args.threshold)
+    if args.features == "pixels":
+        xtr, xte = pixel_signatures(train_images), pixel_signatures(test_images)
+        embed = pixel_signatures
+    else:
+        embed = lambda paths: image_features(model, paths, args.batch_size, use_cache=False, progress=False)[0]  # noqa: E731
+    settings: dict = {"features": args.features}
+    threshold = args.threshold
+    if threshold is None:
+        threshold, table = _calibrated_threshold(train, train_images, xtr, embed, args.plant)
+        settings["calibration"] = table
+        best = next(r for r in table if r["threshold"] == threshold)
+        print(f"threshold {threshold} calibrated on {min(args.plant, len(xtr) // 2)} planted near-duplicates: it "
+              f"flags {best['clean_flagged']:.1%} of distinct training images and finds {best['recall']:.1%} of "
+              "the planted copies")
+        if best["recall"] < 0.8:
+            print(f"warning: with --features {args.features} planted near-duplicates look like distinct images "
+                  "to this detector; its overlap figures are unreliable" +
+                  (" (try --features pixels)" if args.features == "model" else ""))
+    metrics = overlap_report(xte, xtr, correct, threshold)
     pairs = metrics.pop("pairs")
-    _save(args, "overlap", test.name, metrics, {"threshold": args.threshold, "flagged_pairs": pairs[:1000]})
+    _save(args, "overlap", test.name, metrics, {"threshold": threshold, **settings, "flagged_pairs": pairs[:1000]})
     return 0
+
+
+def _calibrated_threshold(train, train_images: list[str], xtr, embed, plant: int):
+    """Plant near-duplicates of part of the training set; hold another part out as known-distinct images."""
+    import tempfile
+
+    import torch
+
+    from clipforge.errors import ClipforgeError
+    from clipforge.evaluation.overlap import calibrate_threshold, nearest_train, plant_duplicates
+
+    n = min(plant, len(xtr) // 2)
+    if n < 5:
+        raise ClipforgeError(f"{train.name}: too few training images ({len(xtr)}) to calibrate --threshold; give one")
+    order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))
+    held, reference = order[:n], order[n:]
+    with tempfile.TemporaryDirectory(prefix="clipforge-planted-") as tmp:
+        planted = embed(plant_duplicates([train_images[int(r)] for r in reference[:n]], tmp))
+    _, planted_sims = nearest_train(planted, xtr[reference])
+    _, clean_sims = nearest_train(xtr[held], xtr[reference])
+    return calibrate_threshold(planted_sims, clean_sims)
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -259,13 +339,18 @@ def run_classify(args: argparse.Namespace) -> int:
     from clipforge.evaluation.templates import get_templates, load_classnames
     from clipforge.evaluation.zero_shot import zero_shot_logits
 
+    _at_least(args.top, 1, "--top")
     model = _load(args.model)
     classes, per_class = load_classnames(args.labels)
     templates = per_class or get_templates(args.templates)
     feats, idx, skipped = embed_images(model, args.images)
-    probs = zero_shot_logits(model, feats, classes, templates).softmax(dim=-1)
     for s in skipped:
         print(f"{s.source}: skipped ({s.detail or s.reason})")
+    if not len(idx):
+        from clipforge.errors import ClipforgeError
+
+        raise ClipforgeError(f"none of the {len(args.images)} image(s) could be read")
+    probs = zero_shot_logits(model, feats, classes, templates).softmax(dim=-1)
     top = min(args.top, len(classes))
     width = max(len(c) for c in classes)
     for row, i in zip(probs, idx.tolist()):

@@ -75,20 +75,35 @@ def load_classification(source: str, split: str = "test", image_column: str = "i
                     "a CSV/TSV file or webdataset shards")
 
 
+def folder_class_name(folder: str) -> str:
+    """``red_circle`` or ``red-circle`` -> ``red circle``: folder names become words in prompts."""
+    return " ".join(folder.replace("_", " ").replace("-", " ").split())
+
+
 def _from_folder(root: Path, classes: list[str] | None) -> LabelledImages:
     found = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not found:
         raise DataError(f"{root}: no class sub-folders (expected root/<class>/<image>)")
-    classes = list(classes) if classes else found
-    unknown = sorted(set(found) - set(classes))
+    if classes:
+        # Given class names match a folder as spelled or as read (underscores and hyphens as spaces).
+        index = {c: i for i, c in enumerate(classes)} | {folder_class_name(c): i for i, c in enumerate(classes)}
+        classes = list(classes)
+    else:
+        classes = [folder_class_name(f) for f in found]
+        index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(f for f in found if f not in index and folder_class_name(f) not in index)
     if unknown:
         raise DataError(f"{root}: sub-folders {unknown[:5]} are not among the given classes")
     images, labels = [], []
-    for c in found:
-        for p in sorted((root / c).rglob("*")):
+    for f in found:
+        label = index.get(f, index.get(folder_class_name(f)))
+        for p in sorted((root / f).rglob("*")):
             if p.suffix.lower() in IMAGE_SUFFIXES:
                 images.append(str(p))
-                labels.append(classes.index(c))
+                labels.append(label)
+    if not images:
+        raise DataError(f"{root}: its {len(found)} class sub-folders hold no images "
+                        f"({', '.join(sorted(IMAGE_SUFFIXES))})")
     return LabelledImages(str(root), images, labels, classes)
 
 
@@ -102,6 +117,8 @@ def _from_csv(path: Path, image_column: str, label_column: str, classes: list[st
             if col not in (reader.fieldnames or []):
                 raise DataError(f"{path}: no column {col!r}; the header has {reader.fieldnames}")
         rows = [(r[image_column], (r[label_column] or "").strip()) for r in reader]
+    if not rows:
+        raise DataError(f"{path}: no rows below the header")
     found = sorted({lab for _, lab in rows})
     if classes:
         unseen = sorted(set(found) - set(classes))
@@ -118,6 +135,8 @@ def _from_csv(path: Path, image_column: str, label_column: str, classes: list[st
             continue
         images.append(str(p))
         labels.append(classes.index(lab))
+    if not images:
+        raise DataError(f"{path}: none of its {len(rows)} images exist (e.g. {missing[0]})")
     return LabelledImages(str(path), images, labels, list(classes), missing)
 
 
@@ -141,7 +160,9 @@ def _from_shards(source: str, classes: list[str] | None) -> LabelledImages:
             p.write_bytes(sample[key])
         images.append(str(p))
         labels.append(int(sample["cls"].decode().strip()))
-    n = max(labels) + 1 if labels else 0
+    if not images:
+        raise DataError(f"{source}: no samples with an image and a cls entry")
+    n = max(labels) + 1
     return LabelledImages(source, images, labels, list(classes) if classes else [str(i) for i in range(n)])
 
 
@@ -153,7 +174,10 @@ def load_retrieval(source: str, image_column: str = "image", caption_column: str
     name = source
     if source == "synthetic":
         source = str(synthetic_root() / "val.csv")
-    pairs, _ = read_pairs(source, image_column, caption_column, separator)
+    pairs, skipped = read_pairs(source, image_column, caption_column, separator)
+    if not pairs:
+        why = f" ({len(skipped)} row(s) skipped, e.g. {skipped[0].source}: {skipped[0].reason})" if skipped else ""
+        raise DataError(f"{source}: no image-caption pairs{why}")
     images: dict[str, int] = {}
     captions, t2i = [], []
     for p in pairs:

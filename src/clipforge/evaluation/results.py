@@ -20,8 +20,13 @@ TABLE_METRICS = ("acc1", "acc5", "mean_per_class_recall", "lp_acc1", "lp_acc5", 
 def write_result(out_dir: str | Path, task: str, model: str, dataset: str, metrics: dict[str, Any],
                  settings: dict[str, Any] | None = None) -> Path:
     """``{"task", "model", "dataset", "metrics", "settings"}`` as JSON; returns the file."""
+    import math
+
     from clipforge import __version__
 
+    bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    if bad:
+        raise ClipforgeError(f"{task} on {dataset}: metric(s) {', '.join(bad)} are not finite; no result written")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     safe = lambda s: "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)[-60:]  # noqa: E731

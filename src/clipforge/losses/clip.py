@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.losses.reductions import zero_like_graph
+
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE over a batch of matched pairs.
@@ -23,6 +25,8 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
         text_features: [N, D], normalised.
         logit_scale: the exponentiated scale (1 / temperature), a scalar tensor.
     """
+    if image_features.shape[0] == 0:
+        return zero_like_graph(image_features, text_features, logit_scale)
     logits = logit_scale * image_features @ text_features.T
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # the softmax in half precision loses too much

@@ -9,7 +9,8 @@ gradients over ranks).
 
 After DDP averages them, both give exactly the gradients of one process holding the global batch,
 the temperature's included. (Gathering *without* gradients, open_clip's default, gives
-1/world_size of them.) Every rank must hold the same number of samples.
+1/world_size of them.) Ranks may hold different numbers of samples (their sizes are gathered
+first and the rows padded for the collective), as a last partial batch does.
 """
 
 from __future__ import annotations
@@ -19,30 +20,47 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from clipforge.losses.clip import clip_loss
+from clipforge.losses.reductions import zero_like_graph
 from clipforge.losses.siglip import siglip_loss
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        world, rank = dist.get_world_size(), dist.get_rank()
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.n = rank, x.shape[0]
-        return torch.cat(parts)
+    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        # gloo and NCCL gather equal shapes only: pad every rank's rows to the largest, then cut.
+        rank, top = dist.get_rank(), max(sizes)
+        padded = x.new_zeros((top, *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.start, ctx.n = sum(sizes[:rank]), x.shape[0]
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+        return grad[ctx.start : ctx.start + ctx.n], None
 
 
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """All ranks' ``x`` concatenated in rank order; gradients flow back to every rank's slice."""
+def rank_sizes(n: int, device: torch.device | None = None) -> list[int]:
+    """Every rank's number of rows (ranks may hold different numbers, e.g. a last partial batch)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [n]
+    mine = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, mine)
+    return [int(s) for s in sizes]
+
+
+def all_gather_with_grad(x: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """All ranks' ``x`` concatenated in rank order; gradients flow back to every rank's slice.
+
+    Ranks may hold different numbers of rows (``sizes``, gathered first when not given).
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    return _AllGatherWithGrad.apply(x)
+    return _AllGatherWithGrad.apply(x, sizes or rank_sizes(x.shape[0], x.device))
 
 
 def _rank_world() -> tuple[int, int]:
@@ -54,35 +72,40 @@ def _rank_world() -> tuple[int, int]:
 def distributed_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                           mode: str = "gather", tiled: bool = False) -> torch.Tensor:
     """The symmetric CLIP loss of the global batch under DDP (see the module docstring)."""
-    all_img = all_gather_with_grad(image_features)
-    all_txt = all_gather_with_grad(text_features)
+    if mode not in ("gather", "local"):
+        raise ValueError(f"mode must be 'gather' or 'local', got {mode!r}")
+    sizes = rank_sizes(image_features.shape[0], image_features.device)
+    all_img = all_gather_with_grad(image_features, sizes)
+    all_txt = all_gather_with_grad(text_features, sizes)
     if mode == "gather":
         if tiled:
             from clipforge.losses.tiled import tiled_clip_loss
 
             return tiled_clip_loss(all_img, all_txt, logit_scale)
         return clip_loss(all_img, all_txt, logit_scale)
-    if mode != "local":
-        raise ValueError(f"mode must be 'gather' or 'local', got {mode!r}")
-    rank, _ = _rank_world()
-    n = image_features.shape[0]
-    targets = torch.arange(rank * n, (rank + 1) * n, device=image_features.device)
-    rows = F.cross_entropy(logit_scale * image_features @ all_txt.T, targets)
-    cols = F.cross_entropy(logit_scale * text_features @ all_img.T, targets)
-    return (rows + cols) / 2
+    rank, world = _rank_world()
+    n, start, total = image_features.shape[0], sum(sizes[:rank]), sum(sizes)
+    if n == 0:
+        return zero_like_graph(image_features, text_features, logit_scale, all_img, all_txt)
+    targets = torch.arange(start, start + n, device=image_features.device)
+    rows = F.cross_entropy(logit_scale * image_features @ all_txt.T, targets, reduction="sum")
+    cols = F.cross_entropy(logit_scale * text_features @ all_img.T, targets, reduction="sum")
+    # DDP averages over ranks: world / total makes that average the global mean's gradient.
+    return (rows + cols) / 2 * (world / total)
 
 
 def distributed_siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                             logit_bias: torch.Tensor, mode: str = "gather") -> torch.Tensor:
     """SigLIP's loss of the global batch under DDP: ``gather`` or ``local`` (this rank's image rows)."""
-    all_txt = all_gather_with_grad(text_features)
-    if mode == "gather":
-        return siglip_loss(all_gather_with_grad(image_features), all_txt, logit_scale, logit_bias)
-    if mode != "local":
+    if mode not in ("gather", "local"):
         raise ValueError(f"mode must be 'gather' or 'local', got {mode!r}")
-    rank, _ = _rank_world()
-    n = image_features.shape[0]
+    sizes = rank_sizes(image_features.shape[0], image_features.device)
+    all_txt = all_gather_with_grad(text_features, sizes)
+    if mode == "gather":
+        return siglip_loss(all_gather_with_grad(image_features, sizes), all_txt, logit_scale, logit_bias)
+    rank, world = _rank_world()
+    n, start, total = image_features.shape[0], sum(sizes[:rank]), sum(sizes)
     logits = logit_scale * image_features @ all_txt.T + logit_bias
     labels = -torch.ones_like(logits)
-    labels[torch.arange(n), torch.arange(rank * n, (rank + 1) * n)] = 1
-    return -F.logsigmoid(labels * logits).sum() / n
+    labels[torch.arange(n), torch.arange(start, start + n)] = 1
+    return -F.logsigmoid(labels * logits).sum() * (world / total)

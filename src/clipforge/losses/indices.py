@@ -22,6 +22,16 @@ def _masks(labels: torch.Tensor, ref_labels: torch.Tensor | None) -> tuple[torch
     return same, diff
 
 
+def check_reference(ref_embeddings: torch.Tensor | None, ref_labels: torch.Tensor | None) -> None:
+    """A reference set needs its own labels (reusing ``labels`` would silently pair the wrong rows)."""
+    if (ref_embeddings is None) != (ref_labels is None):
+        given, missing = ("ref_embeddings", "ref_labels") if ref_labels is None else ("ref_labels", "ref_embeddings")
+        raise ValueError(f"{given} was given without {missing}: pass both for a reference set, or neither")
+    if ref_embeddings is not None and ref_embeddings.shape[0] != ref_labels.shape[0]:  # type: ignore[union-attr]
+        raise ValueError(f"ref_embeddings has {ref_embeddings.shape[0]} rows but ref_labels "
+                         f"{ref_labels.shape[0]}")  # type: ignore[union-attr]
+
+
 def all_pairs(labels: torch.Tensor, ref_labels: torch.Tensor | None = None) -> Pairs:
     """Every positive pair (same label) and every negative pair (different labels)."""
     same, diff = _masks(labels, ref_labels)

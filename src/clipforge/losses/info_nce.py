@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.losses.reductions import zero_like_graph
+
 
 def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None = None,
              temperature: float | torch.Tensor = 0.1, normalize: bool = True, reduction: str = "mean") -> torch.Tensor:
@@ -19,6 +21,8 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tenso
     query: [N, D]; positive: [N, D]; negatives: [N, M, D] per query, [M, D] shared, or ``None``
     for in-batch negatives.
     """
+    if query.shape[0] == 0 and reduction != "none":
+        return zero_like_graph(query, positive, *(() if negatives is None else (negatives,)))
     if normalize:
         query, positive = F.normalize(query, dim=-1), F.normalize(positive, dim=-1)
         negatives = None if negatives is None else F.normalize(negatives, dim=-1)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.losses.distances import pairwise
-from clipforge.losses.indices import Triplets, all_triplets
+from clipforge.losses.indices import Triplets, all_triplets, check_reference
 from clipforge.losses.reductions import zero_like_graph
 
 
@@ -42,7 +42,8 @@ class MarginLoss(nn.Module):
                 ref_embeddings: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
         """Anchors come from ``embeddings``; positives and negatives from the reference set if given."""
         if triplets is None:
-            triplets = all_triplets(labels, ref_labels if ref_embeddings is not None else None)
+            check_reference(ref_embeddings, ref_labels)
+            triplets = all_triplets(labels, ref_labels)
         a, p, n = triplets
         if a.numel() == 0:
             return zero_like_graph(embeddings, self.beta)

@@ -46,20 +46,34 @@ def hard_negative_triplets(embeddings: torch.Tensor, labels: torch.Tensor, dista
 
 
 def distance_weights(distances: torch.Tensor, dim: int, cutoff: float = 0.5,
-                     nonzero_loss_cutoff: float = 1.4) -> torch.Tensor:
-    """Unnormalised sampling weights 1/q(d) (computed in log space for stability)."""
-    d = distances.clamp(min=cutoff)
-    log_w = (2.0 - dim) * torch.log(d) - ((dim - 3) / 2.0) * torch.log((1.0 - 0.25 * d * d).clamp(min=1e-8))
-    w = torch.exp(log_w - log_w.max())
-    return w * (distances < nonzero_loss_cutoff)
+                     nonzero_loss_cutoff: float = 1.4, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Sampling probabilities proportional to 1/q(d), normalised over each row's valid entries.
+
+    The log-weights span hundreds of nats at d >= 160 (about 0.7 d between the cutoff and sqrt(2)):
+    they are normalised per row (per anchor) in log space, in float64, over the entries that may be
+    drawn (``valid`` and below ``nonzero_loss_cutoff``), so no row underflows to all zeros. Rows
+    without a valid entry are 0.
+    """
+    d = distances.detach().double().clamp(min=cutoff)
+    log_w = (2.0 - dim) * torch.log(d) - ((dim - 3) / 2.0) * torch.log((1.0 - 0.25 * d * d).clamp(min=1e-300))
+    ok = distances < nonzero_loss_cutoff
+    if valid is not None:
+        ok = ok & valid
+    probs = torch.softmax(log_w.masked_fill(~ok, float("-inf")), dim=-1)
+    return probs.masked_fill(~ok, 0.0)  # a row with nothing valid is NaN after the softmax
 
 
 def distance_weighted_triplets(embeddings: torch.Tensor, labels: torch.Tensor, cutoff: float = 0.5,
                                nonzero_loss_cutoff: float = 1.4, generator: torch.Generator | None = None) -> Triplets:
-    """One negative per (anchor, positive) pair, sampled by inverse distance density."""
+    """One negative per (anchor, positive) pair, sampled by inverse distance density.
+
+    pytorch-metric-learning's ``DistanceWeightedMiner`` draws the same distribution but takes
+    n_p random positives per anchor (with replacement); here each positive is used once (n_p - 1
+    triplets per anchor, n_p the size of its class).
+    """
     mat = pairwise(embeddings.detach(), None, "l2")
     same = labels[:, None] == labels[None, :]
-    w = distance_weights(mat, embeddings.shape[1], cutoff, nonzero_loss_cutoff).masked_fill(same, 0)
+    w = distance_weights(mat, embeddings.shape[1], cutoff, nonzero_loss_cutoff, valid=~same)
     pos = same.clone()
     pos.fill_diagonal_(False)
     a, p = pos.nonzero(as_tuple=True)
@@ -68,5 +82,5 @@ def distance_weighted_triplets(embeddings: torch.Tensor, labels: torch.Tensor, c
     a, p, rows = a[ok], p[ok], rows[ok]
     if a.numel() == 0:
         return a, p, p
-    n = torch.multinomial(rows.float(), 1, generator=generator).squeeze(1)
+    n = torch.multinomial(rows, 1, generator=generator).squeeze(1)
     return a, p, n

@@ -20,6 +20,8 @@ from clipforge.losses.reductions import zero_like_graph
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """SimCLR's loss for two views [N, D] each (2N samples)."""
+    if z1.shape[0] == 0:
+        return zero_like_graph(z1, z2)
     z = F.normalize(torch.cat([z1, z2]), dim=-1)
     n = z1.shape[0]
     sim = (z @ z.T) / temperature

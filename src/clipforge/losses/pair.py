@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.losses.distances import is_similarity, pairwise
-from clipforge.losses.indices import Pairs, all_pairs
+from clipforge.losses.indices import Pairs, all_pairs, check_reference
 from clipforge.losses.reductions import reduce
 
 
@@ -34,9 +34,10 @@ class ContrastivePairLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, pairs: Pairs | None = None,
                 ref_embeddings: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
         if pairs is None:
+            check_reference(ref_embeddings, ref_labels)
             if labels is None:
                 raise ValueError("pass labels or explicit pairs (a1, p, a2, n)")
-            pairs = all_pairs(labels, ref_labels if ref_embeddings is not None else None)
+            pairs = all_pairs(labels, ref_labels)
         a1, p, a2, n = pairs
         mat = pairwise(embeddings, ref_embeddings, self.distance)
         pos_d, neg_d = mat[a1, p], mat[a2, n]

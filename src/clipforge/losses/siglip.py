@@ -13,10 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.losses.reductions import zero_like_graph
+
 
 def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: torch.Tensor) -> torch.Tensor:
     """Args: normalised features [N, D] each; logit_scale = exp(t') (already exponentiated); bias b."""
+    if image_features.shape[0] == 0:
+        return zero_like_graph(image_features, text_features, logit_scale, logit_bias)
     logits = logit_scale * image_features @ text_features.T + logit_bias
     n = logits.shape[0]
     labels = 2 * torch.eye(n, dtype=logits.dtype, device=logits.device) - 1

@@ -6,7 +6,9 @@ For anchor i with positives P(i) (same label, not i) and A(i) all samples but i:
 * L_in  (eq. 3): -log( 1/|P(i)| sum_{p in P(i)} exp(s_ip/t) / sum_{a in A(i)} exp(s_ia/t) )
 
 with s the cosine similarity. Anchors without positives are left out; the loss is the mean over
-anchors that have a non-zero term (pytorch-metric-learning's reduction for SupConLoss).
+anchors that have a non-zero term (pytorch-metric-learning's reduction for SupConLoss). A batch
+without a negative pair (every sample one label) gives 0, as in pytorch-metric-learning: the
+formula's value there (>= log(N - 1)) carries no contrastive signal.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.losses.reductions import reduce
+from clipforge.losses.reductions import reduce, zero_like_graph
 
 
 def supcon(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, form: str = "out",
@@ -27,7 +29,10 @@ def supcon(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 
     eye = torch.eye(n, dtype=torch.bool, device=z.device)
     sim = (z @ z.T) / temperature
     log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
-    pos = (labels[:, None] == labels[None, :]) & ~eye
+    same = labels[:, None] == labels[None, :]
+    pos = same & ~eye
+    if not (~same).any():
+        return zero_like_graph(embeddings)
     n_pos = pos.sum(dim=1)
     has = n_pos > 0
     if form == "out":

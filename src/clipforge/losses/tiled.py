@@ -21,6 +21,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from clipforge.losses.reductions import zero_like_graph
+
 
 def default_tile(n: int, d: int) -> int:
     return max(64, min(n, int(math.sqrt(n * d / 4))))
@@ -97,6 +99,8 @@ def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, l
     Args: normalised features [N, D]; ``logit_scale`` already exponentiated (1 / temperature).
     """
     n, d = image_features.shape
+    if n == 0:
+        return zero_like_graph(image_features, text_features, torch.as_tensor(logit_scale))
     image_features, text_features = _full_precision(image_features, text_features)
     scale = torch.as_tensor(logit_scale, dtype=image_features.dtype, device=image_features.device)
     with torch.autocast(image_features.device.type, enabled=False):
@@ -104,17 +108,20 @@ def tiled_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, l
 
 
 class _TiledSigLIP(torch.autograd.Function):
+    # Each tile costs one matmul into one buffer (addmm folds scale and bias in) and one elementwise
+    # kernel; the temperature's gradient sum_ij g_ij x_i.y_j is read off g @ y, which the input
+    # gradient needs anyway, so no second tile-sized buffer is made.
     @staticmethod
     def forward(ctx, x, y, scale, bias, tile: int):
         n = x.shape[0]
+        s, b = float(scale), bias.reshape(())
         total = torch.zeros((), dtype=x.dtype, device=x.device)
         for i0, i1 in _blocks(n, tile):
             for j0, j1 in _blocks(n, tile):
-                z = scale * (x[i0:i1] @ y[j0:j1].T) + bias
-                total = total - F.logsigmoid(-z).sum()  # every pair as a negative ...
-        diag = _rowwise_dot(x, y, tile)
-        zd = scale * diag + bias
-        total = total + F.logsigmoid(-zd).sum() - F.logsigmoid(zd).sum()  # ... then fix the diagonal
+                z = torch.addmm(b, x[i0:i1], y[j0:j1].T, alpha=s)
+                total += F.softplus(z).sum()  # every pair as a negative: -log sigma(-z) ...
+        zd = scale * _rowwise_dot(x, y, tile) + bias
+        total += F.logsigmoid(-zd).sum() - F.logsigmoid(zd).sum()  # ... then fix the diagonal
         ctx.save_for_backward(x, y, scale, bias)
         ctx.tile = tile
         return total / n
@@ -123,19 +130,20 @@ class _TiledSigLIP(torch.autograd.Function):
     def backward(ctx, grad):
         x, y, scale, bias = ctx.saved_tensors
         n = x.shape[0]
+        s, b = float(scale), bias.reshape(())
         gx, gy = torch.zeros_like(x), torch.zeros_like(y)
         gs = torch.zeros((), dtype=x.dtype, device=x.device)
         gb = torch.zeros((), dtype=x.dtype, device=x.device)
         for i0, i1 in _blocks(n, ctx.tile):
             for j0, j1 in _blocks(n, ctx.tile):
-                sims = x[i0:i1] @ y[j0:j1].T
-                g = torch.mul(sims, scale).add_(bias).sigmoid_()  # d/dz of -log sigma(-z)
+                g = torch.addmm(b, x[i0:i1], y[j0:j1].T, alpha=s).sigmoid_()  # d/dz of -log sigma(-z)
                 if i0 == j0:  # diagonal pairs are positives: d/dz of -log sigma(z) = sigma(z) - 1
                     g.diagonal().sub_(1)
-                gx[i0:i1].addmm_(g, y[j0:j1])
+                gy_rows = g @ y[j0:j1]
+                gx[i0:i1] += gy_rows
+                gs += (gy_rows * x[i0:i1]).sum()
                 gy[j0:j1].addmm_(g.T, x[i0:i1])
                 gb += g.sum()
-                gs += g.mul_(sims).sum()
         norm = grad / n
         gx.mul_(scale * norm)
         gy.mul_(scale * norm)
@@ -146,6 +154,9 @@ def tiled_siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
                       logit_bias: torch.Tensor, tile: int | None = None) -> torch.Tensor:
     """SigLIP's sigmoid loss, exact, O(N d) memory (``logit_scale`` already exponentiated)."""
     n, d = image_features.shape
+    if n == 0:
+        return zero_like_graph(image_features, text_features, torch.as_tensor(logit_scale),
+                               torch.as_tensor(logit_bias))
     t = tile or default_tile(n, d)
     image_features, text_features = _full_precision(image_features, text_features)
     scale = torch.as_tensor(logit_scale, dtype=image_features.dtype, device=image_features.device)

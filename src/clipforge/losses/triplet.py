@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.losses.distances import is_similarity, pairwise
-from clipforge.losses.indices import Triplets, all_triplets
+from clipforge.losses.indices import Triplets, all_triplets, check_reference
 from clipforge.losses.reductions import reduce
 
 
@@ -34,9 +34,10 @@ class TripletMarginLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, triplets: Triplets | None = None,
                 ref_embeddings: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
         if triplets is None:
+            check_reference(ref_embeddings, ref_labels)
             if labels is None:
                 raise ValueError("pass labels or explicit triplets (a, p, n)")
-            triplets = all_triplets(labels, ref_labels if ref_embeddings is not None else None)
+            triplets = all_triplets(labels, ref_labels)
         a, p, n = triplets
         ref = embeddings if ref_embeddings is None else ref_embeddings
         mat = pairwise(embeddings, ref, self.distance)

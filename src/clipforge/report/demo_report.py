@@ -99,7 +99,7 @@ def build_demo_report(model: CLIP, data_dir: Path, state: TrainState, out_dir: P
     val = load_retrieval(str(data_dir / "val.csv"))
     val_features = image_features(model, val.images, use_cache=False, progress=False)
     all_f, all_idx, _ = val_features
-    results["retrieval_val"], _ = retrieval_task(model, val, features=val_features)
+    results["retrieval_val"], _, _ = retrieval_task(model, val, features=val_features)
     caption_of: dict[int, str] = {}
     for caption, image in zip(val.captions, val.text_to_image):
         caption_of.setdefault(image, caption)

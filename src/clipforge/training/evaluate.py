@@ -6,24 +6,46 @@ from typing import Any
 
 import torch
 
+from clipforge.errors import ClipforgeError
 from clipforge.evaluation.datasets import load_classification, load_retrieval
 from clipforge.evaluation.tasks import retrieval_task, zero_shot_task
 from clipforge.models.clip import CLIP
 from clipforge.training.config import TrainConfig
 
 
+def _zeroshot_sets(config: TrainConfig) -> list[tuple[Any, Any]]:
+    return [(zs, load_classification(zs.csv, image_column=zs.image_column, label_column=zs.label_column,
+                                     classes=list(zs.classes) or None)) for zs in config.data.zeroshot]
+
+
+def check_eval_data(config: TrainConfig) -> None:
+    """Read the evaluation sets once before training, so a missing or empty one fails before any work."""
+    if config.eval_every_epochs:
+        _zeroshot_sets(config)
+        if config.data.val:
+            load_retrieval(config.data.val, config.data.image_column, config.data.caption_column,
+                           config.data.separator)
+
+
 @torch.no_grad()
 def evaluate(model: CLIP, config: TrainConfig, progress: bool = False) -> dict[str, Any]:
+    """Each set's metrics; a set that cannot be evaluated (no readable image) is left out with a warning."""
     model.eval()
     out: dict[str, Any] = {}
-    for zs in config.data.zeroshot:
-        ds = load_classification(zs.csv, image_column=zs.image_column, label_column=zs.label_column,
-                                 classes=list(zs.classes) or None)
-        metrics, _, _, _ = zero_shot_task(model, ds, zs.templates, progress=progress)
+    for zs, ds in _zeroshot_sets(config):
+        try:
+            metrics, _, _, _ = zero_shot_task(model, ds, zs.templates, progress=progress)
+        except ClipforgeError as e:
+            print(f"warning: zero-shot set {zs.name} not evaluated: {e}", flush=True)
+            continue
         out.update({f"{zs.name}/{k}": v for k, v in metrics.items()})
     if config.data.val:
         ds = load_retrieval(config.data.val, config.data.image_column, config.data.caption_column,
                             config.data.separator)
-        metrics, _ = retrieval_task(model, ds, progress=progress)
+        try:
+            metrics, _, _ = retrieval_task(model, ds, progress=progress)
+        except ClipforgeError as e:
+            print(f"warning: validation retrieval not evaluated: {e}", flush=True)
+            return out
         out.update({f"val/{k}": v for k, v in metrics.items()})
     return out

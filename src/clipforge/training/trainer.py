@@ -26,7 +26,7 @@ from clipforge.models.config import CLIPConfig
 from clipforge.training import distributed as D
 from clipforge.training.checkpoint import TrainState, load_checkpoint, resolve_checkpoint, save_checkpoint
 from clipforge.training.config import TrainConfig
-from clipforge.training.evaluate import evaluate
+from clipforge.training.evaluate import check_eval_data, evaluate
 from clipforge.training.optim import learning_rate, param_groups
 from clipforge.training.sampler import epoch_batches, steps_per_epoch
 from clipforge.training.step import contrastive_backward, micro_batching_is_inexact
@@ -112,6 +112,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True)
     run_dir = Path(config.out_dir)
     if info.is_main:
         _check_writable(run_dir)
+        check_eval_data(config)
     device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
 
     shards = is_shard_source(config.data.train)
