@@ -36,9 +36,9 @@ def _worker(kind: str, threads: int, batch: int, steps: int, micro: int | None, 
     import torch
     import torch.nn.functional as F
 
+    from clipforge.engine.schedule import param_groups
     from clipforge.losses import clip_loss
-    from clipforge.training.optim import param_groups
-    from clipforge.training.step import contrastive_backward
+    from clipforge.training.task import contrastive_backward
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -11,10 +11,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from clipforge.engine.distributed import DistInfo, reduce_gradients
 from clipforge.losses import clip_loss
 from clipforge.models import CLIP
-from clipforge.training.distributed import DistInfo, reduce_gradients
-from clipforge.training.step import contrastive_backward
+from clipforge.training.task import contrastive_backward
 from helpers import micro_config, tiny_synth, tiny_train_config
 
 
@@ -147,3 +147,43 @@ def test_distributed_losses_equal_one_process(tmp_path, kind, mode, split) -> No
     torch.testing.assert_close(got["scale"], log_scale.grad, rtol=1e-9, atol=1e-12)
     if kind == "siglip":
         torch.testing.assert_close(got["bias"], bias.grad, rtol=1e-9, atol=1e-12)
+
+
+# --- SimCLR: the engine's gradient averaging with NT-Xent over all-gathered views ------------------
+
+def _simclr():
+    from clipforge.ssl.methods import SimCLR
+
+    torch.manual_seed(0)
+    method = SimCLR(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8)), 8, 0.5, 16, 6).double()
+    # BatchNorm in the projector normalises per rank (as in any data-parallel SimCLR without SyncBN):
+    # frozen statistics make the function the same on one process and on two.
+    method.projector.eval()
+    g = torch.Generator().manual_seed(4)
+    return method, torch.randn(8, 3, 2, 2, generator=g, dtype=torch.float64), \
+        torch.randn(8, 3, 2, 2, generator=g, dtype=torch.float64)
+
+
+def _simclr_worker(rank: int, world: int, init: str, out: str) -> None:
+    from clipforge.engine.distributed import DistInfo as Info
+    from clipforge.engine.distributed import average_gradients
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    method, v1, v2 = _simclr()
+    sl = slice(rank * 4, (rank + 1) * 4)
+    method(v1[sl], v2[sl]).backward()
+    average_gradients(method, Info(rank, world, rank))  # what SSLTask.reduce_gradients does
+    if rank == 0:
+        torch.save({n: p.grad for n, p in method.named_parameters()}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_simclr_two_processes_equal_one(tmp_path) -> None:
+    out = str(tmp_path / "g.pt")
+    mp.spawn(_simclr_worker, args=(2, f"file://{tmp_path / 'store'}", out), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    method, v1, v2 = _simclr()
+    method(v1, v2).backward()
+    for name, p in method.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-9, atol=1e-12, msg=name)

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from clipforge.engine.schedule import learning_rate, no_decay, param_groups
 from clipforge.losses import clip_loss
 from clipforge.models import CLIP
 from clipforge.training.config import TrainConfig
-from clipforge.training.optim import learning_rate, no_decay, param_groups
-from clipforge.training.step import contrastive_backward
+from clipforge.training.task import contrastive_backward
 from clipforge.training.trainer import TrainingDiverged, train
 from helpers import micro_config, tiny_synth, tiny_train_config
 
@@ -152,9 +152,7 @@ def test_bad_samples_are_skipped_and_counted(synth, tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_nonfinite_losses_are_skipped_then_stop(synth, tmp_path, monkeypatch) -> None:
-    import clipforge.training.trainer as trainer_module
-
+def test_nonfinite_losses_are_skipped_then_stop(synth, tmp_path) -> None:
     calls = {"n": 0}
 
     def flaky_loss(img, txt, scale):
@@ -162,10 +160,9 @@ def test_nonfinite_losses_are_skipped_then_stop(synth, tmp_path, monkeypatch) ->
         loss = clip_loss(img, txt, scale)
         return loss * float("nan") if calls["n"] in (3,) or calls["n"] >= 6 else loss
 
-    monkeypatch.setattr(trainer_module, "clip_loss", flaky_loss)
     cfg = tiny_train_config(synth, tmp_path / "run", epochs=3, save_every_steps=2, max_nonfinite_steps=3)
     with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
-        train(TrainConfig.from_dict(cfg), progress=False)
+        train(TrainConfig.from_dict(cfg), progress=False, loss_fn=flaky_loss)
     # Steps 3, 6, 7, 8 were non-finite and their updates skipped; the checkpoint of step 6 (end of
     # epoch 0) holds good weights and loads.
     import clipforge
@@ -238,7 +235,7 @@ def test_micro_batching_updates_batchnorm_statistics_once_per_step() -> None:
 
 
 def test_micro_batching_a_batchnorm_model_warns(synth, tmp_path, capsys) -> None:
-    from clipforge.training.step import micro_batching_is_inexact
+    from clipforge.engine.accumulate import micro_batching_is_inexact
 
     assert micro_batching_is_inexact(_bn_model()) and not micro_batching_is_inexact(CLIP(micro_config()))
     cfg = tiny_train_config(synth, tmp_path / "run", max_steps=1, micro_batch_size=8)

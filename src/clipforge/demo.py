@@ -47,8 +47,8 @@ def demo_config(data_dir: Path, run_dir: Path, epochs: int = 12, model: dict | N
 def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 12, progress: bool = True,
              command: str = "make demo", model: dict | None = None) -> dict[str, Any]:
     from clipforge.checkpoints import load
+    from clipforge.engine.checkpoint import TrainState
     from clipforge.report.demo_report import build_demo_report
-    from clipforge.training.checkpoint import TrainState
     from clipforge.training.trainer import train
 
     out = Path(out)

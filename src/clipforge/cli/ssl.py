@@ -21,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from clipforge.config import describe
     from clipforge.ssl.config import SSLConfig
-    from clipforge.training.config import describe
 
     if args.help_config:
         for name, default, help_text in describe(SSLConfig):

@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.help_config:
-        for name, default, help_text in describe():
+        for name, default, help_text in describe(TrainConfig):
             print(f"{name:28s} {default:22s} {help_text}")
         return 0
     if args.config:

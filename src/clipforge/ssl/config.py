@@ -7,10 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from clipforge.config import apply_overrides, build_config, opt, read_config_file
 from clipforge.errors import ConfigError
-from clipforge.training.config import apply_overrides, build_config, opt
 
 METHODS = ("simclr", "byol", "simsiam")
 
@@ -49,7 +47,7 @@ class SSLConfig:
     lr: float = opt(1e-3, "AdamW learning rate (peak; cosine decay after warm-up)")
     weight_decay: float = opt(1e-6, "AdamW weight decay")
     warmup_steps: int = opt(50, "linear warm-up steps")
-    precision: str = opt("fp32", "fp32 or bf16 (autocast)")
+    precision: str = opt("fp32", "fp32, bf16 (autocast) or fp16 (autocast with loss scaling; CUDA only)")
     seed: int = opt(0, "seed for initialisation, order and augmentation")
     workers: int = opt(0, "data-loading worker processes")
     out_dir: str = opt("runs/ssl", "folder for checkpoints, logs and the encoder")
@@ -60,6 +58,10 @@ class SSLConfig:
     minutes: float | None = opt(None, "stop after this much training time (a CPU budget)")
     threads: int | None = opt(None, "torch CPU threads")
     tensorboard: bool = opt(True, "write TensorBoard logs")
+    log_every_steps: int = opt(10, "write a metrics line every N steps")
+    max_nonfinite_steps: int = opt(5, "stop after this many consecutive NaN/Inf losses (their updates are skipped)")
+    grad_clip: float | None = opt(None, "clip the global gradient norm to this (null: no clipping)")
+    device: str | None = opt(None, "'cpu', 'cuda', 'cuda:1' ... (default: CUDA when present)")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -74,13 +76,7 @@ class SSLConfig:
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str]) -> SSLConfig:
-        d: dict[str, Any] = {}
-        if path:
-            p = Path(path)
-            if not p.is_file():
-                raise ConfigError(f"{p}: no such config file")
-            d = yaml.safe_load(p.read_text()) or {}
-        return cls.from_dict(apply_overrides(d, overrides))
+        return cls.from_dict(apply_overrides(read_config_file(path) if path else {}, overrides))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

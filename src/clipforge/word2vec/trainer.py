@@ -1,9 +1,10 @@
-"""Training word2vec on a text file (or a CSV column of captions), saving and querying it."""
+"""Training word2vec on a text file (or a CSV column of captions) as a task of the engine, saving and querying it."""
 
 from __future__ import annotations
 
 import csv
 import json
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from clipforge.engine.distributed import DistInfo
+from clipforge.engine.loop import EngineConfig, fit
+from clipforge.engine.task import Task
 from clipforge.errors import ClipforgeError
 from clipforge.word2vec.model import SkipGram
 from clipforge.word2vec.vocab import Vocab, tokenize
@@ -74,43 +78,67 @@ def _pairs(sentences: list[list[int]], cfg: Word2VecConfig, keep: torch.Tensor |
     return torch.tensor(out, dtype=torch.long).reshape(-1, 2)
 
 
-def train_word2vec(sentences: list[list[str]], cfg: Word2VecConfig | None = None,
-                   progress: bool = True) -> tuple[SkipGram, Vocab, list[float]]:
-    """Returns (model, vocabulary, mean loss per epoch)."""
-    from clipforge.utils.progress import progress_bar
+class Word2VecTask(Task):
+    """Skip-gram with negative sampling as a task of the engine. Epoch e's pairs, their order and
+    their noise words are drawn from a generator seeded by (seed, e), so resuming mid-epoch is exact."""
 
+    def __init__(self, ids: list[list[int]], vocab: Vocab, cfg: Word2VecConfig, keep: torch.Tensor | None) -> None:
+        self.ids, self.vocab, self.cfg, self.keep = ids, vocab, cfg, keep
+        self.noise = vocab.noise_distribution()
+        self.model = SkipGram(len(vocab), cfg.dim)
+        self.optimizer = torch.optim.SparseAdam(list(self.model.parameters()), lr=cfg.lr)
+        self._pairs_per_epoch = len(_pairs(ids, cfg, keep, torch.Generator().manual_seed(cfg.seed)))
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"main": self.optimizer}
+
+    def steps_per_epoch(self) -> int:
+        # Subsampling and dynamic windows vary the count a little between epochs; epoch 0's sets the schedule.
+        return max(1, (self._pairs_per_epoch + self.cfg.batch_size - 1) // self.cfg.batch_size)
+
+    def batches(self, epoch: int, start: int):
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        pairs = _pairs(self.ids, cfg, self.keep, g)
+        pairs = pairs[torch.randperm(len(pairs), generator=g)]
+        for i, batch in enumerate(pairs.split(cfg.batch_size)):
+            neg = torch.multinomial(self.noise, batch.shape[0] * cfg.negatives, replacement=True, generator=g)
+            if i >= start:
+                yield batch, neg.view(-1, cfg.negatives)
+
+    def batch_len(self, batch) -> int:
+        return batch[0].shape[0]
+
+    def training_step(self, batch, ctx) -> dict[str, torch.Tensor]:
+        pairs, neg = batch
+        return {"loss": self.model(pairs[:, 0], pairs[:, 1], neg)}
+
+
+def train_word2vec(sentences: list[list[str]], cfg: Word2VecConfig | None = None, progress: bool = True,
+                   out_dir: str | Path | None = None, resume: str | None = None) -> tuple[SkipGram, Vocab, list[float]]:
+    """Returns (model, vocabulary, mean loss per epoch). ``out_dir`` keeps the run (checkpoints, logs;
+    default: a temporary folder), ``resume`` continues one (``"latest"`` or a checkpoint folder)."""
     cfg = cfg or Word2VecConfig()
     vocab = Vocab.build(sentences, cfg.min_count)
     if len(vocab) < 2:
         raise ClipforgeError(f"the corpus has {len(vocab)} word(s) seen at least {cfg.min_count} times; need 2")
-    g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     ids = [[vocab.index[w] for w in s if w in vocab.index] for s in sentences]
     t = cfg.subsample
     if t is None:
         t = 1e-3 if sum(vocab.counts) >= 100_000 else 0.0
     cfg = Word2VecConfig(**{**asdict(cfg), "subsample": t})
-    keep, noise = vocab.keep_probability(t) if t else None, vocab.noise_distribution()
-    model = SkipGram(len(vocab), cfg.dim)
-    opt = torch.optim.SparseAdam(list(model.parameters()), lr=cfg.lr)
-    losses = []
-    for epoch in range(cfg.epochs):
-        pairs = _pairs(ids, cfg, keep, g)
-        pairs = pairs[torch.randperm(len(pairs), generator=g)]
-        total, steps = 0.0, 0
-        with progress_bar(f"word2vec epoch {epoch + 1}", total=(len(pairs) + cfg.batch_size - 1) // cfg.batch_size,
-                          enabled=progress) as bar:
-            for batch in pairs.split(cfg.batch_size):
-                neg = torch.multinomial(noise, batch.shape[0] * cfg.negatives, replacement=True, generator=g)
-                loss = model(batch[:, 0], batch[:, 1], neg.view(-1, cfg.negatives))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total, steps = total + loss.item(), steps + 1
-                bar.advance()
-        losses.append(total / max(1, steps))
-    model.config = cfg  # the settings actually used (subsample resolved)
-    return model, vocab, losses
+    task = Word2VecTask(ids, vocab, cfg, vocab.keep_probability(t) if t else None)
+    with tempfile.TemporaryDirectory(prefix="clipforge-word2vec-") as tmp:
+        run = Path(out_dir or tmp)
+        engine = EngineConfig(out_dir=str(run), epochs=cfg.epochs, schedule="constant", log_every_steps=1,
+                              eval_every_epochs=0, tensorboard=False, label="word2vec")
+        result = fit(task, engine, DistInfo(), torch.device("cpu"), resume=resume, progress=progress)
+    per_epoch: dict[int, list[float]] = {}
+    for rec in result.state.history:
+        per_epoch.setdefault(rec["epoch"], []).append(rec["loss"])
+    task.model.config = cfg  # the settings actually used (subsample resolved)
+    return task.model, vocab, [sum(v) / len(v) for _, v in sorted(per_epoch.items())]
 
 
 def save_word2vec(model: SkipGram, vocab: Vocab, cfg: Word2VecConfig, out: str | Path) -> Path:

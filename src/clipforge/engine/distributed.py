@@ -1,10 +1,12 @@
 """Distributed helpers: run unchanged under ``torchrun`` (gloo on CPU, NCCL on GPU).
 
-clipforge does not wrap the model in DDP. Each rank computes the loss of the *global* batch
+The engine does not wrap models in DDP; a task makes each rank's gradients the global batch's
+(:meth:`Task.reduce_gradients`). A contrastive task computes the loss of the *global* batch
 (features all-gathered, its own slot keeping the graph), so its backward yields exactly its own
-samples' share of the global gradient; summing those shares over ranks (all-reduce SUM) gives the
-single-process gradient. The temperature's gradient is already complete on every rank and is
-averaged. DDP's averaging would instead give 1/world_size of the gradient (open_clip's default).
+samples' share of the global gradient; summing those shares over ranks (:func:`reduce_gradients`)
+gives the single-process gradient, and parameters every rank computed whole (the temperature) are
+averaged. A task whose loss is a per-sample mean averages (:func:`average_gradients`). DDP's
+averaging of a contrastive loss would instead give 1/world_size of the gradient (open_clip's default).
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ def init_distributed() -> DistInfo:
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+
+
+def default_device(info: DistInfo, device: str | None = None) -> torch.device:
+    """``device`` if given, else this rank's CUDA device when there is one, else the CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
 
 
 def gather_features(local: torch.Tensor, info: DistInfo) -> tuple[torch.Tensor, int]:
@@ -88,3 +97,15 @@ def broadcast_parameters(model: torch.nn.Module, info: DistInfo) -> None:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def average_gradients(model: torch.nn.Module, info: DistInfo) -> None:
+    """Average every gradient over ranks: each rank's loss is its own samples' mean (SSL, most tasks)."""
+    if not info.enabled:
+        return
+    for p in model.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad.div_(info.world_size)

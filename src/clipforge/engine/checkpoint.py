@@ -1,10 +1,10 @@
 """Training checkpoints: written atomically, the last K kept, ``latest`` resumable.
 
-A checkpoint is a folder ``checkpoints/step_000123/`` holding the model in clipforge's format
-(``model/``), the optimiser state (``optimizer.pt``, plain tensors, read with
-``weights_only=True``) and ``state.json`` (step, epoch, position in the epoch, history, skips).
-It is written under a temporary name and renamed, and ``checkpoints/latest`` is updated after
-the rename: a crash mid-save leaves the previous checkpoint as the latest.
+A checkpoint is a folder ``checkpoints/step_0000123/`` holding what the task saves (its model),
+the optimiser state (``optimizer.pt``, plain tensors, read with ``weights_only=True``) and
+``state.json`` (step, epoch, position in the epoch, history, skips). It is written under a
+temporary name and renamed, and ``checkpoints/latest`` is updated after the rename: a crash
+mid-save leaves the previous checkpoint as the latest.
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from clipforge.checkpoints.native import save as save_model
 from clipforge.checkpoints.state_dict import atomic_write_text
 from clipforge.errors import CheckpointError
 
@@ -30,6 +27,7 @@ class TrainState:
     batch_in_epoch: int = 0
     samples_seen: int = 0
     nonfinite_steps: int = 0
+    train_seconds: float = 0.0
     skipped: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
@@ -66,27 +64,12 @@ def latest_checkpoint(root: Path, which: str, marker: str = "state.json") -> Pat
     return path
 
 
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
-                    keep: int = 3) -> Path:
-    def write(tmp: Path) -> None:
-        save_model(model, tmp / "model")  # type: ignore[arg-type]
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(state)))
-
-    return commit_checkpoint(run_dir / "checkpoints", f"step_{state.step:07d}", write, keep)
-
-
-def resolve_checkpoint(run_dir: Path, which: str) -> Path:
-    """``latest`` or a checkpoint folder -> the checkpoint folder."""
-    return latest_checkpoint(run_dir / "checkpoints", which)
-
-
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
-    from clipforge.checkpoints.state_dict import load_strict, read_state_dict
-
-    load_strict(model, read_state_dict(path / "model" / "model.safetensors"), str(path / "model"))
-    try:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    except Exception as e:
-        raise CheckpointError(f"{path / 'optimizer.pt'}: cannot restore the optimiser ({e})") from None
-    return TrainState(**json.loads((path / "state.json").read_text()))
+def truncate_log(path: Path, step: int) -> None:
+    """Keep only the JSON lines of ``path`` whose step is at most ``step`` (atomically): on resume the
+    steps an interrupted run logged after its last checkpoint are done again."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        atomic_write_text("".join(kept), path)

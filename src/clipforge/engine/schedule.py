@@ -1,4 +1,5 @@
-"""AdamW parameter groups and the learning-rate schedule of CLIP training."""
+"""AdamW parameter groups (no decay on gains, biases, embeddings, temperature) and the learning-rate
+schedule: linear warm-up, then cosine decay or constant."""
 
 from __future__ import annotations
 

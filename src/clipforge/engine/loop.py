@@ -1,0 +1,259 @@
+"""``fit(task, config)``: the one training loop under every clipforge task.
+
+Per step: the learning rate from the schedule, the task's forward and backward (with exact
+micro-batching, :mod:`clipforge.engine.accumulate`), the gradients made the global batch's across
+ranks, the non-finite policy, clipping, the optimiser step and the task's after-step hook. Around
+the steps: the run folder and config snapshot, device placement, logging (JSONL, TensorBoard, a
+progress bar, one cadence), evaluation, atomic checkpoints, exact resume and the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clipforge.engine import distributed as D
+from clipforge.engine.accumulate import forward_backward
+from clipforge.engine.checkpoint import TrainState, commit_checkpoint, latest_checkpoint, truncate_log
+from clipforge.engine.context import StepContext
+from clipforge.engine.schedule import learning_rate
+from clipforge.engine.task import Task
+from clipforge.errors import ClipforgeError, ConfigError
+from clipforge.utils.progress import progress_bar
+
+
+class TrainingDiverged(ClipforgeError):
+    """Too many consecutive non-finite losses."""
+
+
+@dataclass
+class EngineConfig:
+    """What the engine does around a task's steps (each task's config maps its options onto this)."""
+
+    out_dir: str
+    epochs: int = 1
+    max_steps: int | None = None
+    minutes: float | None = None
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    grad_clip: float | None = None
+    micro_batch_size: int | None = None
+    precision: str = "fp32"
+    log_every_steps: int = 10
+    save_every_steps: int = 0
+    keep_checkpoints: int = 3
+    eval_every_epochs: int = 1
+    max_nonfinite_steps: int = 5
+    tensorboard: bool = True
+    label: str = "train"
+
+
+@dataclass
+class FitResult:
+    state: TrainState
+    stopped_early: bool
+    model_path: Path | None
+
+
+def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device, resume: str | None = None,
+        progress: bool = True, skipped: dict[str, int] | None = None) -> FitResult:
+    """Train ``task`` as ``config`` says; ``resume`` is ``"latest"`` or a checkpoint folder.
+
+    ``skipped``: samples already left out while reading the data (counted into the summary).
+    """
+    if config.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision must be 'fp32', 'bf16' or 'fp16', got {config.precision!r}")
+    run_dir = Path(config.out_dir)
+    optimizers = task.optimizers()
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    state = TrainState(skipped=dict(skipped or {}))
+    if resume:
+        state = load_training(latest_checkpoint(run_dir / "checkpoints", resume), task, optimizers)
+    per_epoch = task.steps_per_epoch()
+    total_steps = per_epoch * config.epochs  # the schedule's length; max_steps and minutes only stop early
+    ctx = StepContext(info, device, config.precision, config.micro_batch_size, optimizers, task, config.grad_clip)
+    writer = _tensorboard(run_dir, config) if info.is_main else None
+    if info.is_main:
+        for name in ("metrics.jsonl", "evals.jsonl"):  # lines of steps after the checkpoint are done again
+            truncate_log(run_dir / name, state.step)
+    examples: dict[str, list[str]] = {}
+    consecutive_bad, stopped_early = 0, False
+    with progress_bar(config.label, total=total_steps, enabled=progress and info.is_main,
+                      fields="loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[extra]}") as bar:
+        bar.update(completed=state.step, loss="-", lr="-", extra="")
+        while state.epoch < config.epochs:
+            t0, seen0 = time.perf_counter(), state.samples_seen
+            for batch in task.batches(state.epoch, state.batch_in_epoch):
+                step_start = time.perf_counter()
+                _count_skips(task.skipped(batch), state, examples)
+                for opt in optimizers.values():
+                    for group in opt.param_groups:
+                        group["lr"] = learning_rate(state.step, group["initial_lr"], config.warmup_steps, total_steps,
+                                                    config.schedule)
+                    opt.zero_grad(set_to_none=True)
+                lr = next(iter(optimizers.values())).param_groups[0]["lr"]
+                ctx.step = state.step
+                if task.manual_optimization:
+                    out = task.training_step(batch, ctx)
+                    ok = all(math.isfinite(float(v)) for v in out.values() if _is_scalar(v))
+                else:
+                    out = forward_backward(task, batch, ctx)
+                    task.reduce_gradients(info)
+                    ok = torch.isfinite(out["loss"]).item() and _grads_finite(task.model)
+                    if ok:
+                        ctx.clip_and_step(optimizers)
+                if ok:
+                    consecutive_bad = 0
+                else:
+                    consecutive_bad += 1
+                    state.nonfinite_steps += 1
+                    for opt in optimizers.values():
+                        opt.zero_grad(set_to_none=True)
+                    if consecutive_bad >= config.max_nonfinite_steps:
+                        raise TrainingDiverged(
+                            f"{consecutive_bad} consecutive steps had a non-finite loss or gradient (last at step "
+                            f"{state.step}); stopped. The last good checkpoint is in {run_dir / 'checkpoints'}; "
+                            "try a lower learning rate or precision=fp32")
+                extra = task.after_optimizer_step(state.step, total_steps)
+                state.step += 1
+                state.batch_in_epoch += 1
+                state.samples_seen += task.batch_len(batch) * info.world_size
+                state.train_seconds += time.perf_counter() - step_start
+                rate = (state.samples_seen - seen0) / max(1e-9, time.perf_counter() - t0)
+                scalars = {k: float(v) for k, v in out.items() if _is_scalar(v)}
+                bar.advance(loss=f"{scalars.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}",
+                            extra=" ".join(f"{k} {v:.4g}" for k, v in extra.items()) + f" {rate:.0f} samples/s")
+                if info.is_main and (state.step % config.log_every_steps == 0 or state.step == 1):
+                    rec = {"step": state.step, "epoch": state.epoch, **scalars, "lr": lr, **extra,
+                           "samples_per_s": rate}
+                    state.history.append(rec)
+                    _log(run_dir / "metrics.jsonl", writer, rec)
+                if config.save_every_steps and state.step % config.save_every_steps == 0 and info.is_main:
+                    save_training(run_dir, task, optimizers, state, config.keep_checkpoints)
+                if (config.max_steps and state.step >= config.max_steps) or (
+                        config.minutes and state.train_seconds >= config.minutes * 60):
+                    stopped_early = True
+                    break
+            if not stopped_early:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+            last = stopped_early or state.epoch >= config.epochs
+            due = config.eval_every_epochs and state.epoch % config.eval_every_epochs == 0 and not stopped_early
+            if info.is_main and (due or (last and task.evaluate_at_end)):
+                metrics = task.evaluate(state.epoch, last)
+                if metrics:
+                    metrics.update(step=state.step, epoch=state.epoch)
+                    state.evals.append(metrics)
+                    _log(run_dir / "evals.jsonl", writer, metrics)
+                    print(_format_eval(metrics), flush=True)
+                task.model.train()
+            if info.is_main:
+                save_training(run_dir, task, optimizers, state, config.keep_checkpoints)
+            D.barrier(info)
+            if stopped_early:
+                break
+    model_path = None
+    if info.is_main:
+        model_path = task.save_final(run_dir)
+        summary = {"steps": state.step, "epochs": state.epoch, "samples_seen": state.samples_seen,
+                   "train_seconds": round(state.train_seconds, 1), "nonfinite_steps": state.nonfinite_steps,
+                   "skipped": state.skipped, "skipped_examples": examples,
+                   "final_eval": state.evals[-1] if state.evals else None}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(skip_summary(state.skipped, examples), flush=True)
+    if writer is not None:
+        writer.close()
+    return FitResult(state, stopped_early, model_path)
+
+
+def save_training(run_dir: Path, task: Task, optimizers: dict[str, torch.optim.Optimizer], state: TrainState,
+                  keep: int) -> Path:
+    def write(tmp: Path) -> None:
+        task.save_state(tmp)
+        for name, opt in optimizers.items():
+            torch.save(opt.state_dict(), tmp / _optimizer_file(name, optimizers))
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+
+    return commit_checkpoint(run_dir / "checkpoints", f"step_{state.step:07d}", write, keep)
+
+
+def load_training(path: Path, task: Task, optimizers: dict[str, torch.optim.Optimizer]) -> TrainState:
+    from clipforge.errors import CheckpointError
+
+    task.load_state(path)
+    for name, opt in optimizers.items():
+        file = path / _optimizer_file(name, optimizers)
+        try:
+            opt.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise CheckpointError(f"{file}: cannot restore the optimiser ({str(e).splitlines()[0]})") from None
+    return TrainState(**json.loads((path / "state.json").read_text()))
+
+
+def _optimizer_file(name: str, optimizers: dict) -> str:
+    return "optimizer.pt" if len(optimizers) == 1 else f"optimizer-{name}.pt"
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+
+
+def _grads_finite(model: torch.nn.Module) -> bool:
+    grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in model.parameters()
+             if p.grad is not None]
+    return bool(grads) and all(torch.isfinite(g).all() for g in grads)
+
+
+def _count_skips(skipped: list, state: TrainState, examples: dict[str, list[str]]) -> None:
+    for s in skipped:
+        state.skipped[s.reason] = state.skipped.get(s.reason, 0) + 1
+        ex = examples.setdefault(s.reason, [])
+        if len(ex) < 3:
+            ex.append(s.source)
+        if state.skipped[s.reason] == 1:
+            print(f"warning: skipping {s.source}: {s.reason}{' (' + s.detail + ')' if s.detail else ''}; "
+                  "further samples skipped for this reason are counted in the summary", flush=True)
+
+
+def skip_summary(skipped: dict[str, int], examples: dict[str, list[str]]) -> str:
+    if not skipped:
+        return "skipped samples: none"
+    lines = [f"skipped samples: {sum(skipped.values())} (counted per epoch in which they came up)"]
+    for reason, n in sorted(skipped.items(), key=lambda kv: -kv[1]):
+        ex = ", ".join(examples.get(reason, []))
+        lines.append(f"  {reason}: {n}" + (f"  e.g. {ex}" if ex else ""))
+    return "\n".join(lines)
+
+
+def _format_eval(metrics: dict[str, Any]) -> str:
+    keys = [k for k in metrics if k not in ("step", "epoch")]
+    return f"eval epoch {metrics['epoch']}: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in keys
+                                                          if isinstance(metrics[k], float))
+
+
+def _tensorboard(run_dir: Path, config: EngineConfig) -> Any:
+    if not config.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _log(path: Path, writer: Any, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    if writer is not None:
+        for k, v in record.items():
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                writer.add_scalar(k, v, record["step"])

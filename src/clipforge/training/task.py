@@ -1,0 +1,162 @@
+"""CLIP training as a task of the engine: the symmetric contrastive loss over image-text pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from clipforge.checkpoints.native import save as save_model
+from clipforge.data.pairs import Batch, PairDataset, collate
+from clipforge.data.sampler import epoch_batches
+from clipforge.data.shards import ShardDataset
+from clipforge.engine.distributed import DistInfo, gather_features, reduce_gradients
+from clipforge.engine.task import Task
+from clipforge.errors import ConfigError
+from clipforge.models.clip import CLIP
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ContrastiveStep(Task):
+    """The contrastive loss of a batch of (images, tokens): embeddings per sample, the loss over the
+    global batch (features gathered from every rank), so micro-batching is exact (GradCache)."""
+
+    min_batch = 2  # a contrastive batch needs a negative
+
+    def __init__(self, model: CLIP, loss_fn: LossFn, dist: DistInfo | None = None) -> None:
+        self.model, self.loss_fn, self.dist = model, loss_fn, dist or DistInfo()
+
+    def embed(self, batch: Any) -> dict[str, torch.Tensor]:
+        images, tokens = _images_tokens(batch)
+        return {"image": self.model.encode_image(images, normalize=True).float(),
+                "text": self.model.encode_text(tokens, normalize=True).float()}
+
+    def loss_from(self, embeddings: dict[str, torch.Tensor], batch: Any) -> dict[str, Any]:
+        img, _ = gather_features(embeddings["image"], self.dist)
+        txt, _ = gather_features(embeddings["text"], self.dist)
+        scale = self.model.logit_scale.clamp(max=self.model.max_log_scale).exp()
+        return {"loss": self.loss_fn(img, txt, scale)}
+
+    def split(self, batch: Any, size: int) -> list[Any]:
+        images, tokens = _images_tokens(batch)
+        return list(zip(images.split(size), tokens.split(size)))
+
+    def batch_len(self, batch: Any) -> int:
+        return _images_tokens(batch)[0].shape[0]
+
+    def reduce_gradients(self, info: DistInfo) -> None:
+        reduce_gradients(self.model, info)  # each rank holds its share of the global loss's gradient
+
+
+def _images_tokens(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return (batch.images, batch.tokens) if isinstance(batch, Batch) else batch
+
+
+class CLIPTask(ContrastiveStep):
+    """Pairs (files or shards) -> a CLIP model; evaluation, checkpoints and the final model in clipforge's format."""
+
+    def __init__(self, model: CLIP, config: Any, pairs: list, n_samples: int, loss_fn: LossFn, dist: DistInfo,
+                 device: torch.device) -> None:
+        from clipforge.engine.schedule import param_groups
+
+        super().__init__(model, loss_fn, dist)
+        self.config, self.pairs, self.n_samples, self.device = config, pairs, n_samples, device
+        opt = config.optim
+        self.optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay), lr=opt.lr,
+                                           betas=(opt.beta1, opt.beta2), eps=opt.eps)
+        self._batches = _epoch_batches(config, pairs, model, dist, self.steps_per_epoch())
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"main": self.optimizer}
+
+    def steps_per_epoch(self) -> int:
+        return self.n_samples // self.config.batch_size
+
+    def batches(self, epoch: int, start: int):
+        for batch in self._batches(epoch, start):
+            yield Batch(batch.indices, batch.images.to(self.device), batch.tokens.to(self.device), batch.skipped) \
+                if len(batch) else batch
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
+        self.model.clamp_logit_scale_()
+        return {"temperature": 1.0 / self.model.logit_scale.exp().item()}
+
+    def evaluate(self, epoch: int, last: bool) -> dict[str, Any]:
+        from clipforge.training.evaluate import evaluate
+
+        return evaluate(self.model, self.config, progress=False)
+
+    def save_state(self, folder: Path) -> None:
+        save_model(self.model, folder / "model")
+
+    def load_state(self, folder: Path) -> None:
+        from clipforge.checkpoints.state_dict import load_strict, read_state_dict
+
+        load_strict(self.model, read_state_dict(folder / "model" / "model.safetensors"), str(folder / "model"))
+
+    def save_final(self, run_dir: Path) -> Path:
+        save_model(self.model, run_dir / "model")
+        return run_dir / "model"
+
+
+def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_epoch: int):
+    """A function (epoch, first batch) -> this rank's batches of that epoch, for files or shards."""
+    from clipforge.data.shards import is_shard_source
+
+    workers = config.data.workers
+    if not is_shard_source(config.data.train):
+        dataset = PairDataset(pairs, model.preprocess, model.tokenizer, train=True, seed=config.seed)
+
+        def from_files(epoch: int, start: int):
+            dataset.set_epoch(epoch)
+            batches = epoch_batches(len(pairs), config.batch_size, config.seed, epoch, info.rank, info.world_size,
+                                    start=start)
+            yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate)
+
+        return from_files
+
+    if config.batch_size % info.world_size:
+        raise ConfigError(f"batch_size={config.batch_size} must be divisible by the number of processes "
+                          f"({info.world_size})")
+    per_rank = config.batch_size // info.world_size
+    stream = ShardDataset(config.data.train, model.preprocess, model.tokenizer, train=True, seed=config.seed,
+                          shuffle_buffer=config.data.shuffle_buffer, resampled=config.data.resampled,
+                          rank=info.rank, world_size=info.world_size, batch_size=per_rank)
+
+    def from_shards(epoch: int, start: int):
+        # An epoch is per_epoch batches (train_samples / batch_size), as open_clip counts it; a
+        # stream that ends early starts its next pass.
+        stream.set_epoch(epoch, start)
+        done, passes = start, 0
+        while done < per_epoch:
+            got = 0
+            for batch in DataLoader(stream, batch_size=per_rank, num_workers=workers, collate_fn=collate):
+                yield batch
+                got += 1
+                done += 1
+                if done >= per_epoch:
+                    return
+            passes += 1
+            if got == 0 or passes > 100:
+                raise ConfigError(f"{config.data.train}: the shards yield no batches of {per_rank} for this process")
+            stream.set_epoch(epoch + 10_000 * passes, 0)
+
+    return from_shards
+
+
+def contrastive_backward(model: CLIP, images: torch.Tensor, tokens: torch.Tensor, loss_fn: LossFn,
+                         micro_batch_size: int | None = None, precision: str = "fp32",
+                         dist_info: DistInfo | None = None) -> torch.Tensor:
+    """Forward and backward of the contrastive loss of one (global) batch, exact at any micro-batch size;
+    returns the loss. Under torchrun each rank holds its share of the gradient, to be summed with
+    :func:`~clipforge.engine.distributed.reduce_gradients`."""
+    from clipforge.engine.accumulate import forward_backward
+    from clipforge.engine.context import StepContext
+
+    task = ContrastiveStep(model, loss_fn, dist_info)
+    ctx = StepContext(task.dist, images.device, precision, micro_batch_size, {}, task)
+    return forward_backward(task, (images, tokens), ctx)["loss"]
