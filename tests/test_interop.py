@@ -247,13 +247,23 @@ def test_unreadable_checkpoint_files(tmp_path, content: bytes) -> None:
         clipforge.load(path, config="tiny-vit-32")
 
 
-def test_unsupported_open_clip_option_is_refused(tmp_path) -> None:
+@pytest.mark.parametrize(("section", "key", "value"), [
+    ("vision_cfg", "ls_init_value", 1e-5), ("vision_cfg", "qk_norm", True),
+    ("text_cfg", "scaled_cosine_attn", True), ("vision_cfg", "pos_embed_type", "sin_cos_2d"),
+    ("text_cfg", "scale_fc", True), ("vision_cfg", "block_type", "custom"),
+])
+def test_unsupported_open_clip_option_is_refused(tmp_path, section, key, value) -> None:
     shutil.copytree(PEERS / "openclip_vit_tiny", tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    cfg["vision_cfg"]["ls_init_value"] = 1e-5
+    cfg[section][key] = value
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="ls_init_value"):
+    with pytest.raises(CheckpointError, match=f"{section}.{key}"):
         clipforge.load(tmp_path / "m")
+    cfg[section][key] = {"qk_norm": False, "scaled_cosine_attn": False, "pos_embed_type": "learnable",
+                         "scale_fc": False, "block_type": "default"}.get(key)
+    if cfg[section][key] is not None or key == "ls_init_value":
+        (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+        clipforge.load(tmp_path / "m")  # the neutral value is accepted
 
 
 def test_hf_export_loads_in_transformers(tmp_path) -> None:

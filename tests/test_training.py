@@ -312,3 +312,42 @@ def test_an_empty_zero_shot_set_fails_before_training(synth, tmp_path, capsys) -
     err = capsys.readouterr().err
     assert "zs.csv: no rows below the header" in err and err.count("\n") == 1
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# --- SigLIP end to end ---------------------------------------------------------------------------
+
+def test_siglip_micro_batches_give_the_full_batch_gradients_bias_included() -> None:
+    from dataclasses import replace
+
+    from clipforge.losses import siglip_loss
+
+    torch.manual_seed(0)
+    model = CLIP(replace(micro_config(), init_logit_bias=-2.0)).double()
+    images, tokens = _batch(12, model.config)
+    full_loss = contrastive_backward(model, images, tokens, siglip_loss)
+    full = _grads(model)
+    model.zero_grad()
+    acc_loss = contrastive_backward(model, images, tokens, siglip_loss, micro_batch_size=5)
+    torch.testing.assert_close(acc_loss, full_loss, rtol=1e-12, atol=0)
+    assert full["logit_bias"].abs() > 1e-3
+    for name, g in _grads(model).items():
+        torch.testing.assert_close(g, full[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("loss", ["siglip", "siglip_tiled"])
+def test_siglip_trains_and_its_bias_is_saved(synth, tmp_path, loss: str) -> None:
+    import math
+
+    import clipforge
+
+    cfg = tiny_train_config(synth, tmp_path / "run", epochs=1, loss=loss, micro_batch_size=8)
+    result = train(TrainConfig.from_dict(cfg), progress=False)
+    bias = result.model.logit_bias.item()
+    assert bias != -10.0 and math.isfinite(bias)  # learned from its SigLIP initialisation
+    reloaded = clipforge.load(tmp_path / "run" / "model")
+    assert reloaded.logit_bias.item() == bias and reloaded.config.init_logit_bias == -10.0
+    # open_clip's format keeps it (init_logit_bias in the config, logit_bias in the weights).
+    clipforge.export_openclip(reloaded, tmp_path / "oc")
+    assert clipforge.load(tmp_path / "oc").logit_bias.item() == bias
+    with pytest.raises(clipforge.ClipforgeError, match="no Hugging Face CLIPModel form"):
+        clipforge.export_hf(reloaded, tmp_path / "hf")

@@ -180,6 +180,9 @@ def config_to_hf(config: CLIPConfig, bos_token_id: int, eos_token_id: int) -> di
 def export_hf(model: CLIP, out_dir: str | Path) -> Path:
     """Write a folder that ``transformers.CLIPModel.from_pretrained`` reads."""
     out = Path(out_dir)
+    if model.config.init_logit_bias is not None:
+        raise CheckpointError("a SigLIP-trained model (with logit_bias) has no Hugging Face CLIPModel form; "
+                              "convert it --to open_clip or keep clipforge's format")
     vocab = model.config.text.vocab_size
     cfg = config_to_hf(model.config, bos_token_id=vocab - 2, eos_token_id=vocab - 1)
     atomic_save_safetensors(state_dict_to_hf(model.state_dict()), out / "model.safetensors",

@@ -198,7 +198,7 @@ def _hf_preprocess(folder: Path, config: CLIPConfig) -> Preprocess:
 
 def _default_tokenizer(config: CLIPConfig) -> Any:
     """OpenAI's BPE for models with its vocabulary; otherwise unknown (None)."""
-    if config.text.vocab_size == 49408:
+    if getattr(config.text, "vocab_size", None) == 49408:  # an HF text tower has its own (saved with it)
         from clipforge.tokenizer import BPETokenizer
 
         return BPETokenizer(context_length=config.text.context_length)

@@ -25,7 +25,7 @@ from clipforge.models.config import CLIPConfig, ResNetConfig, TextConfig, ViTCon
 
 # Keys that do not change a forward pass in eval mode, or that only describe the fixture.
 _IGNORED = {"format", "start_token", "end_token", "custom_text", "patch_dropout", "output_tokens",
-            "output_dict", "cast_dtype", "init_logit_bias"}
+            "output_dict", "cast_dtype"}
 # Options with the value at which open_clip computes what clipforge computes.
 _NEUTRAL = {
     "ls_init_value": None, "attentional_pool": False, "no_ln_pre": False, "pool_type": None,
@@ -33,7 +33,12 @@ _NEUTRAL = {
     "timm_model_name": None, "hf_model_name": None, "output_tokens": False, "act_kwargs": None,
     "norm_kwargs": None, "proj_bias": False, "pad_id": 0, "no_causal_mask": False,
     "attn_pooler_queries": None, "attn_pooler_heads": None,
+    # Attention and embedding variants of open_clip's custom blocks.
+    "pos_embed_type": "learnable", "block_type": None, "qk_norm": False, "scaled_cosine_attn": False,
+    "scale_heads": False, "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
 }
+# Values other than the neutral one that still compute what clipforge computes.
+_ALSO_OK = {"block_type": ("default",)}
 # pool_type values that are clipforge's own pooling.
 _POOL_OK = {"vision_cfg": ("tok", None), "text_cfg": ("argmax", None)}
 
@@ -78,6 +83,7 @@ def config_from_openclip(d: dict[str, Any], source: str = "open_clip config") ->
     return CLIPConfig(
         embed_dim=d["embed_dim"], vision=vision, text=text,
         activation="quick_gelu" if d.get("quick_gelu", False) else "gelu",
+        init_logit_bias=d.get("init_logit_bias"),
     )
 
 
@@ -93,7 +99,7 @@ def _refuse_unsupported(d: dict[str, Any], where: str, source: str) -> None:
     for key, value in d.items():
         if key in _IGNORED or key not in _NEUTRAL:
             continue
-        ok = _POOL_OK.get(where, (None,)) if key == "pool_type" else (_NEUTRAL[key],)
+        ok = _POOL_OK.get(where, (None,)) if key == "pool_type" else (_NEUTRAL[key], *_ALSO_OK.get(key, ()))
         if value not in ok and not (value in (None, False, {}) and _NEUTRAL[key] in (None, False)):
             name = f"{where}.{key}" if where else key
             raise CheckpointError(
@@ -121,6 +127,8 @@ def config_to_openclip(config: CLIPConfig) -> dict[str, Any]:
     }
     if config.activation == "quick_gelu":
         out["quick_gelu"] = True
+    if config.init_logit_bias is not None:
+        out["init_logit_bias"] = config.init_logit_bias
     return out
 
 

@@ -47,6 +47,8 @@ class CLIP(nn.Module):
         else:
             self.text = TextTransformer(config.text, config.embed_dim, act)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        if config.init_logit_bias is not None:  # SigLIP: sigmoid(scale * cos + bias)
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
         self.tokenizer: Any = None
         self.preprocess: Preprocess = Preprocess(image_size=config.vision.image_size)
 

@@ -173,6 +173,8 @@ class HFTextConfig:
     def __post_init__(self) -> None:
         _check_int(self.context_length, "text.context_length")
         _check_int(self.pad_token_id, "text.pad_token_id", minimum=0)
+        if not isinstance(self.hf_config, dict) or "model_type" not in self.hf_config:
+            raise ConfigError("text.hf_config must be the encoder's config.json as a mapping, with its model_type")
         if self.pooling not in ("mean", "max", "cls"):
             raise ConfigError(f"text.pooling must be 'mean', 'max' or 'cls', got {self.pooling!r}")
         if self.proj not in ("linear", "mlp"):
@@ -196,6 +198,8 @@ class CLIPConfig:
         activation: ``"quick_gelu"`` (x * sigmoid(1.702 x), OpenAI's models) or ``"gelu"``.
         init_logit_scale: initial log of the inverse temperature, log(1/0.07) as in the paper.
         max_logit_scale: the exponentiated scale is clamped to at most this (100 in the paper).
+        init_logit_bias: ``None`` (CLIP's softmax loss) or the initial logit bias of SigLIP's sigmoid
+            loss (-10 in the paper); the model then has a learnable ``logit_bias``.
     """
 
     embed_dim: int = 512
@@ -204,9 +208,12 @@ class CLIPConfig:
     activation: Activation = "quick_gelu"
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = 100.0
+    init_logit_bias: float | None = None
 
     def __post_init__(self) -> None:
         _check_int(self.embed_dim, "embed_dim")
+        if self.init_logit_bias is not None:
+            _check_number(self.init_logit_bias, "init_logit_bias", positive=False)
         _check_number(self.init_logit_scale, "init_logit_scale", positive=False)
         _check_number(self.max_logit_scale, "max_logit_scale")
         if not isinstance(self.vision, (ViTConfig, ResNetConfig)):

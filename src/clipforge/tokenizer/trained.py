@@ -122,7 +122,16 @@ class HFTokenizer:
     def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        ids = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        length = context_length or self.context_length
+        if length != self.context_length:  # the tokenizer's own truncation keeps its end token
+            self.tokenizer.enable_truncation(max_length=length)
+            self.tokenizer.enable_padding(length=length, pad_id=self.pad_token_id)
+        try:
+            ids = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        finally:
+            if length != self.context_length:
+                self.tokenizer.enable_truncation(max_length=self.context_length)
+                self.tokenizer.enable_padding(length=self.context_length, pad_id=self.pad_token_id)
         return torch.tensor(ids, dtype=torch.long)
 
     def to_dict(self) -> dict:

@@ -87,8 +87,9 @@ class TrainConfig:
                                        "in BatchNorm layers (the ResNet towers), which normalise per micro-batch "
                                        "(a warning says so)")
     precision: str = opt("fp32", "'fp32', 'bf16' (autocast) or 'fp16' (autocast with loss scaling; CUDA only)")
-    loss: str = opt("clip", "'clip' (symmetric InfoNCE) or 'clip_tiled' (the same loss, exact, in O(N d) memory "
-                    "for very large batches)")
+    loss: str = opt("clip", "'clip' (symmetric InfoNCE), 'siglip' (the sigmoid loss; the model gains a learnable "
+                    "logit bias, initialised with t = 10, b = -10), or 'clip_tiled' / 'siglip_tiled' (the same losses, "
+                    "exact, in O(N d) memory for very large batches)")
     seed: int = opt(0, "seed for initialisation, data order and augmentation")
     out_dir: str = opt("runs/clip", "folder for checkpoints, logs and the final model")
     save_every_steps: int = opt(0, "also checkpoint every N steps (0: only at the end of each epoch)")

@@ -18,7 +18,8 @@ from clipforge.engine.task import Task
 from clipforge.errors import ConfigError
 from clipforge.models.clip import CLIP
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (image_features, text_features, scale) -> loss; SigLIP's take the logit bias as a fourth argument.
+LossFn = Callable[..., torch.Tensor]
 
 
 class ContrastiveStep(Task):
@@ -39,7 +40,8 @@ class ContrastiveStep(Task):
         img, _ = gather_features(embeddings["image"], self.dist)
         txt, _ = gather_features(embeddings["text"], self.dist)
         scale = self.model.logit_scale.clamp(max=self.model.max_log_scale).exp()
-        return {"loss": self.loss_fn(img, txt, scale)}
+        bias = getattr(self.model, "logit_bias", None)
+        return {"loss": self.loss_fn(img, txt, scale) if bias is None else self.loss_fn(img, txt, scale, bias)}
 
     def split(self, batch: Any, size: int) -> list[Any]:
         images, tokens = _images_tokens(batch)
@@ -49,7 +51,9 @@ class ContrastiveStep(Task):
         return _images_tokens(batch)[0].shape[0]
 
     def reduce_gradients(self, info: DistInfo) -> None:
-        reduce_gradients(self.model, info)  # each rank holds its share of the global loss's gradient
+        # Each rank holds its share of the global loss's gradient; the scale and bias are computed
+        # whole on every rank.
+        reduce_gradients(self.model, info, averaged=("logit_scale", "logit_bias"))
 
 
 def _images_tokens(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -20,14 +21,17 @@ from clipforge.engine.checkpoint import TrainState, latest_checkpoint
 from clipforge.engine.loop import EngineConfig, TrainingDiverged, fit
 from clipforge.errors import ConfigError
 from clipforge.losses.clip import clip_loss
-from clipforge.losses.tiled import tiled_clip_loss
+from clipforge.losses.siglip import siglip_loss
+from clipforge.losses.tiled import tiled_clip_loss, tiled_siglip_loss
 from clipforge.models.clip import CLIP
 from clipforge.models.config import CLIPConfig
 from clipforge.training.config import TrainConfig
 from clipforge.training.evaluate import check_eval_data
 from clipforge.training.task import CLIPTask, LossFn
 
-LOSSES: dict[str, LossFn] = {"clip": clip_loss, "clip_tiled": tiled_clip_loss}
+LOSSES: dict[str, LossFn] = {"clip": clip_loss, "clip_tiled": tiled_clip_loss, "siglip": siglip_loss,
+                             "siglip_tiled": tiled_siglip_loss}
+SIGMOID_LOSSES = ("siglip", "siglip_tiled")
 __all__ = ["LOSSES", "TrainResult", "TrainingDiverged", "build_model", "build_tokenizer", "train"]
 
 
@@ -57,14 +61,20 @@ def build_tokenizer(config: TrainConfig, captions: list[str]) -> Any:
 
 
 def build_model(config: TrainConfig, tokenizer: Any) -> CLIP:
+    sigmoid = config.loss in SIGMOID_LOSSES
     if config.model.init:
         model = load(config.model.init)
+        if sigmoid and not hasattr(model, "logit_bias"):
+            raise ConfigError(f"loss={config.loss} needs a model with a logit bias; {config.model.init} has none "
+                              "(it was not trained with a sigmoid loss)")
         if tokenizer is not None and tokenizer.vocab_size > model.config.text.vocab_size:
             raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but {config.model.init} only "
                               f"{model.config.text.vocab_size}")
         return model.train()
     base = build(config.model.name).config
     d = base.to_dict()
+    if sigmoid:  # SigLIP's initialisation: t = 10, b = -10 (Zhai et al. 2023)
+        d.update(init_logit_scale=math.log(10.0), init_logit_bias=-10.0)
     for section, values in config.model.overrides.items():
         if isinstance(values, dict) and isinstance(d.get(section), dict):
             d[section].update(values)
