@@ -25,10 +25,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 def main() -> None:
     from clipforge.evaluation.datasets import pixel_features
     from clipforge.evaluation.linear_probe import linear_probe
+    from clipforge.models.towers import build_image_tower
     from clipforge.ssl.config import SSLConfig
     from clipforge.ssl.data import labelled_sets
     from clipforge.ssl.knn import knn_accuracy
-    from clipforge.ssl.trainer import build_encoder, encoder_config, evaluate_encoder, train_ssl
+    from clipforge.ssl.trainer import encoder_config, evaluate_encoder, train_ssl
     from common import machine, markdown_table
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,7 +51,7 @@ def main() -> None:
         base = {"data": ds, "image_size": 32, "embed_dim": 128, "epochs": 1000, "batch_size": 256,
                 "minutes": args.minutes, "eval_every_epochs": 0, "tensorboard": False, "threads": args.threads}
         torch.manual_seed(0)
-        random_encoder = build_encoder(encoder_config(SSLConfig.from_dict({**base, "method": "simclr"})))
+        random_encoder = build_image_tower(encoder_config(SSLConfig.from_dict({**base, "method": "simclr"})))
         m = evaluate_encoder(random_encoder, ds, 32)
         rows.append([ds, "random-init encoder", "-", "-", f"{m['knn_acc1']:.1%}", f"{m['lp_acc1']:.1%}"])
         for method in ("simclr", "byol", "simsiam"):

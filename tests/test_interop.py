@@ -304,3 +304,13 @@ def test_refused_pickle_names_the_global_and_never_suggests_the_unsafe_path(tmp_
     with pytest.raises(CheckpointError, match="photo.pt: not a torch checkpoint") as info:
         clipforge.load(tmp_path / "photo.pt", config="tiny-vit-32")
     assert "weights_only" not in str(info.value)
+
+
+def test_saved_models_name_their_arch_and_an_unknown_one_is_refused(tmp_path) -> None:
+    clipforge.save(clipforge.build("tiny-vit-32"), tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["arch"] == "clip"
+    cfg["arch"] = "diffusion_unet"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="unknown arch 'diffusion_unet'"):
+        clipforge.load(tmp_path / "m")

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.losses import nt_xent
+from clipforge.models.towers import build_image_tower
 from clipforge.ssl.augment import AugmentConfig, ViewAugment
 from clipforge.ssl.config import SSLConfig
 from clipforge.ssl.knn import knn_accuracy
 from clipforge.ssl.methods import BYOL, SimCLR, SimSiam
-from clipforge.ssl.trainer import build_encoder, encoder_config
+from clipforge.ssl.trainer import encoder_config
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +22,7 @@ def _cache(tmp_path, monkeypatch):
 
 def _encoder():
     torch.manual_seed(0)
-    return build_encoder(encoder_config(SSLConfig(image_size=16, embed_dim=16)))
+    return build_image_tower(encoder_config(SSLConfig(image_size=16, embed_dim=16)))
 
 
 def _images(n=8, size=16, seed=0):
@@ -119,6 +120,12 @@ def test_ssl_training_resumes_and_feeds_clip(tmp_path) -> None:
     a = load_file(str(tmp_path / "a" / "encoder" / "encoder.safetensors"))
     b = load_file(str(tmp_path / "b" / "encoder" / "encoder.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # The saved encoder names its arch and loads through clipforge.load as the encoder module.
+    import clipforge
+
+    encoder = clipforge.load(tmp_path / "a" / "encoder")
+    assert all(torch.equal(encoder.state_dict()[k], a[k]) for k in a)
+    assert encoder(torch.zeros(2, 3, 16, 16)).shape == (2, 16)
 
     # The encoder becomes a CLIP model's image tower.
     from clipforge.training.config import TrainConfig

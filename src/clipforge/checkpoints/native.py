@@ -79,6 +79,7 @@ def save(model: CLIP, out_dir: str | Path) -> Path:
     cfg = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "arch": "clip",
         "model": model.config.to_dict(),
         "tokenizer": tokenizer_to_dict(model.tokenizer),
         "preprocess": model.preprocess.to_dict(),
@@ -97,6 +98,9 @@ def load_native(folder: str | Path, cfg: dict[str, Any] | None = None) -> CLIP:
             f"{folder}: format version {version} is newer than this clipforge reads ({FORMAT_VERSION}); "
             "upgrade clipforge"
         )
+    arch = cfg.get("arch", "clip")  # folders saved before the key existed are CLIP models
+    if arch != "clip":
+        raise CheckpointError(f"{folder}: unknown arch {arch!r} (this clipforge loads: clip, image_encoder)")
     config = CLIPConfig.from_dict(cfg["model"])
     model = CLIP(config)
     weights = folder / WEIGHTS_FILE

@@ -6,9 +6,7 @@ tensors and plain containers.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +16,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from clipforge.errors import CheckpointError
+from clipforge.io import atomic_file, atomic_write_text
+
+__all__ = ["atomic_save_safetensors", "atomic_write_text", "load_strict", "read_state_dict"]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -138,27 +139,6 @@ def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, l
 
 def atomic_save_safetensors(sd: Mapping[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
     """Write a safetensors file via a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)

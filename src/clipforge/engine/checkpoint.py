@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipforge.checkpoints.state_dict import atomic_write_text
 from clipforge.errors import CheckpointError
+from clipforge.io import atomic_folder, atomic_write_text
 
 
 @dataclass
@@ -37,13 +37,9 @@ def commit_checkpoint(root: Path, name: str, write: Callable[[Path], None], keep
     """Write a checkpoint folder atomically: ``write(tmp)`` fills a temporary folder, which is renamed
     to ``root/name``; then ``root/latest`` names it and all but the newest ``keep`` are removed."""
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
     final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with atomic_folder(final) as tmp:
+        write(tmp)
     atomic_write_text(name, root / "latest")
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from clipforge.errors import ClipforgeError
+from clipforge.io import atomic_write_text
 
 # The metrics shown in report tables, in this order, when present.
 TABLE_METRICS = ("acc1", "acc5", "mean_per_class_recall", "lp_acc1", "lp_acc5", "lp_mean_per_class_recall",
@@ -33,7 +34,7 @@ def write_result(out_dir: str | Path, task: str, model: str, dataset: str, metri
     path = out / f"{task}__{safe(Path(model).name or model)}__{safe(dataset)}.json"
     doc = {"task": task, "model": model, "dataset": dataset, "metrics": metrics, "settings": settings or {},
            "clipforge_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    path.write_text(json.dumps(doc, indent=2, default=float))
+    atomic_write_text(json.dumps(doc, indent=2, default=float), path)
     return path
 
 

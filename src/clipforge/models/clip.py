@@ -10,10 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.images.preprocess import Preprocess
-from clipforge.models.config import CLIPConfig, HFTextConfig, ResNetConfig
-from clipforge.models.resnet import ModifiedResNet
-from clipforge.models.text import TextTransformer
-from clipforge.models.vit import VisionTransformer
+from clipforge.models.config import CLIPConfig
+from clipforge.models.towers import build_image_tower, build_text_tower
 
 
 class CLIP(nn.Module):
@@ -35,17 +33,8 @@ class CLIP(nn.Module):
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         self.config = config
-        act = config.activation
-        if isinstance(config.vision, ResNetConfig):
-            self.visual: nn.Module = ModifiedResNet(config.vision, config.embed_dim)
-        else:
-            self.visual = VisionTransformer(config.vision, config.embed_dim, act)
-        if isinstance(config.text, HFTextConfig):
-            from clipforge.models.hf_text import HFTextTower
-
-            self.text: nn.Module = HFTextTower(config.text, config.embed_dim)
-        else:
-            self.text = TextTransformer(config.text, config.embed_dim, act)
+        self.visual: nn.Module = build_image_tower(config)
+        self.text: nn.Module = build_text_tower(config)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
         if config.init_logit_bias is not None:  # SigLIP: sigmoid(scale * cos + bias)
             self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))

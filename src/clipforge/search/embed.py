@@ -30,15 +30,14 @@ import torch
 from clipforge.errors import ClipforgeError, ImageReadError
 from clipforge.images.decode import open_image
 from clipforge.images.preprocess import check_aspect
+from clipforge.io import atomic_file, atomic_write_text
 from clipforge.models.clip import CLIP
 from clipforge.search.collection import Item, list_items, read_item_bytes
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def _load(model: CLIP, item: Item) -> tuple[torch.Tensor, dict] | str:
@@ -146,11 +145,9 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
             _save_npy(image_emb, out / f"part-{name}.npy")
             if text_emb is not None:
                 _save_npy(text_emb, out / f"text-{name}.npy")
-            (out / f"skipped-{name}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
-            table = pa.Table.from_pylist(rows, schema=_SCHEMA)
-            tmp = out / f".part-{name}.parquet.tmp"
-            pq.write_table(table, tmp)
-            os.replace(tmp, out / f"part-{name}.parquet")  # the part is complete only now
+            atomic_write_text("".join(json.dumps(s) + "\n" for s in skipped), out / f"skipped-{name}.jsonl")
+            with atomic_file(out / f"part-{name}.parquet") as tmp:  # the part is complete only now
+                pq.write_table(pa.Table.from_pylist(rows, schema=_SCHEMA), tmp)
             done += 1
     return out
 

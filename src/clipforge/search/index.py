@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from clipforge.errors import ClipforgeError
+from clipforge.io import swap_in
 from clipforge.search.dedup import near_duplicate_groups
 from clipforge.search.embed import read_caption_embeddings, read_embeddings
 from clipforge.search.faiss_index import FaissIndex
@@ -168,10 +169,5 @@ def build_index(emb_dir: str | Path, out_dir: str | Path, memory_budget_mb: floa
         np.save(tmp / "dedup.npy", near_duplicate_groups(vectors, dedup_threshold, progress=verbose))
         info["dedup_threshold"] = dedup_threshold
     (tmp / "index.json").write_text(json.dumps(info, indent=2))
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, out)
     return out

@@ -29,9 +29,8 @@ from clipforge.engine.schedule import param_groups
 from clipforge.engine.task import Task
 from clipforge.errors import ConfigError
 from clipforge.images.preprocess import OPENAI_MEAN, OPENAI_STD
-from clipforge.models.config import CLIPConfig, ResNetConfig
-from clipforge.models.resnet import ModifiedResNet
-from clipforge.models.vit import VisionTransformer
+from clipforge.models.config import CLIPConfig
+from clipforge.models.towers import build_image_tower
 from clipforge.ssl.augment import AugmentConfig, ViewAugment
 from clipforge.ssl.config import SSLConfig
 from clipforge.ssl.data import ImageTensors, collate_images, labelled_sets, unlabelled_images
@@ -42,12 +41,6 @@ from clipforge.ssl.methods import BYOL, SimCLR, SimSiam
 def encoder_config(cfg: SSLConfig) -> CLIPConfig:
     vision = {**cfg.encoder, "image_size": cfg.image_size}
     return CLIPConfig.from_dict({"embed_dim": cfg.embed_dim, "vision": vision, "activation": "gelu"})
-
-
-def build_encoder(config: CLIPConfig) -> nn.Module:
-    if isinstance(config.vision, ResNetConfig):
-        return ModifiedResNet(config.vision, config.embed_dim)
-    return VisionTransformer(config.vision, config.embed_dim, config.activation)
 
 
 def build_method(cfg: SSLConfig, encoder: nn.Module) -> nn.Module:
@@ -175,7 +168,7 @@ def train_ssl(cfg: SSLConfig, resume: str | None = None, progress: bool = True) 
         raise ConfigError(f"{cfg.data}: {len(dataset)} images, fewer than batch_size={cfg.batch_size}")
     enc_cfg = encoder_config(cfg)
     torch.manual_seed(cfg.seed)
-    method = build_method(cfg, build_encoder(enc_cfg)).to(device)
+    method = build_method(cfg, build_image_tower(enc_cfg)).to(device)
     D.broadcast_parameters(method, info)
     a = cfg.augment
     augment = ViewAugment(cfg.image_size, AugmentConfig(tuple(a.crop_scale), flip_p=a.flip_p, jitter_p=a.jitter_p,
