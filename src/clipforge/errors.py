@@ -23,3 +23,11 @@ class ActivationMismatchError(CheckpointError):
 
 class ImageReadError(ClipforgeError):
     """An image file is missing, empty, truncated, not an image, or too large to decode safely."""
+
+
+class DataError(ClipforgeError):
+    """A dataset source cannot be read at all (missing file, missing column, no usable rows)."""
+
+
+class TrainingDiverged(ClipforgeError):
+    """Too many consecutive non-finite losses."""

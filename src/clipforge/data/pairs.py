@@ -17,14 +17,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from clipforge.errors import ClipforgeError, ImageReadError
+from clipforge.errors import DataError, ImageReadError
 from clipforge.images.preprocess import Preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-class DataError(ClipforgeError):
-    """A dataset source cannot be read at all (missing file, missing column)."""
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,8 @@ from clipforge.engine.checkpoint import TrainState, commit_checkpoint, latest_ch
 from clipforge.engine.context import StepContext
 from clipforge.engine.schedule import learning_rate
 from clipforge.engine.task import Task
-from clipforge.errors import ClipforgeError, ConfigError
+from clipforge.errors import ConfigError, TrainingDiverged
 from clipforge.utils.progress import progress_bar
-
-
-class TrainingDiverged(ClipforgeError):
-    """Too many consecutive non-finite losses."""
 
 
 @dataclass

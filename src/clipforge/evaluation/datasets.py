@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipforge.data.pairs import IMAGE_SUFFIXES, DataError
+from clipforge.data.pairs import IMAGE_SUFFIXES
+from clipforge.data.shards import is_shard_source
+from clipforge.errors import DataError
 
 if TYPE_CHECKING:
     import torch
@@ -69,7 +71,7 @@ def load_classification(source: str, split: str = "test", image_column: str = "i
         return _from_folder(path, classes)
     if path.suffix.lower() in (".csv", ".tsv"):
         return _from_csv(path, image_column, label_column, classes)
-    if ".tar" in source:
+    if is_shard_source(source):
         return _from_shards(source, classes)
     raise DataError(f"{source}: expected a built-in name ({', '.join(BUILTIN)}), a folder of class sub-folders, "
                     "a CSV/TSV file or webdataset shards")

@@ -6,8 +6,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clipforge.data.pairs import IMAGE_SUFFIXES, DataError
-from clipforge.errors import ImageReadError
+from clipforge.data.pairs import IMAGE_SUFFIXES
+from clipforge.data.shards import is_shard_source
+from clipforge.errors import DataError, ImageReadError
 from clipforge.evaluation.datasets import BUILTIN, LabelledImages, load_classification
 from clipforge.images.decode import open_image
 from clipforge.images.preprocess import center_crop, resize_short_side
@@ -30,7 +31,7 @@ def unlabelled_images(source: str) -> list[str]:
         if not images:
             raise DataError(f"{p}: no images found")
         return images
-    if ".tar" in source:
+    if is_shard_source(source):
         return load_classification(source).images
     raise DataError(f"{source}: expected a folder of images, webdataset shards, or one of {', '.join(BUILTIN)}")
 
