@@ -443,3 +443,16 @@ def test_overlap_cli_calibrates_and_records_the_sweep(tmp_path, model_dir, capsy
     table = result["settings"]["calibration"]
     assert {"threshold", "precision", "recall", "clean_flagged"} <= set(table[0])
     assert result["settings"]["threshold"] in [r["threshold"] for r in table]
+
+
+def test_device_option(tmp_path, model_dir, capsys) -> None:
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / "x.png")
+    assert main(["classify", "--model", model_dir, "--labels", "cat,dog", "--device", "cpu",
+                 str(tmp_path / "x.png")]) == 0
+    assert main(["classify", "--model", model_dir, "--labels", "cat,dog", "--device", "toaster",
+                 str(tmp_path / "x.png")]) == 2
+    _one_line_error(capsys, "device 'toaster' is not a device")
+    if not torch.cuda.is_available():
+        assert main(["classify", "--model", model_dir, "--labels", "cat,dog", "--device", "cuda",
+                     str(tmp_path / "x.png")]) == 2
+        _one_line_error(capsys, "CUDA is not available")

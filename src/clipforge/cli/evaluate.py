@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--out", default="results", help="folder for the result JSON (default: results)")
         q.add_argument("--batch-size", type=int, default=128)
         q.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
+        q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
 
     data_help = ("built-in name (synthetic, digits), folder of class sub-folders, CSV with image and label "
                  "columns, or shards with cls entries")
@@ -82,17 +83,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--labels", required=True, help="'cat,dog,bird' or a class-name file")
     c.add_argument("--templates", default="a photo of a {c}.", help="template set name, file, or one template")
     c.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
+    c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     c.add_argument("images", nargs="+")
     c.set_defaults(func=run_classify)
 
 
-def _load(model_path: str):
+def _load(model_path: str, device: str | None = None):
     from clipforge.checkpoints import load
     from clipforge.checkpoints.load import no_tokenizer_message
+    from clipforge.engine.distributed import DistInfo, default_device
 
     if model_path == "pixels":
         return None  # raw pixels: only meaningful for linear probes
-    model = load(model_path)
+    model = load(model_path).to(default_device(DistInfo(), device))
     if model.tokenizer is None:
         from clipforge.errors import ClipforgeError
 
@@ -162,7 +165,7 @@ def _report_missing(ds) -> None:
 def _probe_inputs(args: argparse.Namespace):
     """The model, the train/test sets and their features: what every probe-style command starts with."""
     _at_least(args.batch_size, 1, "--batch-size")
-    model = _load(args.model)
+    model = _load(args.model, args.device)
     train, test = _splits(args)
     xtr, ytr = _features(model, train, args, "embed train")
     xte, yte = _features(model, test, args, "embed test")
@@ -186,7 +189,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     from clipforge.evaluation.zero_shot import confusion_matrix_png
 
     _at_least(args.batch_size, 1, "--batch-size")
-    model = _load(args.model)
+    model = _load(args.model, args.device)
     classes, per_class = load_classnames(args.classes) if args.classes else (None, None)
     ds = load_classification(args.dataset, args.split, args.image_column, args.label_column, classes)
     _report_missing(ds)
@@ -209,7 +212,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     from clipforge.evaluation.tasks import retrieval_task
 
     _at_least(args.batch_size, 1, "--batch-size")
-    model = _load(args.model)
+    model = _load(args.model, args.device)
     ds = load_retrieval(args.dataset, args.image_column, args.caption_column)
     metrics, skipped, counts = retrieval_task(model, ds, args.batch_size, use_cache=not args.no_cache, progress=True)
     if skipped:
@@ -267,7 +270,7 @@ def run_overlap(args: argparse.Namespace) -> int:
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
         raise ClipforgeError(f"--threshold is a cosine similarity, between -1 and 1; got {args.threshold}")
     _at_least(args.batch_size, 1, "--batch-size")
-    model = _load(args.model)
+    model = _load(args.model, args.device)
     train, test = _splits(args)
     cached = dict(batch_size=args.batch_size, use_cache=not args.no_cache, progress=False)
     xtr, itr, _ = image_features(model, train.images, **cached)
@@ -340,7 +343,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from clipforge.evaluation.zero_shot import zero_shot_logits
 
     _at_least(args.top, 1, "--top")
-    model = _load(args.model)
+    model = _load(args.model, args.device)
     classes, per_class = load_classnames(args.labels)
     templates = per_class or get_templates(args.templates)
     feats, idx, skipped = embed_images(model, args.images)

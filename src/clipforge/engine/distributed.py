@@ -50,7 +50,15 @@ def init_distributed() -> DistInfo:
 def default_device(info: DistInfo, device: str | None = None) -> torch.device:
     """``device`` if given, else this rank's CUDA device when there is one, else the CPU."""
     if device:
-        return torch.device(device)
+        from clipforge.errors import ConfigError
+
+        try:
+            chosen = torch.device(device)
+        except RuntimeError:
+            raise ConfigError(f"device {device!r} is not a device (expected cpu, cuda, cuda:N, ...)") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+        return chosen
     return torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
 
 
