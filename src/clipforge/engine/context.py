@@ -12,6 +12,13 @@ import torch
 from clipforge.engine.distributed import DistInfo
 
 
+def grads_finite(module: torch.nn.Module) -> bool:
+    """Whether ``module`` has gradients and all are finite (sparse ones included)."""
+    grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in module.parameters()
+             if p.grad is not None]
+    return bool(grads) and all(torch.isfinite(g).all() for g in grads)
+
+
 @dataclass
 class StepContext:
     dist: DistInfo
@@ -73,8 +80,7 @@ class StepContext:
         from clipforge.engine.distributed import average_gradients
 
         average_gradients(module, self.dist)
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        if not torch.isfinite(loss).item() or not all(torch.isfinite(g).all() for g in grads):
+        if not torch.isfinite(loss).item() or not grads_finite(module):
             opt.zero_grad(set_to_none=True)
             return False
         self.clip_and_step({name: opt})

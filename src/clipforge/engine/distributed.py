@@ -67,10 +67,9 @@ def gather_features(local: torch.Tensor, info: DistInfo) -> tuple[torch.Tensor, 
     its graph). Ranks may hold different counts (skipped samples). Returns (global, offset)."""
     if not info.enabled:
         return local, 0
-    n = torch.tensor([local.shape[0]], device=local.device)
-    sizes = [torch.zeros_like(n) for _ in range(info.world_size)]
-    dist.all_gather(sizes, n)
-    sizes_i = [int(s.item()) for s in sizes]
+    from clipforge.losses.distributed import rank_sizes
+
+    sizes_i = rank_sizes(local.shape[0], local.device)
     biggest = max(sizes_i)
     padded = local.new_zeros((biggest, *local.shape[1:]))
     padded[: local.shape[0]] = local.detach()

@@ -21,10 +21,11 @@ import torch
 from clipforge.engine import distributed as D
 from clipforge.engine.accumulate import forward_backward
 from clipforge.engine.checkpoint import TrainState, commit_checkpoint, latest_checkpoint, truncate_log
-from clipforge.engine.context import StepContext
+from clipforge.engine.context import StepContext, grads_finite
 from clipforge.engine.schedule import learning_rate
 from clipforge.engine.task import Task
 from clipforge.errors import ConfigError, TrainingDiverged
+from clipforge.io import atomic_write_text
 from clipforge.utils.progress import progress_bar
 
 
@@ -103,7 +104,7 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
                 else:
                     out = forward_backward(task, batch, ctx)
                     task.reduce_gradients(info)
-                    ok = torch.isfinite(out["loss"]).item() and _grads_finite(task.model)
+                    ok = torch.isfinite(out["loss"]).item() and grads_finite(task.model)
                     if ok:
                         ctx.clip_and_step(optimizers)
                 if ok:
@@ -163,7 +164,7 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
                    "train_seconds": round(state.train_seconds, 1), "nonfinite_steps": state.nonfinite_steps,
                    "skipped": state.skipped, "skipped_examples": examples,
                    "final_eval": state.evals[-1] if state.evals else None}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
         print(skip_summary(state.skipped, examples), flush=True)
     if writer is not None:
         writer.close()
@@ -200,12 +201,6 @@ def _optimizer_file(name: str, optimizers: dict) -> str:
 
 def _is_scalar(v: Any) -> bool:
     return isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
-
-
-def _grads_finite(model: torch.nn.Module) -> bool:
-    grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in model.parameters()
-             if p.grad is not None]
-    return bool(grads) and all(torch.isfinite(g).all() for g in grads)
 
 
 def _count_skips(skipped: list, state: TrainState, examples: dict[str, list[str]]) -> None:

@@ -116,7 +116,4 @@ class Task:
 
         load_strict(self.model, read_state_dict(folder / "model.safetensors"), str(folder))
 
-    def describe(self) -> dict[str, Any]:
-        return {"task": type(self).__name__}
-
 
