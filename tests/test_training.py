@@ -147,7 +147,7 @@ def test_bad_samples_are_skipped_and_counted(synth, tmp_path, capsys) -> None:
     assert result.state.step == 3
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["skipped"] == {"unreadable image": 3, "missing image": 1, "empty caption": 1, "unreadable row": 1}
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "skipped samples: 6" in out and "zero.png" in out
 
 
@@ -243,7 +243,7 @@ def test_micro_batching_a_batchnorm_model_warns(synth, tmp_path, capsys) -> None
                     "overrides": {"vision": {"image_size": 32, "width": 8, "head_width": 16},
                                   "text": {"width": 32, "layers": 1, "heads": 2}, "embed_dim": 16}}
     train(TrainConfig.from_dict(cfg), progress=False)
-    assert "BatchNorm layers" in capsys.readouterr().out
+    assert "BatchNorm layers" in capsys.readouterr().err
 
 
 # --- settings no run can use --------------------------------------------------------------------

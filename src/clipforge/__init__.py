@@ -9,6 +9,7 @@ Main entry points::
     img_f, txt_f, scale = model(image, tokens)
 """
 
+import clipforge.log  # noqa: F401 - installs the library's log handler
 from clipforge.checkpoints import build, export_hf, export_openclip, load, save
 from clipforge.errors import ClipforgeError
 from clipforge.models import CLIP, CLIPConfig, get_config, list_configs

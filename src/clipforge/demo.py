@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import asdict
@@ -18,6 +19,8 @@ from typing import Any
 
 from clipforge.data.synthetic import SynthConfig, class_names, write_dataset
 from clipforge.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 TEMPLATES = ["{article} {}", "there is {article} {}", "a picture of {article} {}",
              "{article} {} on a textured background"]
@@ -57,32 +60,38 @@ def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 12
     t0 = time.perf_counter()
     meta = data_dir / "meta.json"
     if not (meta.is_file() and json.loads(meta.read_text()).get("config") == asdict(synth)):
-        print(f"[1/3] generating the synthetic dataset in {data_dir}", flush=True)
+        log.info(f"[1/3] generating the synthetic dataset in {data_dir}")
         write_dataset(data_dir, synth, progress=progress)
     else:
-        print(f"[1/3] reusing the synthetic dataset in {data_dir}", flush=True)
+        log.info(f"[1/3] reusing the synthetic dataset in {data_dir}")
     if run_dir.exists():
         shutil.rmtree(run_dir)
     config = demo_config(data_dir, run_dir, epochs, model)
-    print(f"[2/3] training a {config.model.name}-based CLIP for {epochs} epochs on the CPU", flush=True)
+    log.info(f"[2/3] training a {config.model.name}-based CLIP for {epochs} epochs on the CPU")
     t1 = time.perf_counter()
     result = train(config, progress=progress)
     train_s = time.perf_counter() - t1
-    print("[3/3] evaluating and writing the report", flush=True)
+    log.info("[3/3] evaluating and writing the report")
     model = load(run_dir / "model")
     state: TrainState = result.state
     results = build_demo_report(model, data_dir, state, report_dir, TEMPLATES, command)
     results["train_seconds"] = round(train_s, 1)
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
     (report_dir / "results.json").write_text(json.dumps(results, indent=2))
-    zs_h, zs_s, ret = results["zeroshot_heldout"], results["zeroshot_seen"], results["retrieval_val"]
-    print()
-    print(f"report: {(report_dir / 'index.html').resolve()}")
-    print(f"zero-shot acc1 (64 classes): held-out combinations {zs_h['acc1']:.1%}, seen combinations "
-          f"{zs_s['acc1']:.1%}  (chance 1.6%)")
-    print(f"retrieval R@1/5/10 text->image: {ret['image_retrieval_recall@1']:.1%} / "
-          f"{ret['image_retrieval_recall@5']:.1%} / {ret['image_retrieval_recall@10']:.1%};  image->text: "
-          f"{ret['text_retrieval_recall@1']:.1%} / {ret['text_retrieval_recall@5']:.1%} / "
-          f"{ret['text_retrieval_recall@10']:.1%}")
-    print(f"training took {train_s / 60:.1f} min; whole demo {results['total_seconds'] / 60:.1f} min")
+    results["report"] = str((report_dir / "index.html").resolve())
     return results
+
+
+def demo_summary(results: dict[str, Any]) -> str:
+    """The lines ``clipforge demo`` prints at the end."""
+    zs_h, zs_s, ret = results["zeroshot_heldout"], results["zeroshot_seen"], results["retrieval_val"]
+    return "\n".join([
+        f"report: {results['report']}",
+        f"zero-shot acc1 (64 classes): held-out combinations {zs_h['acc1']:.1%}, seen combinations "
+        f"{zs_s['acc1']:.1%}  (chance 1.6%)",
+        f"retrieval R@1/5/10 text->image: {ret['image_retrieval_recall@1']:.1%} / "
+        f"{ret['image_retrieval_recall@5']:.1%} / {ret['image_retrieval_recall@10']:.1%};  image->text: "
+        f"{ret['text_retrieval_recall@1']:.1%} / {ret['text_retrieval_recall@5']:.1%} / "
+        f"{ret['text_retrieval_recall@10']:.1%}",
+        f"training took {results['train_seconds'] / 60:.1f} min; whole demo {results['total_seconds'] / 60:.1f} min",
+    ])

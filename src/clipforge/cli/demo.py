@@ -21,9 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clipforge.data.synthetic import SynthConfig
-    from clipforge.demo import DEMO_MODELS, run_demo
+    from clipforge.demo import DEMO_MODELS, demo_summary, run_demo
 
     synth = SynthConfig(seed=args.seed, n_train=args.train, n_val=args.val,
                         n_zeroshot_per_class=args.zeroshot_per_class)
-    run_demo(args.out, synth, epochs=args.epochs, progress=not args.no_progress, model=DEMO_MODELS[args.image_tower])
+    results = run_demo(args.out, synth, epochs=args.epochs, progress=not args.no_progress,
+                       model=DEMO_MODELS[args.image_tower])
+    print()
+    print(demo_summary(results))
     return 0

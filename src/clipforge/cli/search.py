@@ -9,6 +9,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("embed", help="embed an image collection (resumable) into EMB_DIR")
     e.add_argument("--model", required=True)
     e.add_argument("--images", required=True, help="folder of images, CSV (image[,caption]) or shards")
+    e.add_argument("--image-column", default=None,
+                   help="CSV column of image paths (default: the one of image, filepath, image_path, path, file, "
+                        "filename the header has)")
+    e.add_argument("--caption-column", default=None,
+                   help="CSV column of captions (default: the one of caption, title, text the header has, if any)")
+    e.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: this rank's GPU when there is one)")
+    e.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                   help="save progress within a part this often, so a kill loses at most this much (default: 60)")
     e.add_argument("--out", required=True, help="embeddings folder (re-run to resume)")
     e.add_argument("--part-size", type=int, default=10000)
     e.add_argument("--batch-size", type=int, default=64)
@@ -31,6 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--threads", type=int, default=None,
                    help="pq-rerank: threads one query's scan is split over (default: CPUs here, at most 8)")
     i.add_argument("--dedup-threshold", type=float, default=None, help="compute near-duplicate groups (cosine)")
+    i.add_argument("--partial", action="store_true",
+                   help="index an embeddings folder whose embed has not finished (default: refuse)")
     i.set_defaults(func=run_index)
 
     s = sub.add_parser("search", help="search an index by text (or --image / --vector)")
@@ -51,6 +61,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--model", default=None, help="the model (default: the one recorded in index.json)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--max-k", type=int, default=200, help="most results one request may ask for (default: 200)")
+    v.add_argument("--max-candidates", type=int, default=50_000,
+                   help="most vectors an approximate index may examine for one request (default: 50000)")
+    v.add_argument("--max-query-pixels", type=int, default=16_000_000,
+                   help="largest query image accepted, in pixels (default: 16000000)")
+    v.add_argument("--max-heavy", type=int, default=2,
+                   help="queries encoded or images decoded at once; more wait, then get a 503 (default: 2)")
+    v.add_argument("--max-connections", type=int, default=64, help="open connections; more get a 503 (default: 64)")
     v.set_defaults(func=run_serve)
 
 
@@ -58,15 +76,25 @@ def run_embed(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from clipforge.checkpoints import load
+    from clipforge.engine.distributed import default_device, init_distributed
+    from clipforge.errors import ConfigError
     from clipforge.search.embed import embed_collection, skipped_items
 
+    if args.part_size < 1 or args.batch_size < 1:
+        raise ConfigError("--part-size and --batch-size must be at least 1")
+    if args.checkpoint_seconds < 0:
+        raise ConfigError(f"--checkpoint-seconds must be 0 (never) or more, got {args.checkpoint_seconds}")
+    info = init_distributed()  # under torchrun, each rank embeds its share of the parts
+    device = default_device(info, args.device)
     model = load(args.model)
     out = embed_collection(model, args.images, args.out, model_path=str(Path(args.model).resolve()),
                            part_size=args.part_size, batch_size=args.batch_size, captions=args.captions,
-                           workers=args.workers)
-    skipped = skipped_items(out)
-    note = f"; {len(skipped)} unreadable image(s) listed in skipped-*.jsonl" if skipped else ""
-    print(f"embeddings in {out}{note}")
+                           workers=args.workers, image_column=args.image_column, caption_column=args.caption_column,
+                           checkpoint_seconds=args.checkpoint_seconds, info=info, device=device)
+    if info.is_main:
+        skipped = skipped_items(out)
+        note = f"; {len(skipped)} unreadable image(s) listed in skipped-*.jsonl" if skipped else ""
+        print(f"embeddings in {out}{note}")
     return 0
 
 
@@ -76,7 +104,7 @@ def run_index(args: argparse.Namespace) -> int:
     from clipforge.search.index import build_index
 
     out = build_index(args.emb_dir, args.out, args.memory_mb, args.kind, args.dedup_threshold, args.target_recall,
-                      threads=args.threads, verbose=True)
+                      threads=args.threads, verbose=True, partial=args.partial)
     info = json.loads((out / "index.json").read_text())
     tuned = (f"; effort {info['effort']} ({info['tuning']['effort']}) measured recall@10 {info['recall_at_10']:.3f}"
              if "tuning" in info else "")
@@ -100,11 +128,15 @@ def run_search(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from clipforge.errors import ConfigError
+    from clipforge.search.server import serve
+    from clipforge.search.service import Limits
 
-    from clipforge.search.server import create_app
-
-    app = create_app(args.index_dir, args.model)
-    print(f"serving {args.index_dir} on http://{args.host}:{args.port}/ (API docs at /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    for name in ("max_k", "max_candidates", "max_query_pixels", "max_heavy", "max_connections"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    limits = Limits(max_k=args.max_k, max_candidates=args.max_candidates, max_query_pixels=args.max_query_pixels,
+                    max_heavy=args.max_heavy)
+    print(f"serving {args.index_dir} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+    serve(args.index_dir, args.model, args.host, args.port, limits, max_connections=args.max_connections)
     return 0

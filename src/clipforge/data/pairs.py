@@ -50,6 +50,34 @@ class Sample:
     tokens: torch.Tensor
 
 
+# Column names other tools write: clipforge's own, open_clip's (``filepath``/``title``), and common
+# spellings; img2dataset's ``url`` is a download address, not a local file, so it is not guessed.
+IMAGE_COLUMNS = ("image", "filepath", "image_path", "path", "file", "filename")
+CAPTION_COLUMNS = ("caption", "title", "text")
+
+
+def find_column(columns: list[str], given: str | None, candidates: tuple[str, ...], what: str, where: str,
+                required: bool = True) -> str | None:
+    """The column to read: ``given`` (which must exist), else the one known name the header has.
+
+    Several known names, or none when ``required``, is an error naming the header and the option.
+    """
+    if given is not None:
+        if given not in columns:
+            raise DataError(f"{where}: no {what} column {given!r}; the header has {columns} "
+                            f"(set --{what}-column or data.{what}_column)")
+        return given
+    found = [c for c in candidates if c in columns]
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise DataError(f"{where}: the header has several {what} columns {found}; choose one with --{what}-column")
+    if required:
+        raise DataError(f"{where}: no {what} column (looked for {list(candidates)}); the header has {columns} "
+                        f"(set --{what}-column or data.{what}_column)")
+    return None
+
+
 def read_csv_pairs(
     path: str | Path, image_column: str = "image", caption_column: str = "caption", separator: str | None = None
 ) -> tuple[list[Pair], list[Skipped]]:

@@ -67,32 +67,67 @@ def gather_features(local: torch.Tensor, info: DistInfo) -> tuple[torch.Tensor, 
     its graph). Ranks may hold different counts (skipped samples). Returns (global, offset)."""
     if not info.enabled:
         return local, 0
-    from clipforge.losses.distributed import rank_sizes
+    from clipforge.losses.distributed import all_gather_rows, rank_sizes
 
-    sizes_i = rank_sizes(local.shape[0], local.device)
-    biggest = max(sizes_i)
-    padded = local.new_zeros((biggest, *local.shape[1:]))
-    padded[: local.shape[0]] = local.detach()
-    parts = [torch.zeros_like(padded) for _ in range(info.world_size)]
-    dist.all_gather(parts, padded)
-    pieces = [p[:s] for p, s in zip(parts, sizes_i)]
+    sizes = rank_sizes(local.shape[0], local.device)
+    pieces = all_gather_rows(local, sizes)
     pieces[info.rank] = local
-    return torch.cat(pieces), sum(sizes_i[: info.rank])
+    return torch.cat(pieces), sum(sizes[: info.rank])
+
+
+# Gradients travel in flat buckets of about this size, each all-reduce launched as soon as its
+# bucket is packed (DDP's default bucket is 25 MB): a few collectives per step instead of one per
+# parameter, and packing the next bucket overlaps the previous one's communication.
+BUCKET_BYTES = 25 * 1024 * 1024
+
+
+def _all_reduce_buckets(grads: list[torch.Tensor], bucket_bytes: int = BUCKET_BYTES) -> None:
+    """Sum ``grads`` over ranks in place, in flat buckets of one dtype and device."""
+    buckets: list[list[torch.Tensor]] = []
+    size = 0
+    for g in grads:
+        if g.is_sparse:  # an embedding's sparse gradient (word2vec) is reduced on its own
+            dist.all_reduce(g, op=dist.ReduceOp.SUM)
+            continue
+        if not buckets or size + g.numel() * g.element_size() > bucket_bytes or \
+                (g.dtype, g.device) != (buckets[-1][0].dtype, buckets[-1][0].device):
+            buckets.append([])
+            size = 0
+        buckets[-1].append(g)
+        size += g.numel() * g.element_size()
+    pending = []
+    for bucket in buckets:
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        pending.append((dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True), flat, bucket))
+    for work, flat, bucket in pending:
+        work.wait()
+        offset = 0
+        for g in bucket:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def _grads(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every trainable parameter's gradient (zeros for one this rank's step did not reach)."""
+    out = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        out.append((name, p.grad))
+    return out
 
 
 def reduce_gradients(model: torch.nn.Module, info: DistInfo, averaged: tuple[str, ...] = ("logit_scale",)) -> None:
     """Sum the per-rank gradient shares; average those every rank computed whole."""
     if not info.enabled:
         return
-    for name, p in model.named_parameters():
-        if p.grad is None:
-            if p.requires_grad:
-                p.grad = torch.zeros_like(p)
-            else:
-                continue
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+    grads = _grads(model)
+    _all_reduce_buckets([g for _, g in grads])
+    for name, g in grads:
         if name in averaged:
-            p.grad.div_(info.world_size)
+            g.div_(info.world_size)
 
 
 def broadcast_parameters(model: torch.nn.Module, info: DistInfo) -> None:
@@ -110,9 +145,7 @@ def average_gradients(model: torch.nn.Module, info: DistInfo) -> None:
     """Average every gradient over ranks: each rank's loss is its own samples' mean (SSL, most tasks)."""
     if not info.enabled:
         return
-    for p in model.parameters():
-        if p.requires_grad:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-            p.grad.div_(info.world_size)
+    grads = [g for _, g in _grads(model)]
+    _all_reduce_buckets(grads)
+    for g in grads:
+        g.div_(info.world_size)

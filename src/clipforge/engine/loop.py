@@ -10,6 +10,7 @@ progress bar, one cadence), evaluation, atomic checkpoints, exact resume and the
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +28,8 @@ from clipforge.engine.task import Task
 from clipforge.errors import ConfigError, TrainingDiverged
 from clipforge.io import atomic_write_text
 from clipforge.utils.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -150,7 +153,7 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
                     metrics.update(step=state.step, epoch=state.epoch)
                     state.evals.append(metrics)
                     _log(run_dir / "evals.jsonl", writer, metrics)
-                    print(_format_eval(metrics), flush=True)
+                    log.info(_format_eval(metrics))
                 task.model.train()
             if info.is_main:
                 save_training(run_dir, task, optimizers, state, config.keep_checkpoints)
@@ -165,7 +168,7 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
                    "skipped": state.skipped, "skipped_examples": examples,
                    "final_eval": state.evals[-1] if state.evals else None}
         atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")
-        print(skip_summary(state.skipped, examples), flush=True)
+        log.info(skip_summary(state.skipped, examples))
     if writer is not None:
         writer.close()
     return FitResult(state, stopped_early, model_path)
@@ -210,8 +213,8 @@ def _count_skips(skipped: list, state: TrainState, examples: dict[str, list[str]
         if len(ex) < 3:
             ex.append(s.source)
         if state.skipped[s.reason] == 1:
-            print(f"warning: skipping {s.source}: {s.reason}{' (' + s.detail + ')' if s.detail else ''}; "
-                  "further samples skipped for this reason are counted in the summary", flush=True)
+            log.warning(f"skipping {s.source}: {s.reason}{' (' + s.detail + ')' if s.detail else ''}; "
+                        "further samples skipped for this reason are counted in the summary")
 
 
 def skip_summary(skipped: dict[str, int], examples: dict[str, list[str]]) -> str:

@@ -26,12 +26,14 @@ def open_image(
     source: str | os.PathLike | bytes | Image.Image,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    draft_size: int | None = None,
 ) -> Image.Image:
     """Open ``source`` (a path, raw bytes or a PIL image) and return a fully decoded RGB image.
 
     Palette and alpha images are composited over white (plain ``convert("RGB")`` exposes whatever
     colour the transparent pixels happen to hold); 16-bit images are scaled, not clipped; CMYK and
-    greyscale are converted.
+    greyscale are converted. ``draft_size``: a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale
+    whose sides stay at least that size (Pillow's draft mode), for callers that shrink it anyway.
     """
     if isinstance(source, Image.Image):
         return to_rgb(source)
@@ -54,6 +56,8 @@ def open_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fp) as img:
+                if draft_size and img.format == "JPEG":
+                    img.draft("RGB", (draft_size, draft_size))
                 img.load()
                 return to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

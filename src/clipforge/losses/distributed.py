@@ -24,17 +24,23 @@ from clipforge.losses.reductions import zero_like_graph
 from clipforge.losses.siglip import siglip_loss
 
 
+def all_gather_rows(x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """Every rank's ``x`` (rows ``sizes[r]`` on rank r), without gradients, in rank order.
+
+    gloo and NCCL gather equal shapes only: every rank's rows are padded to the largest, then cut.
+    """
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[: x.shape[0]] = x.detach()
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return [part[:n] for part, n in zip(parts, sizes)]
+
+
 class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        # gloo and NCCL gather equal shapes only: pad every rank's rows to the largest, then cut.
-        rank, top = dist.get_rank(), max(sizes)
-        padded = x.new_zeros((top, *x.shape[1:]))
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded.contiguous())
-        ctx.start, ctx.n = sum(sizes[:rank]), x.shape[0]
-        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+        ctx.start, ctx.n = sum(sizes[: dist.get_rank()]), x.shape[0]
+        return torch.cat(all_gather_rows(x, sizes))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

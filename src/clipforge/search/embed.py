@@ -8,9 +8,13 @@ Layout of EMB_DIR::
                              sha1 of the image bytes, for the same rows
     text-00000.npy           (with captions) float16 caption embeddings, same rows
     skipped-00000.jsonl      items of the part that could not be read, and why
+    skipped-rows.jsonl       CSV rows left out before embedding (no image path, a missing field)
 
 Each part is written to temporary names and renamed, the .parquet last: a part exists only when it
 is complete, so an interrupted run resumes at the first missing part and ends with the same files.
+Within a part, progress is saved every ``checkpoint_seconds`` (``partial-00000.npz/.json``), so a
+kill loses at most that much work. Under ``torchrun`` each rank embeds every world_size-th part
+(each with its own device); the folder is the same as one process makes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,12 +32,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from clipforge.engine.distributed import DistInfo, barrier
 from clipforge.errors import ClipforgeError, ImageReadError
 from clipforge.images.decode import open_image
 from clipforge.images.preprocess import check_aspect
 from clipforge.io import atomic_file, atomic_write_text
 from clipforge.models.clip import CLIP
-from clipforge.search.collection import Item, list_items, read_item_bytes
+from clipforge.search.collection import Item, read_collection, read_item_bytes, source_key
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:
@@ -48,7 +54,7 @@ def _load(model: CLIP, item: Item) -> tuple[torch.Tensor, dict] | str:
         check_aspect(img, item.name)
     except (OSError, ImageReadError) as e:
         return str(e)
-    row = {"path": item.path, "member": item.member, "offset": item.offset, "size": item.size,
+    row = {"path": item.path, "member": item.member, "offset": item.offset, "size": len(data),
            "caption": item.caption, "width": img.width, "height": img.height,
            "sha1": hashlib.sha1(data).hexdigest()}
     return model.preprocess(img), row
@@ -65,74 +71,129 @@ def _bounded_map(pool: ThreadPoolExecutor, fn, items: list, ahead: int):
         yield pending.popleft().result()
 
 
+class _PartProgress:
+    """A part's work so far (features, rows, captions, skipped items), saved every few seconds."""
+
+    def __init__(self, out: Path, name: str, dim: int) -> None:
+        self.npz, self.json = out / f"partial-{name}.npz", out / f"partial-{name}.json"
+        self.feats: list[np.ndarray] = []
+        self.rows: list[dict] = []
+        self.texts: list[str] = []
+        self.skipped: list[dict] = []
+        self.next = 0  # offset in the part of the first item not yet accounted for
+        self.dim = dim
+        if self.json.is_file() and self.npz.is_file():
+            state = json.loads(self.json.read_text())
+            with np.load(self.npz) as z:
+                feats = z["image"]
+            if len(feats) == len(state["rows"]):  # the .json is written last: a mismatch is a torn save
+                self.feats, self.rows, self.texts = [feats], state["rows"], state["texts"]
+                self.skipped, self.next = state["skipped"], state["next"]
+
+    def image_features(self) -> np.ndarray:
+        return np.concatenate(self.feats) if self.feats else np.zeros((0, self.dim), np.float16)
+
+    def save(self) -> None:
+        feats = self.image_features()
+        self.feats = [feats]
+        with atomic_file(self.npz) as tmp, open(tmp, "wb") as f:
+            np.savez(f, image=feats)
+        atomic_write_text(json.dumps({"next": self.next, "rows": self.rows, "texts": self.texts,
+                                      "skipped": self.skipped}), self.json)
+
+    def remove(self) -> None:
+        self.npz.unlink(missing_ok=True)
+        self.json.unlink(missing_ok=True)
+
+
 @torch.no_grad()
-def _embed_part(model: CLIP, items: list[Item], first_id: int, batch_size: int, captions: bool,
-                pool: ThreadPoolExecutor, bar) -> tuple:
-    feats, rows, texts, skipped = [], [], [], []
+def _embed_part(model: CLIP, items: list[Item], first_id: int, batch_size: int, progress: _PartProgress,
+                pool: ThreadPoolExecutor, bar, device: torch.device, checkpoint_seconds: float) -> None:
     images: list[torch.Tensor] = []
+    waiting: list[int] = []  # offsets of the decoded images not yet encoded
+    last_save = time.monotonic()
 
     def flush() -> None:
+        nonlocal last_save
         if images:
-            feats.append(model.encode_image(torch.stack(images), normalize=True).float())
+            feats = model.encode_image(torch.stack(images).to(device), normalize=True).float().cpu()
+            progress.feats.append(feats.numpy().astype(np.float16))
             bar.advance(len(images))
             images.clear()
+        # Everything up to here is accounted for: a save now resumes right after it.
+        progress.next = (waiting[-1] + 1) if waiting else progress.next
+        waiting.clear()
+        if checkpoint_seconds and time.monotonic() - last_save > checkpoint_seconds:
+            progress.save()
+            last_save = time.monotonic()
 
+    start = progress.next
+    bar.advance(start)
     # Items are decoded ahead by the pool, in order, while the model encodes the previous batch.
-    for offset, loaded in enumerate(_bounded_map(pool, lambda it: _load(model, it), items, ahead=2 * batch_size)):
+    todo = items[start:]
+    for offset, loaded in enumerate(_bounded_map(pool, lambda it: _load(model, it), todo, ahead=2 * batch_size),
+                                    start=start):
         item = items[offset]
+        waiting.append(offset)
         if isinstance(loaded, str):
-            skipped.append({"id": first_id + offset, "path": item.name, "reason": loaded})
+            progress.skipped.append({"id": first_id + offset, "path": item.name, "reason": loaded})
             bar.advance()
             continue
         tensor, row = loaded
         images.append(tensor)
-        rows.append({"id": first_id + offset, **row})
-        texts.append(item.caption)
+        progress.rows.append({"id": first_id + offset, **row})
+        progress.texts.append(item.caption)
         if len(images) == batch_size:
             flush()
     flush()
-    dim = model.config.embed_dim
-    image_emb = torch.cat(feats).numpy().astype(np.float16) if feats else np.zeros((0, dim), np.float16)
-    text_emb = None
-    if captions:
-        from clipforge.evaluation.embed import embed_texts
-
-        text_emb = embed_texts(model, texts).numpy().astype(np.float16) if texts else np.zeros((0, dim), np.float16)
-    return image_emb, rows, text_emb, skipped
 
 
 def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: str = "", part_size: int = 10000,
                      batch_size: int = 64, captions: bool = False, progress: bool = True,
-                     max_parts: int | None = None, workers: int | None = None) -> Path:
+                     max_parts: int | None = None, workers: int | None = None, image_column: str | None = None,
+                     caption_column: str | None = None, checkpoint_seconds: float = 60.0,
+                     info: DistInfo | None = None, device: torch.device | str | None = None) -> Path:
     """Embed every item of ``source`` into ``out_dir`` (resuming where a previous run stopped).
 
     ``workers`` threads decode and preprocess images while the model encodes (default: the cores
-    torch's threads leave free, at least 1, at most 8); the result does not depend on it.
+    torch's threads leave free, at least 1, at most 8); the result does not depend on it, nor on
+    the number of ranks ``info`` describes (each embeds every world_size-th part).
     """
     from clipforge.evaluation.cache import model_fingerprint
     from clipforge.utils.progress import progress_bar
 
+    info = info or DistInfo()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device).eval()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    items = list_items(source)
-    manifest = {"source": str(source), "model": model_path, "model_fingerprint": model_fingerprint(model),
+    collection = read_collection(source, image_column, caption_column)
+    items = collection.items
+    manifest = {"source": source_key(source), "model": model_path, "model_fingerprint": model_fingerprint(model),
                 "items": len(items), "part_size": part_size, "dim": model.config.embed_dim, "captions": captions,
-                "preprocess": model.preprocess.to_dict()}
+                "root": collection.root, "preprocess": model.preprocess.to_dict()}
     mpath = out / "manifest.json"
-    if mpath.is_file():
-        old = json.loads(mpath.read_text())
-        keys = ("source", "model_fingerprint", "items", "part_size", "captions")
-        if any(old.get(k) != manifest[k] for k in keys):
-            theirs = ", ".join(f"{k}={old.get(k)}" for k in keys)
-            raise ClipforgeError(f"{out} holds embeddings of another run ({theirs}); use a new folder")
-    else:
-        mpath.write_text(json.dumps(manifest, indent=2))
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if mpath.is_file():
+            old = json.loads(mpath.read_text())
+            old_source = source_key(str(old.get("source", "")))  # older folders recorded the path as typed
+            keys = ("model_fingerprint", "items", "part_size", "captions")
+            if old_source != manifest["source"] or any(old.get(k) != manifest[k] for k in keys):
+                theirs = ", ".join(f"{k}={old.get(k)}" for k in ("source", *keys))
+                raise ClipforgeError(f"{out} holds embeddings of another run ({theirs}); use a new folder")
+        else:
+            atomic_write_text(json.dumps(manifest, indent=2), mpath)
+        atomic_write_text("".join(json.dumps(s) + "\n" for s in collection.skipped), out / "skipped-rows.jsonl")
+    barrier(info)
     n_parts = (len(items) + part_size - 1) // part_size
+    mine = [part for part in range(n_parts) if part % info.world_size == info.rank]
     done = 0
     # Decoding threads and torch's threads share the cores: by default, the cores torch leaves free.
     workers = workers or max(1, min(8, (os.cpu_count() or 1) - torch.get_num_threads()))
-    with progress_bar("embed", total=len(items), enabled=progress) as bar, ThreadPoolExecutor(workers) as pool:
-        for part in range(n_parts):
+    total = sum(len(items[p * part_size : (p + 1) * part_size]) for p in mine)
+    with progress_bar("embed", total=total, enabled=progress and info.is_main) as bar, \
+            ThreadPoolExecutor(workers) as pool:
+        for part in mine:
             name = f"{part:05d}"
             chunk = items[part * part_size : (part + 1) * part_size]
             if (out / f"part-{name}.parquet").is_file():
@@ -140,16 +201,32 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
                 continue
             if max_parts is not None and done >= max_parts:
                 break
-            image_emb, rows, text_emb, skipped = _embed_part(model, chunk, part * part_size, batch_size, captions,
-                                                             pool, bar)
-            _save_npy(image_emb, out / f"part-{name}.npy")
-            if text_emb is not None:
+            state = _PartProgress(out, name, model.config.embed_dim)
+            _embed_part(model, chunk, part * part_size, batch_size, state, pool, bar, device, checkpoint_seconds)
+            _save_npy(state.image_features(), out / f"part-{name}.npy")
+            if captions:
+                from clipforge.evaluation.embed import embed_texts
+
+                dim = model.config.embed_dim
+                text_emb = (embed_texts(model, state.texts).numpy().astype(np.float16) if state.texts
+                            else np.zeros((0, dim), np.float16))
                 _save_npy(text_emb, out / f"text-{name}.npy")
-            atomic_write_text("".join(json.dumps(s) + "\n" for s in skipped), out / f"skipped-{name}.jsonl")
+            atomic_write_text("".join(json.dumps(s) + "\n" for s in state.skipped), out / f"skipped-{name}.jsonl")
             with atomic_file(out / f"part-{name}.parquet") as tmp:  # the part is complete only now
-                pq.write_table(pa.Table.from_pylist(rows, schema=_SCHEMA), tmp)
+                pq.write_table(pa.Table.from_pylist(state.rows, schema=_SCHEMA), tmp)
+            state.remove()
             done += 1
+    barrier(info)
     return out
+
+
+def embedding_progress(emb_dir: str | Path) -> tuple[int, int, int]:
+    """(complete parts, parts in all, items in all) of an embeddings folder."""
+    emb = Path(emb_dir)
+    manifest = json.loads((emb / "manifest.json").read_text())
+    size = max(1, int(manifest.get("part_size") or 1))
+    n_parts = (int(manifest["items"]) + size - 1) // size
+    return len(list(emb.glob("part-*.parquet"))), n_parts, int(manifest["items"])
 
 
 _SCHEMA = pa.schema([("id", pa.int64()), ("path", pa.string()), ("member", pa.string()), ("offset", pa.int64()),
@@ -219,6 +296,6 @@ def read_caption_embeddings(emb_dir: str | Path) -> np.ndarray | None:
 
 def skipped_items(emb_dir: str | Path) -> list[dict]:
     out = []
-    for p in sorted(Path(emb_dir).glob("skipped-*.jsonl")):
+    for p in sorted(Path(emb_dir).glob("skipped-[0-9]*.jsonl")):
         out += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
     return out

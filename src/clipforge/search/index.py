@@ -23,10 +23,10 @@ deduplicating results.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,12 @@ import pyarrow.parquet as pq
 from clipforge.errors import ClipforgeError
 from clipforge.io import swap_in
 from clipforge.search.dedup import near_duplicate_groups
-from clipforge.search.embed import read_caption_embeddings, read_embeddings
+from clipforge.search.embed import embedding_progress, read_caption_embeddings, read_embeddings
 from clipforge.search.faiss_index import FaissIndex
 from clipforge.search.reranked_pq import RerankedPQIndex, divisor_at_most, sub_quantizers
 from clipforge.search.tuning import exact_top_k, synthetic_queries, tune_effort, unit_rows
+
+log = logging.getLogger(__name__)
 
 KINDS = ("flat", "pq-rerank", "ivfpq", "hnsw")
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 200
@@ -129,15 +131,25 @@ def tune(index: FaissIndex | RerankedPQIndex, spec: dict[str, Any], vectors: np.
 
 def build_index(emb_dir: str | Path, out_dir: str | Path, memory_budget_mb: float | None = None,
                 kind: str | None = None, dedup_threshold: float | None = None, target_recall: float = 0.95,
-                exact_limit: int = EXACT_LIMIT, threads: int | None = None, verbose: bool = False) -> Path:
-    """Build ``out_dir`` from the embeddings folder ``emb_dir`` (see the module docstring)."""
+                exact_limit: int = EXACT_LIMIT, threads: int | None = None, verbose: bool = False,
+                partial: bool = False) -> Path:
+    """Build ``out_dir`` from the embeddings folder ``emb_dir`` (see the module docstring).
+
+    An embeddings folder with parts missing (an embed still running or interrupted) is refused
+    unless ``partial``: an index of part of a collection is rarely what was meant.
+    """
     def say(msg: str) -> None:
         if verbose:
-            print(msg, file=sys.stderr, flush=True)
+            log.info(msg)
 
     if not 0 < target_recall <= 1:
         raise ClipforgeError(f"--target-recall {target_recall}: expected a number in (0, 1]")
     vectors, meta, manifest = read_embeddings(emb_dir)
+    done, n_parts, items = embedding_progress(emb_dir)
+    if done < n_parts and not partial:
+        raise ClipforgeError(f"{emb_dir}: {n_parts - done} of {n_parts} embedding parts are missing ({len(vectors)} of "
+                             f"{items} items embedded); finish them by re-running the same clipforge embed command "
+                             "(it resumes), or pass --partial to index what is there")
     vectors = unit_rows(vectors)
     n, d = vectors.shape
     spec = choose_index(n, d, memory_budget_mb, exact_limit, kind, threads)
@@ -163,7 +175,8 @@ def build_index(emb_dir: str | Path, out_dir: str | Path, memory_budget_mb: floa
     index.save(tmp)
     pq.write_table(meta, tmp / "metadata.parquet")
     info = {"n": n, "dim": d, **spec, "model": manifest.get("model", ""),
-            "model_fingerprint": manifest.get("model_fingerprint"), "embeddings": str(Path(emb_dir).resolve())}
+            "model_fingerprint": manifest.get("model_fingerprint"), "embeddings": str(Path(emb_dir).resolve()),
+            "root": manifest.get("root"), "parts": {"complete": done, "total": n_parts}}
     if dedup_threshold is not None:
         say(f"grouping near-duplicates (cosine >= {dedup_threshold})")
         np.save(tmp / "dedup.npy", near_duplicate_groups(vectors, dedup_threshold, progress=verbose))

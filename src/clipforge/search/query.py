@@ -17,8 +17,14 @@ def text_query(model: CLIP, text: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def image_query(model: CLIP, image: bytes | str) -> np.ndarray:
-    return model.encode_image(model.preprocess(image).unsqueeze(0), normalize=True).float().numpy()
+def image_query(model: CLIP, image: bytes | str, max_pixels: int | None = None) -> np.ndarray:
+    """The image's embedding; ``max_pixels`` refuses larger images, and JPEGs are reduced while
+    decoding to about twice the model's input size (a fraction of the memory of a full decode)."""
+    from clipforge.images.decode import DEFAULT_MAX_PIXELS, open_image
+
+    img = open_image(image, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, name="query image",
+                     draft_size=2 * model.preprocess.image_size)
+    return model.encode_image(model.preprocess(img).unsqueeze(0), normalize=True).float().numpy()
 
 
 def load_index_model(info: dict, override: str | None = None) -> CLIP:

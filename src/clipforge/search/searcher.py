@@ -63,6 +63,22 @@ class Searcher:
         """The indexed vector of a row, when the index keeps vectors (all kinds but IVF-PQ)."""
         return self.index.vector(row)
 
+    def candidates(self, depth: int, effort: int | None = None, dedup: bool = False) -> int:
+        """How many vectors the index examines beyond its fixed scan to return ``depth`` results:
+        re-ranked candidates (pq-rerank), visited graph nodes (HNSW, ~efSearch), or vectors in the
+        probed lists (IVF); 0 for exact search (its cost does not grow with the request)."""
+        fetch = depth * (4 if dedup and self.groups is not None else 1)
+        effort = int(effort or self.effort or 1)
+        kind = self.info["kind"]
+        if kind == "pq-rerank":
+            return min(len(self), effort * fetch)
+        if kind == "hnsw":
+            return min(len(self), max(effort, fetch))
+        if kind == "ivfpq":
+            nlist = int(self.info.get("nlist") or 1)
+            return min(len(self), -(-effort * len(self) // nlist))
+        return 0
+
     def search(self, queries: np.ndarray, k: int = 10, threshold: float | None = None, dedup: bool = False,
                offset: int = 0, effort: int | None = None) -> list[list[Result]]:
         """Top ``k`` (after ``offset``, for paging) per query row; queries are unit-normalised here.

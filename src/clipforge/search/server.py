@@ -1,81 +1,52 @@
-"""``clipforge serve``: the HTTP service (FastAPI) over a :class:`~clipforge.search.searcher.Searcher`.
+"""``clipforge serve``: the HTTP service (FastAPI) over a :class:`~clipforge.search.service.SearchService`.
 
-Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
-
-* ``POST /search`` -- JSON ``{"text" | "image" (base64) | "vector" | "id", "k", "threshold", "dedup",
-  "offset"}`` -> ``{"results": [{"id", "score", "caption", "width", "height", "image_url", "thumb_url"}]}``
-* ``GET /image/{id}``, ``GET /thumb/{id}`` -- only files that are in the index, looked up by id (no
-  path ever comes from the request, so no traversal is possible)
-* ``GET /health``, ``GET /stats``; ``GET /`` -- the web page
-
-Requests are bounded (body size, ``k``); a bad request gets a 4xx with a JSON ``{"error": ...}``.
+The app holds the service in ``app.state.service``; the routes are in :mod:`clipforge.search.routes`
+and the limits in :class:`~clipforge.search.service.Limits`. Around them, this module adds what an
+exposed server needs: a body-size limit, JSON ``{"error": ...}`` for every failure (unknown routes,
+unparsable bodies and internal errors included), a Host-header allow-list when bound to this machine
+(against DNS rebinding), the API docs at ``/docs`` from a local copy of Swagger UI (offline), and,
+in :func:`serve`, a header-read timeout and a cap on open connections.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import mimetypes
+import asyncio
 import threading
 import time
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+import h11
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from clipforge.errors import ClipforgeError
-from clipforge.search.collection import read_item_bytes
-from clipforge.search.query import image_query, load_index_model, text_query
-from clipforge.search.searcher import Searcher
+from clipforge.search.routes import router
+from clipforge.search.service import Limits, RequestRefused, SearchService
 
-MAX_K = 200
-
-
-class SearchRequest(BaseModel):
-    text: str | None = Field(None, max_length=1000, description="search by this text")
-    image: str | None = Field(None, description="search by this image (base64, optionally a data: URL)")
-    vector: list[float] | None = Field(None, description="search by this embedding")
-    id: int | None = Field(None, ge=0, description="search by the indexed image with this id")
-    k: int = Field(20, ge=1, le=MAX_K)
-    threshold: float | None = Field(None, ge=-1, le=1)
-    dedup: bool = False
-    offset: int = Field(0, ge=0, le=10_000)
-    effort: int | None = Field(None, ge=1, le=4096,
-                               description="approximate indexes: candidates per result (pq-rerank), efSearch "
-                                           "(HNSW) or nprobe (IVF); default: measured at build time")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb: float = 10.0) -> FastAPI:
-    searcher = Searcher(index_dir)
-    models: list = []
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
 
-    def model():  # loaded on the first text or image query: vector search needs none
-        if not models:
-            models.append(load_index_model(searcher.info, model_path))
-        return models[0]
 
-    if model_path or searcher.info.get("model"):
-        model()  # fail at start-up, not on the first request, when the recorded model is unusable
-
-    def item(item_id: int) -> dict | None:
-        row = searcher.row_of(item_id)
-        return None if row is None else searcher.item(row)
-
-    def item_bytes(m: dict) -> bytes:
-        return read_item_bytes(m["path"], m.get("member") or "", m.get("offset", -1), m.get("size", -1))
-
-    app = FastAPI(title="clipforge search", version="1", description="Search an image collection by text or image.")
-    max_body = int(max_body_mb * 2**20)
-
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    app.add_middleware(BodyLimit, max_bytes=max_body)
+def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb: float = 10.0,
+               limits: Limits | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The app; ``allowed_hosts`` (names the Host header may carry, with or without a port) is
+    enforced when given (:func:`serve` gives the loopback names when bound to this machine)."""
+    service = SearchService(index_dir, model_path, limits)
+    app = FastAPI(title="clipforge search", version="1", docs_url=None, redoc_url=None,
+                  description="Search an image collection by text or image.")
+    app.state.service = service
+    app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=int(max_body_mb * 2**20))
+    if allowed_hosts:
+        app.add_middleware(HostAllowList, hosts=allowed_hosts)
 
     @app.middleware("http")
     async def json_errors(request: Request, call_next):
@@ -84,94 +55,66 @@ def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb
         except Exception as e:  # never a bare 500 page: a JSON error instead
             return error(500, f"internal error: {type(e).__name__}")
 
+    @app.exception_handler(RequestRefused)
+    async def refused(_: Request, exc: RequestRefused) -> JSONResponse:
+        response = error(exc.status, str(exc))
+        if exc.status == 503:
+            response.headers["Retry-After"] = "2"
+        return response
+
+    @app.exception_handler(ClipforgeError)
+    async def bad_request(_: Request, exc: ClipforgeError) -> JSONResponse:
+        return error(400, str(exc))
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", []) if x != "body")
         return error(422, f"{where or 'request'}: {first.get('msg', 'invalid')}")
 
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "items": len(searcher)}
-
-    @app.get("/stats")
-    def stats() -> dict:
-        i = searcher.info
-        return {"items": len(searcher), "dim": i["dim"], "index": i["kind"], "reason": i.get("reason"),
-                "effort": searcher.effort, "measured_recall_at_10": i.get("recall_at_10"),
-                "model": i.get("model"), "dedup": searcher.groups is not None, "max_k": MAX_K}
-
-    @app.post("/search")
-    def search(req: SearchRequest):
-        given = [x for x in (req.text, req.image, req.vector, req.id) if x is not None]
-        if len(given) != 1:
-            return error(400, "give exactly one of text, image, vector or id")
-        try:
-            if req.text is not None:
-                if not req.text.strip():
-                    return error(400, "text is empty")
-                q = text_query(model(), req.text)
-            elif req.image is not None:
-                q = image_query(model(), _decode_base64(req.image))
-            elif req.id is not None:
-                row = searcher.row_of(req.id)
-                if row is None:
-                    return error(404, f"no item with id {req.id}")
-                q = searcher.stored_vector(row)  # the indexed vector: no model run, no file read
-                if q is None:
-                    q = image_query(model(), item_bytes(searcher.item(row)))
-            else:
-                q = req.vector
-            results = searcher.search(q, req.k, req.threshold, req.dedup, req.offset, req.effort)[0]
-        except ClipforgeError as e:
-            return error(400, str(e))
-        return {"results": [{"id": r.id, "score": round(r.score, 5), "caption": r.caption, "width": r.width,
-                             "height": r.height, "image_url": f"/image/{r.id}", "thumb_url": f"/thumb/{r.id}"}
-                            for r in results]}
-
-    @app.get("/image/{item_id}")
-    def image(item_id: int):
-        m = item(item_id)
-        if m is None:
-            return error(404, f"no item with id {item_id}")
-        if not Path(m["path"]).is_file():
-            return error(410, f"item {item_id}'s file is gone")
-        if not m.get("member"):
-            return FileResponse(m["path"])
-        try:
-            data = item_bytes(m)
-        except OSError as e:
-            return error(410, str(e))
-        return Response(data, media_type=mimetypes.guess_type(m["member"])[0] or "application/octet-stream")
-
-    @lru_cache(maxsize=4096)
-    def thumbnail(item_id: int, size: int) -> bytes:
-        from clipforge.images.decode import open_image
-
-        img = open_image(item_bytes(item(item_id)), name=f"item {item_id}")
-        img.thumbnail((size, size))
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        return buf.getvalue()
-
-    @app.get("/thumb/{item_id}")
-    def thumb(item_id: int, size: int = 160):
-        if searcher.row_of(item_id) is None:
-            return error(404, f"no item with id {item_id}")
-        if not 16 <= size <= 512:
-            return error(422, "size: must be between 16 and 512")
-        try:
-            return Response(thumbnail(item_id, size), media_type="image/png")
-        except (ClipforgeError, OSError) as e:
-            return error(410, str(e))
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail))
 
     page = (resources.files("clipforge") / "assets" / "search.html").read_text()
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home() -> str:
         return page
 
+    _mount_docs(app)
     return app
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """Swagger UI from the swagger-ui-bundle package: /docs works with no internet access."""
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="clipforge search API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css", swagger_favicon_url="")
+
+
+class HostAllowList:
+    """ASGI middleware: a request whose Host header is not in ``hosts`` gets a 400 JSON error."""
+
+    def __init__(self, app, hosts: list[str]) -> None:
+        self.app, self.hosts = app, {h.lower().strip("[]") for h in hosts}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
+            name = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 \
+                else host
+            if name not in self.hosts:
+                await error(400, "invalid Host header")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -226,7 +169,7 @@ class BackgroundServer:
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
+        self.server = uvicorn.Server(server_config(app, host, port, log_level="error"))
         self.thread: threading.Thread | None = None
 
     def __enter__(self) -> str:
@@ -246,13 +189,56 @@ class BackgroundServer:
             self.thread.join(timeout=10)
 
 
-def _decode_base64(data: str) -> bytes:
-    if data.startswith("data:"):
-        data = data.split(",", 1)[-1]
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ClipforgeError("image is not valid base64") from None
-    if not raw:
-        raise ClipforgeError("image is empty")
-    return raw
+class _HeaderTimeoutH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request head is not complete
+    ``header_timeout`` seconds after the connection (or the previous response) began waiting for
+    it: uvicorn's keep-alive timer is cancelled by any byte received, so a client trickling a
+    header forever would otherwise hold the connection."""
+
+    header_timeout = 10.0
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.header_timeout, self.timeout_keep_alive_handler)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:
+            self._arm_head_timer()  # a head has begun (or is awaited) and is not complete
+        else:
+            self._disarm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, max_connections: int = 64,
+                  header_timeout: float = 10.0, log_level: str = "warning"):
+    """uvicorn's settings for an exposed server: connections over ``max_connections`` get a 503,
+    idle or slow ones are closed after ``header_timeout`` seconds."""
+    import uvicorn
+
+    protocol = type("HeaderTimeoutH11", (_HeaderTimeoutH11,), {"header_timeout": header_timeout})
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
+                          limit_concurrency=max_connections, timeout_keep_alive=int(max(1, header_timeout)))
+
+
+def serve(index_dir: str | Path, model_path: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          limits: Limits | None = None, max_connections: int = 64, header_timeout: float = 10.0) -> None:
+    """Serve until interrupted; bound to a loopback address, only loopback Host names are answered."""
+    import uvicorn
+
+    allowed = list(LOOPBACK) if host in LOOPBACK else None
+    app = create_app(index_dir, model_path, limits=limits, allowed_hosts=allowed)
+    uvicorn.Server(server_config(app, host, port, max_connections, header_timeout)).run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -11,6 +12,8 @@ from clipforge.evaluation.datasets import load_classification, load_retrieval
 from clipforge.evaluation.tasks import retrieval_task, zero_shot_task
 from clipforge.models.clip import CLIP
 from clipforge.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def _zeroshot_sets(config: TrainConfig) -> list[tuple[Any, Any]]:
@@ -36,7 +39,7 @@ def evaluate(model: CLIP, config: TrainConfig, progress: bool = False) -> dict[s
         try:
             metrics, _, _, _ = zero_shot_task(model, ds, zs.templates, progress=progress)
         except ClipforgeError as e:
-            print(f"warning: zero-shot set {zs.name} not evaluated: {e}", flush=True)
+            log.warning(f"zero-shot set {zs.name} not evaluated: {e}")
             continue
         out.update({f"{zs.name}/{k}": v for k, v in metrics.items()})
     if config.data.val:
@@ -45,7 +48,7 @@ def evaluate(model: CLIP, config: TrainConfig, progress: bool = False) -> dict[s
         try:
             metrics, _, _ = retrieval_task(model, ds, progress=progress)
         except ClipforgeError as e:
-            print(f"warning: validation retrieval not evaluated: {e}", flush=True)
+            log.warning(f"validation retrieval not evaluated: {e}")
             return out
         out.update({f"val/{k}": v for k, v in metrics.items()})
     return out

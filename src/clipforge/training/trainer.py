@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from collections import Counter
@@ -28,6 +29,8 @@ from clipforge.models.config import CLIPConfig
 from clipforge.training.config import TrainConfig
 from clipforge.training.evaluate import check_eval_data
 from clipforge.training.task import CLIPTask, LossFn
+
+log = logging.getLogger(__name__)
 
 LOSSES: dict[str, LossFn] = {"clip": clip_loss, "clip_tiled": tiled_clip_loss, "siglip": siglip_loss,
                              "siglip_tiled": tiled_siglip_loss}
@@ -159,10 +162,10 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True,
         config.save(run_dir / "train_config.json")
         if config.micro_batch_size and config.micro_batch_size < config.batch_size and \
                 micro_batching_is_inexact(model):
-            print("warning: this model has BatchNorm layers (a ResNet tower): with micro_batch_size="
+            log.warning("this model has BatchNorm layers (a ResNet tower): with micro_batch_size="
                   f"{config.micro_batch_size} < batch_size={config.batch_size} they normalise each micro-batch by "
                   "its own statistics, so gradients are not exactly the full batch's (running statistics are "
-                  "still updated once per step); use a ViT tower for exact micro-batching", flush=True)
+                  "still updated once per step); use a ViT tower for exact micro-batching")
     task = CLIPTask(model, config, pairs, n_samples, loss_fn, info, device)
     result = fit(task, engine_config(config), info, device, resume=resume, progress=progress,
                  skipped=None if resume else dict(Counter(s.reason for s in read_skips)))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+log = logging.getLogger(__name__)
 
 
 class _Bar:
@@ -24,7 +27,7 @@ class _Bar:
             # Not a terminal (CI, a log file): a line every 30 s instead of a bar.
             self._last_print = time.monotonic()
             extra = " ".join(f"{k}={v}" for k, v in fields.items())
-            print(f"{self.label}: {self.done}/{self.total or '?'} {extra}", flush=True)
+            log.info(f"{self.label}: {self.done}/{self.total or '?'} {extra}")
 
     def update(self, **fields: object) -> None:
         if self.progress is not None and self.task is not None:
