@@ -36,7 +36,7 @@ def captions(word: str, numeral: str) -> list[str]:
 
 
 def main() -> None:
-    from clipforge.evaluation.datasets import DIGIT_NAMES, load_classification, pixel_features
+    from clipforge.data.datasets import DIGIT_NAMES, load_classification, pixel_features
     from clipforge.evaluation.embed import embed_images
     from clipforge.evaluation.linear_probe import linear_probe
     from clipforge.evaluation.zero_shot import classification_metrics, zero_shot_logits

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 def scenes(root: Path) -> tuple:
     """(train, test) LabelledImages: 40 single-object scenes per class, split 24 / 16."""
+    from clipforge.data.datasets import load_classification
     from clipforge.data.synthetic import SynthConfig, class_names, write_dataset
-    from clipforge.evaluation.datasets import load_classification
 
     write_dataset(root, SynthConfig(seed=7, n_train=0, n_val=0, n_zeroshot_per_class=40), progress=False)
     rows = []
@@ -49,9 +49,9 @@ def scenes(root: Path) -> tuple:
 
 def main() -> None:
     from clipforge.checkpoints import load
+    from clipforge.data.datasets import load_classification
     from clipforge.demo import TEMPLATES
     from clipforge.evaluation.cache import image_features
-    from clipforge.evaluation.datasets import load_classification
     from clipforge.evaluation.fewshot import few_shot_probe, zero_shot_init_few_shot
     from clipforge.evaluation.templates import template_sets
     from clipforge.evaluation.zero_shot import classification_metrics, zero_shot_classifier

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def main() -> None:
-    from clipforge.evaluation.datasets import pixel_features
+    from clipforge.data.datasets import pixel_features
     from clipforge.evaluation.linear_probe import linear_probe
     from clipforge.models.towers import build_image_tower
     from clipforge.ssl.config import SSLConfig

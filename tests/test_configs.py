@@ -177,3 +177,41 @@ def test_info_reports_a_bad_config_in_one_line(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("clipforge: error:") and "vision.patch_size must be an integer >= 1" in err
     assert err.count("\n") == 1
+
+
+def test_literal_options_are_checked_and_feed_the_cli_choices() -> None:
+    from typing import get_args
+
+    from clipforge.config import choices
+    from clipforge.ssl.config import SSLConfig
+    from clipforge.training.config import Loss, TrainConfig
+    from clipforge.training.trainer import LOSSES
+
+    assert set(get_args(Loss)) == set(LOSSES)  # every configurable loss is implemented, and the reverse
+    assert choices(TrainConfig, "precision") == ("fp32", "bf16", "fp16")
+    assert choices(SSLConfig, "method") == ("simclr", "byol", "simsiam")
+    with pytest.raises(ConfigError, match=r"^precision must be one of 'fp32', 'bf16', 'fp16', got 'fp64'$"):
+        TrainConfig.from_dict({"precision": "fp64"})
+    with pytest.raises(ConfigError, match=r"^model\.text_pooling must be one of"):
+        TrainConfig.from_dict({"model": {"text_pooling": "first"}})
+
+
+def test_ssl_method_flag_and_option_must_agree(tmp_path, capsys) -> None:
+    assert main(["ssl", "train", "--method", "byol", "method=simclr", f"out_dir={tmp_path / 'r'}"]) == 2
+    err = capsys.readouterr().err
+    assert "--method byol conflicts with method=simclr" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_model_configs_use_the_shared_config_checks() -> None:
+    d = get_config("tiny-vit-32").to_dict()
+    d["vision"]["type"] = "mlp"
+    with pytest.raises(ConfigError, match=r"^vision\.type must be one of 'vit', 'resnet', got 'mlp'$"):
+        CLIPConfig.from_dict(d)
+    d = get_config("tiny-vit-32").to_dict()
+    d["text"]["depth"] = 3
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) text\.depth"):
+        CLIPConfig.from_dict(d)
+    old = get_config("tiny-rn-64").to_dict()
+    del old["text"]["type"]  # saved before text configs had a type
+    assert CLIPConfig.from_dict(old) == get_config("tiny-rn-64")

@@ -187,3 +187,33 @@ def test_simclr_two_processes_equal_one(tmp_path) -> None:
     method(v1, v2).backward()
     for name, p in method.named_parameters():
         torch.testing.assert_close(got[name], p.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.slow
+def test_eval_under_torchrun_equals_one_process(tmp_path) -> None:
+    """Feature extraction is split over 2 gloo ranks; the zero-shot result equals one process's."""
+    import json
+
+    from PIL import Image
+
+    import clipforge
+
+    clipforge.save(clipforge.build("tiny-vit-32"), tmp_path / "m")
+    for c, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255)), ("green", (0, 200, 0))):
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(7):
+            Image.new("RGB", (16, 16), tuple(max(0, v - 20 * i) for v in colour)).save(tmp_path / "f" / c / f"{i}.png")
+    (tmp_path / "f" / "red" / "bad.png").write_bytes(b"not an image")
+    results = {}
+    for world in (1, 2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CLIPFORGE_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-port",
+               str(29800 + os.getpid() % 100 + world), "-m", "clipforge.cli.main", "eval", "zeroshot", "--model",
+               str(tmp_path / "m"), "--dataset", str(tmp_path / "f"), "--out", str(tmp_path / f"res{world}"),
+               "--batch-size", "4", "--no-cache", "--device", "cpu"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stderr.count("1 unreadable image(s) left out") == 1  # said once, by rank 0
+        (path,) = (tmp_path / f"res{world}").glob("*.json")
+        results[world] = json.loads(path.read_text())
+    assert results[2]["metrics"] == results[1]["metrics"] and results[1]["settings"]["n_images"] == 21

@@ -11,10 +11,10 @@ from PIL import Image
 
 import clipforge
 from clipforge.cli.main import main
+from clipforge.data.datasets import load_classification, load_retrieval
 from clipforge.data.pairs import DataError
 from clipforge.errors import ClipforgeError
 from clipforge.evaluation import classification_metrics, retrieval_metrics, zero_shot_classifier
-from clipforge.evaluation.datasets import load_classification, load_retrieval
 from clipforge.evaluation.fewshot import few_shot_probe, sample_k_shot
 from clipforge.evaluation.linear_probe import choose_c, linear_probe
 from clipforge.evaluation.overlap import overlap_report

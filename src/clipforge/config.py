@@ -1,17 +1,23 @@
 """Options as nested dataclasses: YAML/JSON files with ``key=value`` overrides, type coercion, and the
-``--help-config`` listing. Below every task (CLIP training, SSL, the ones to come).
+``--help-config`` listing. Below every task (CLIP training, SSL, the ones to come) and the model
+configs.
 
 Every field carries its help text in ``metadata["help"]`` (:func:`opt`); :func:`describe` lists them,
-so the documentation cannot drift from the code.
+so the documentation cannot drift from the code. A ``Literal[...]`` field only takes its values, and
+:func:`choices` hands them to the CLI, so a command's ``choices=`` cannot drift from the config
+either. A field typed as a union of dataclasses (a model's ``vision: ViTConfig | ResNetConfig``) is
+built from the one whose ``type`` field matches the mapping's ``"type"`` (the first when absent).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -45,9 +51,14 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return d
 
 
-def build_config(klass: type, d: dict[str, Any], where: str) -> Any:
+def build_config(klass: type, d: dict[str, Any], where: str, strict: bool = False) -> Any:
+    """``klass(**d)`` with every key checked and every value coerced to its field's type.
+
+    ``strict``: numbers must be numbers (a model file's ``"128"`` is a mistake, not 128); otherwise
+    strings are read as numbers where one is expected (YAML 1.1 reads ``1e-3`` as a string).
+    """
     if not isinstance(d, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {d!r}")
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
     hints = get_type_hints(klass)
     known = {f.name for f in fields(klass)}
     unknown = sorted(set(d) - known)
@@ -56,29 +67,78 @@ def build_config(klass: type, d: dict[str, Any], where: str) -> Any:
                           f"{where.rstrip('.') or 'the top level'}: {', '.join(sorted(known))}")
     kwargs = {}
     for name, value in d.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}{name}")
+        kwargs[name] = _coerce(hints[name], value, f"{where}{name}", strict)
     return klass(**kwargs)
 
 
-def _coerce(hint: Any, value: Any, name: str) -> Any:
+def choices(klass: type, name: str) -> tuple[Any, ...]:
+    """The values a ``Literal`` field of ``klass`` accepts (for argparse's ``choices=``)."""
+    hint = get_type_hints(klass)[name]
+    args = [a for a in get_args(hint) if a is not type(None)] if _is_union(hint) else [hint]
+    literal = next((a for a in args if get_origin(a) is Literal), None)
+    if literal is None:
+        raise TypeError(f"{klass.__name__}.{name} is not a Literal field")
+    return get_args(literal)
+
+
+def _is_union(hint: Any) -> bool:
+    return get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _type_name(base: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+            dict: "a mapping", tuple: "a list"}.get(base, getattr(base, "__name__", str(base)))
+
+
+def _coerce(hint: Any, value: Any, name: str, strict: bool = False) -> Any:
     if dataclasses.is_dataclass(hint):
-        return build_config(hint, value or {}, name + ".")
+        return build_config(hint, value or {}, name + ".", strict)
     origin, args = get_origin(hint), get_args(hint)
+    if _is_union(hint):
+        options = [a for a in args if a is not type(None)]
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{name} may not be null")
+        if all(dataclasses.is_dataclass(a) for a in options):  # pick the dataclass by its "type"
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+            by_type = {get_args(get_type_hints(a)["type"])[0]: a for a in options}
+            kind = value.get("type", next(iter(by_type)))
+            if kind not in by_type:
+                raise ConfigError(f"{name}.type must be one of {', '.join(map(repr, by_type))}, got {kind!r}")
+            return build_config(by_type[kind], value, name + ".", strict)
+        if len(options) == 1:
+            return _coerce(options[0], value, name, strict)
+        for option in options:  # e.g. int | str: the first that takes the value
+            try:
+                return _coerce(option, value, name, strict)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name} must be one of {' or '.join(_type_name(o) for o in options)}, got {value!r}")
+    if origin is Literal:
+        if value not in args or isinstance(value, bool) != isinstance(args[0], bool):
+            raise ConfigError(f"{name} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
     if origin is list and args and dataclasses.is_dataclass(args[0]):
         if not isinstance(value, list):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        return [build_config(args[0], v, f"{name}[{i}].") for i, v in enumerate(value)]
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [build_config(args[0], v, f"{name}[{i}].", strict) for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            raise ConfigError(f"{name} must list {len(item_types)} values, got {value!r}")
+        return tuple(_coerce(t, v, f"{name}[{i}]", strict) for i, (t, v) in enumerate(zip(item_types, value)))
     if value is None:
-        if type(None) in args:
-            return None
-        raise ConfigError(f"{name}: may not be null")
-    base = [a for a in args if a is not type(None)][0] if args and origin is not list and origin is not dict else hint
-    base = get_origin(base) or base
-    if base in (int, float) and isinstance(value, str):
+        raise ConfigError(f"{name} may not be null")
+    base = origin or hint
+    if base in (int, float) and isinstance(value, str) and not strict:
         try:  # YAML 1.1 reads "1e-3" as a string
             value = base(value)
         except ValueError:
-            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{name} must be {_type_name(base)}, got {value!r}") from None
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if base is int and isinstance(value, int) and not isinstance(value, bool):
@@ -89,7 +149,7 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         return value
     if base in (list, dict) and isinstance(value, base):
         return value
-    raise ConfigError(f"{name}: expected {getattr(base, '__name__', base)}, got {value!r}")
+    raise ConfigError(f"{name} must be {_type_name(base)}, got {value!r}")
 
 
 def describe(klass: type, prefix: str = "") -> list[tuple[str, str, str]]:

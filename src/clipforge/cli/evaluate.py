@@ -91,11 +91,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _load(model_path: str, device: str | None = None):
     from clipforge.checkpoints import load
     from clipforge.checkpoints.load import no_tokenizer_message
-    from clipforge.engine.distributed import DistInfo, default_device
+    from clipforge.engine.distributed import default_device, init_distributed
 
+    # Under torchrun the ranks share the feature extraction; rank 0 writes the result.
+    info = init_distributed()
     if model_path == "pixels":
         return None  # raw pixels: only meaningful for linear probes
-    model = load(model_path).to(default_device(DistInfo(), device))
+    model = load(model_path).to(default_device(info, device))
     if model.tokenizer is None:
         from clipforge.errors import ClipforgeError
 
@@ -125,56 +127,25 @@ def _templates(spec: str | None, dataset: str) -> list[str]:
     return template_sets().get(dataset.split("/")[0], ["a photo of a {c}."])
 
 
-def _splits(args: argparse.Namespace):
-    from clipforge.errors import ClipforgeError
-    from clipforge.evaluation.datasets import BUILTIN, load_classification
-
-    col = dict(image_column=getattr(args, "image_column", "image"), label_column=getattr(args, "label_column", "label"))
-    if args.dataset in BUILTIN:
-        return load_classification(args.dataset, "train"), load_classification(args.dataset, "test")
-    if not args.test:
-        raise ClipforgeError(f"{args.dataset} is not a built-in dataset: give the test set with --test")
-    train = load_classification(args.dataset, **col)
-    return train, load_classification(args.test, classes=train.classes, **col)
-
-
-def _features(model, ds, args, label: str):
-    import torch
-
-    from clipforge.evaluation.cache import image_features
-    from clipforge.evaluation.datasets import pixel_features
-
-    if model is None:
-        feats, idx = pixel_features(ds.images)
-        return feats, torch.tensor(ds.labels)[idx]
-    feats, idx, skipped = image_features(model, ds.images, args.batch_size, use_cache=not args.no_cache, label=label)
-    _report_skipped(skipped, ds.name)
-    return feats, torch.tensor(ds.labels)[idx]
-
-
-def _report_skipped(skipped, name: str) -> None:
-    if skipped:
-        print(f"warning: {len(skipped)} unreadable image(s) left out of {name}, e.g. {skipped[0].source}")
-
-
-def _report_missing(ds) -> None:
-    if ds.missing:
-        print(f"warning: {len(ds.missing)} image(s) listed in {ds.name} do not exist, e.g. {ds.missing[0]}")
-
-
 def _probe_inputs(args: argparse.Namespace):
     """The model, the train/test sets and their features: what every probe-style command starts with."""
+    from clipforge.evaluation.probe_data import labelled_features, train_test_sets
+
     _at_least(args.batch_size, 1, "--batch-size")
     model = _load(args.model, args.device)
-    train, test = _splits(args)
-    xtr, ytr = _features(model, train, args, "embed train")
-    xte, yte = _features(model, test, args, "embed test")
+    train, test = train_test_sets(args.dataset, args.test, getattr(args, "image_column", "image"),
+                                  getattr(args, "label_column", "label"))
+    xtr, ytr, _ = labelled_features(model, train, args.batch_size, not args.no_cache, "embed train")
+    xte, yte, _ = labelled_features(model, test, args.batch_size, not args.no_cache, "embed test")
     return model, train, test, xtr, ytr, xte, yte
 
 
 def _save(args, task: str, dataset: str, metrics: dict, settings: dict, label: str = "") -> None:
+    from clipforge.engine.distributed import current_dist
     from clipforge.evaluation.results import write_result
 
+    if not current_dist().is_main:
+        return
     path = write_result(args.out, task, args.model, dataset, metrics, settings)
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     print(f"{label}: {json.dumps(shown)}" if label else json.dumps(shown))
@@ -183,7 +154,8 @@ def _save(args, task: str, dataset: str, metrics: dict, settings: dict, label: s
 
 def run_zeroshot(args: argparse.Namespace) -> int:
     _text_needed(args.model)
-    from clipforge.evaluation.datasets import load_classification
+    from clipforge.data.datasets import load_classification
+    from clipforge.evaluation.probe_data import warn_missing, warn_skipped
     from clipforge.evaluation.tasks import zero_shot_task
     from clipforge.evaluation.templates import load_classnames
     from clipforge.evaluation.zero_shot import confusion_matrix_png
@@ -192,11 +164,11 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     model = _load(args.model, args.device)
     classes, per_class = load_classnames(args.classes) if args.classes else (None, None)
     ds = load_classification(args.dataset, args.split, args.image_column, args.label_column, classes)
-    _report_missing(ds)
+    warn_missing(ds)
     templates = per_class or _templates(args.templates, args.dataset)
     metrics, logits, targets, skipped = zero_shot_task(model, ds, templates, args.batch_size,
                                                        use_cache=not args.no_cache, progress=True)
-    _report_skipped(skipped, ds.name)
+    warn_skipped(skipped, ds.name)
     if args.confusion:
         confusion_matrix_png(targets, logits.argmax(1), ds.classes, args.confusion)
         print(f"confusion matrix written to {args.confusion}")
@@ -208,7 +180,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 
 def run_retrieval(args: argparse.Namespace) -> int:
     _text_needed(args.model)
-    from clipforge.evaluation.datasets import load_retrieval
+    from clipforge.data.datasets import load_retrieval
     from clipforge.evaluation.tasks import retrieval_task
 
     _at_least(args.batch_size, 1, "--batch-size")
@@ -265,17 +237,18 @@ def run_overlap(args: argparse.Namespace) -> int:
     from clipforge.errors import ClipforgeError
     from clipforge.evaluation.cache import image_features
     from clipforge.evaluation.overlap import overlap_report, pixel_signatures
+    from clipforge.evaluation.probe_data import train_test_sets, warn_skipped
     from clipforge.evaluation.zero_shot import zero_shot_logits
 
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
         raise ClipforgeError(f"--threshold is a cosine similarity, between -1 and 1; got {args.threshold}")
     _at_least(args.batch_size, 1, "--batch-size")
     model = _load(args.model, args.device)
-    train, test = _splits(args)
+    train, test = train_test_sets(args.dataset, args.test)
     cached = dict(batch_size=args.batch_size, use_cache=not args.no_cache, progress=False)
     xtr, itr, _ = image_features(model, train.images, **cached)
     xte, ite, skipped = image_features(model, test.images, **cached)
-    _report_skipped(skipped, test.name)
+    warn_skipped(skipped, test.name)
     train_images, test_images = [train.images[i] for i in itr], [test.images[i] for i in ite]
     yte = torch.tensor(test.labels)[ite]
     correct = zero_shot_logits(model, xte, test.classes, _templates(args.templates, args.dataset)).argmax(1) == yte

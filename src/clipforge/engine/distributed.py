@@ -11,6 +11,7 @@ averaging of a contrastive loss would instead give 1/world_size of the gradient 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -44,7 +45,16 @@ def init_distributed() -> DistInfo:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
+    if dist.get_rank() != 0:  # rank 0 speaks for the job; the others only report errors
+        logging.getLogger("clipforge").setLevel(logging.ERROR)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+
+
+def current_dist() -> DistInfo:
+    """The process group already joined (by :func:`init_distributed` or the caller), or one process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo()
 
 
 def default_device(info: DistInfo, device: str | None = None) -> torch.device:

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -32,6 +32,10 @@ from clipforge.utils.progress import progress_bar
 log = logging.getLogger(__name__)
 
 
+Precision = Literal["fp32", "bf16", "fp16"]
+Schedule = Literal["cosine", "constant"]
+
+
 @dataclass
 class EngineConfig:
     """What the engine does around a task's steps (each task's config maps its options onto this)."""
@@ -41,10 +45,10 @@ class EngineConfig:
     max_steps: int | None = None
     minutes: float | None = None
     warmup_steps: int = 0
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     grad_clip: float | None = None
     micro_batch_size: int | None = None
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     log_every_steps: int = 10
     save_every_steps: int = 0
     keep_checkpoints: int = 3

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from clipforge.data.datasets import cache_dir
 from clipforge.data.pairs import Skipped
-from clipforge.evaluation.datasets import cache_dir
 from clipforge.models.clip import CLIP
 
 
@@ -30,8 +30,14 @@ def model_fingerprint(model: CLIP) -> str:
 def image_features(model: CLIP, images: Sequence[str], batch_size: int = 128, workers: int = 0,
                    progress: bool = True, use_cache: bool = True,
                    label: str = "embed") -> tuple[torch.Tensor, torch.Tensor, list[Skipped]]:
-    """Normalised features of the readable images, their indices and the skipped images (cached)."""
+    """Normalised features of the readable images, their indices and the skipped images (cached).
+
+    Under ``torchrun`` the ranks share the work (:func:`~clipforge.evaluation.embed.embed_images`)
+    and rank 0 writes the cache.
+    """
+    from clipforge.engine.distributed import current_dist
     from clipforge.evaluation.embed import embed_images
+    from clipforge.io import atomic_file, atomic_write_text
 
     h = hashlib.sha1()
     h.update(model_fingerprint(model).encode())
@@ -44,9 +50,12 @@ def image_features(model: CLIP, images: Sequence[str], batch_size: int = 128, wo
         d = load_file(str(path))
         meta = json.loads(path.with_suffix(".json").read_text())
         return d["features"], d["indices"], [Skipped(**s) for s in meta["skipped"]]
-    feats, idx, skipped = embed_images(model, images, batch_size, workers, progress=progress, label=label)
-    if use_cache:
+    info = current_dist()
+    feats, idx, skipped = embed_images(model, images, batch_size, workers, progress=progress, label=label, info=info)
+    if use_cache and info.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"features": feats.contiguous(), "indices": idx.contiguous()}, str(path))
-        path.with_suffix(".json").write_text(json.dumps({"skipped": [s.__dict__ for s in skipped]}))
+        # The .json first: a reader finds the .safetensors only once both are whole.
+        atomic_write_text(json.dumps({"skipped": [s.__dict__ for s in skipped]}), path.with_suffix(".json"))
+        with atomic_file(path) as tmp:
+            save_file({"features": feats.contiguous(), "indices": idx.contiguous()}, str(tmp))
     return feats, idx, skipped

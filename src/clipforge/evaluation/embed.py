@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from clipforge.data.pairs import Pair, PairDataset, Skipped, collate
+from clipforge.data.images import ImageDataset, collate_images
+from clipforge.data.pairs import Skipped
+from clipforge.engine.distributed import DistInfo
 from clipforge.models.clip import CLIP
 
 
@@ -29,28 +31,67 @@ def embed_texts(model: CLIP, texts: Sequence[str], batch_size: int = 256) -> tor
 @torch.no_grad()
 def embed_images(
     model: CLIP, paths: Sequence[str], batch_size: int = 128, workers: int = 0, progress: bool = False,
-    label: str = "embed",
+    label: str = "embed", info: DistInfo | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[Skipped]]:
     """Normalised image features of the readable images.
 
-    Returns (features [M, D], indices [M] of the images they belong to, skipped images).
+    Returns (features [M, D], indices [M] of the images they belong to, skipped images). Under
+    ``torchrun`` (``info`` of several ranks) each rank encodes every world_size-th batch and the
+    features are gathered, so every rank returns what one process would.
     """
-    no_tokens = lambda texts: torch.zeros(len(texts), 1, dtype=torch.long)  # noqa: E731 - images only
-    ds = PairDataset([Pair(p, "-") for p in paths], model.preprocess, no_tokens)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate)
     from clipforge.utils.progress import progress_bar
 
-    feats, idx, skipped = [], [], []
-    with progress_bar(label, total=len(loader), enabled=progress) as bar:
+    info = info or DistInfo()
+    loader = DataLoader(ImageDataset(paths, model.preprocess), batch_size=batch_size, num_workers=workers,
+                        collate_fn=collate_images,
+                        sampler=_RankBatches(len(paths), batch_size, info) if info.enabled else None)
+    device = _device(model)
+    feats, idx, batch_skips = [], [], []
+    with progress_bar(label, total=len(loader), enabled=progress and info.is_main) as bar:
         for batch in loader:
-            skipped += batch.skipped
-            if len(batch):
-                feats.append(model.encode_image(batch.images.to(_device(model)), normalize=True).float().cpu())
+            batch_skips.append(batch.skipped)
+            if len(batch.indices):
+                feats.append(model.encode_image(batch.images.to(device), normalize=True).float().cpu())
                 idx.append(batch.indices)
             bar.advance()
-    if not feats:
-        return torch.empty(0, model.config.embed_dim), torch.empty(0, dtype=torch.long), skipped
-    return torch.cat(feats), torch.cat(idx), skipped
+    dim = model.config.embed_dim
+    feats_t = torch.cat(feats) if feats else torch.empty(0, dim)
+    idx_t = torch.cat(idx) if idx else torch.empty(0, dtype=torch.long)
+    if info.enabled:
+        return _gather(feats_t, idx_t, batch_skips, info)
+    return feats_t, idx_t, [s for b in batch_skips for s in b]
+
+
+class _RankBatches(torch.utils.data.Sampler):
+    """This rank's share of the indices: every world_size-th batch of ``batch_size``, in order."""
+
+    def __init__(self, n: int, batch_size: int, info: DistInfo) -> None:
+        self.order = [i for start in range(info.rank * batch_size, n, batch_size * info.world_size)
+                      for i in range(start, min(start + batch_size, n))]
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def _gather(feats: torch.Tensor, idx: torch.Tensor, batch_skips: list[list[Skipped]], info: DistInfo):
+    """Every rank's features and skipped images in input order (as one process finds them)."""
+    import torch.distributed as dist
+
+    from clipforge.losses.distributed import all_gather_rows, rank_sizes
+
+    sizes = rank_sizes(len(idx))
+    all_feats = torch.cat(all_gather_rows(feats, sizes))
+    all_idx = torch.cat(all_gather_rows(idx, sizes))
+    parts: list = [None] * info.world_size
+    dist.all_gather_object(parts, batch_skips)
+    # Rank r held batches r, r + W, r + 2W, ...: interleave them back.
+    rounds = max(len(p) for p in parts)
+    all_skipped = [s for j in range(rounds) for p in parts if j < len(p) for s in p[j]]
+    order = torch.argsort(all_idx)
+    return all_feats[order], all_idx[order], all_skipped
 
 
 def _device(model: torch.nn.Module) -> torch.device:

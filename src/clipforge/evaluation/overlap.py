@@ -52,8 +52,8 @@ def overlap_report(test_features: torch.Tensor, train_features: torch.Tensor, co
 def pixel_signatures(images: list[str], size: int = 16) -> torch.Tensor:
     """Near-duplicate signatures: ``size`` x ``size`` RGB thumbnails, mean-centred and L2-normalised
     (their dot product is the normalised cross-correlation of the thumbnails)."""
+    from clipforge.data.datasets import pixel_features
     from clipforge.errors import ImageReadError
-    from clipforge.evaluation.datasets import pixel_features
 
     x, idx = pixel_features(images, size)
     if len(idx) != len(images):

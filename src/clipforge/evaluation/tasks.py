@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
+from clipforge.data.datasets import CaptionedImages, LabelledImages
 from clipforge.data.pairs import DataError, Skipped
 from clipforge.evaluation.cache import image_features
-from clipforge.evaluation.datasets import CaptionedImages, LabelledImages
 from clipforge.evaluation.embed import embed_texts
 from clipforge.evaluation.retrieval import retrieval_metrics
 from clipforge.evaluation.zero_shot import classification_metrics, zero_shot_logits

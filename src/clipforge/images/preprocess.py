@@ -144,8 +144,8 @@ class Preprocess:
     ) -> torch.Tensor:
         name = str(image) if isinstance(image, (str, os.PathLike)) else "image"
         img = open_image(image)
-        check_aspect(img, name)
         if train:
+            check_aspect(img, name)  # the eval path checks inside resize_short_side
             crop = RandomResizedCrop(self.image_size, scale=self.train_crop_scale, interpolation=self.interpolation)
             img = crop(img, generator=generator)
         else:

@@ -55,6 +55,17 @@ class CLIP(nn.Module):
         feats = self.text(tokens)
         return F.normalize(feats, dim=-1) if normalize else feats
 
+    def encode_image_tokens(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``pooled``: projected image features [N, embed_dim] (unnormalised), and ``tokens``: the
+        tower's per-position outputs [N, P, width] (ViT patches, ResNet grid cells), for decoders
+        that cross-attend to the image."""
+        return self.visual.forward_tokens(images)
+
+    def encode_text_tokens(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``pooled``: projected text features [N, embed_dim] (unnormalised), ``tokens``: per-token
+        outputs [N, L, width], and the tower's extras (``eot`` positions or an attention ``mask``)."""
+        return self.text.forward_tokens(tokens)
+
     def forward(
         self, images: torch.Tensor, tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from clipforge.config import build_config
 from clipforge.errors import ConfigError
 
 Activation = Literal["gelu", "quick_gelu"]
@@ -139,6 +140,7 @@ class TextConfig:
     heads: int = 8
     layers: int = 12
     mlp_ratio: float = 4.0
+    type: Literal["transformer"] = "transformer"
 
     def __post_init__(self) -> None:
         for key in ("context_length", "vocab_size", "width", "heads", "layers"):
@@ -236,18 +238,10 @@ class CLIPConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CLIPConfig:
-        d = dict(d)
-        vision = dict(d.pop("vision", {}))
-        kind = vision.get("type", "vit")
-        vcls: type = {"vit": ViTConfig, "resnet": ResNetConfig}.get(kind)  # type: ignore[assignment]
-        if vcls is None:
-            raise ConfigError(f"vision.type must be 'vit' or 'resnet', got {kind!r}")
-        text = dict(d.pop("text", {}))
-        tcls: type = HFTextConfig if text.get("type") == "hf" else TextConfig
-        _check_keys(vcls, vision, "vision")
-        _check_keys(tcls, text, "text")
-        _check_keys(cls, d, "model", ignore={"vision", "text"})
-        return cls(vision=vcls(**vision), text=tcls(**text), **d)
+        """Keys checked and values typed by :func:`clipforge.config.build_config` (strictly: a
+        string is not a number here); the towers are chosen by their ``type``."""
+        d = {"vision": {}, "text": {}, **d}
+        return build_config(cls, d, "", strict=True)
 
     @classmethod
     def from_json(cls, path_or_text: str | Path) -> CLIPConfig:
@@ -255,12 +249,3 @@ class CLIPConfig:
         if not text.lstrip().startswith("{"):
             text = Path(text).read_text()
         return cls.from_dict(json.loads(text))
-
-
-def _check_keys(klass: type, d: dict[str, Any], where: str, ignore: set[str] = frozenset()) -> None:
-    known = {f.name for f in fields(klass)} | set(ignore)
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown {where} config key(s) {unknown}; expected some of {sorted(known - set(ignore))}"
-        )

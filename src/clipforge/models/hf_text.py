@@ -86,6 +86,11 @@ class HFTextTower(nn.Module):
         getattr(self.encoder, f"{prefix}_checkpointing_{'enable' if enable else 'disable'}")()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(tokens)["pooled"]
+
+    def forward_tokens(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``pooled`` [N, output_dim], ``tokens`` [N, L, hidden] (the encoder's last hidden states) and
+        ``mask`` [N, L] (1 for real tokens)."""
         mask = (tokens != self.config.pad_token_id).long()
         mask[:, 0] = 1  # the first ([CLS]) token is never padding
         states = self.encoder(input_ids=tokens, attention_mask=mask).last_hidden_state
@@ -96,4 +101,4 @@ class HFTextTower(nn.Module):
         else:
             m = mask[..., None].to(states.dtype)
             pooled = (states * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
-        return self.proj(pooled)
+        return {"pooled": self.proj(pooled), "tokens": states, "mask": mask}

@@ -158,6 +158,15 @@ class ModifiedResNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images [N,3,H,W] -> projected features [N, output_dim]."""
+        return self.attnpool(self._trunk(images))
+
+    def forward_tokens(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``pooled`` [N, output_dim] as :meth:`forward`, and ``tokens`` [N, H*W, channels]: the last
+        stage's feature map as a sequence (row-major), before attention pooling."""
+        x = self._trunk(images)
+        return {"pooled": self.attnpool(x), "tokens": x.flatten(2).transpose(1, 2)}
+
+    def _trunk(self, images: torch.Tensor) -> torch.Tensor:
         x = self.stem(images)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
@@ -165,4 +174,4 @@ class ModifiedResNet(nn.Module):
                     x = checkpoint(block, x, use_reentrant=False)
                 else:
                     x = block(x)
-        return self.attnpool(x)
+        return x

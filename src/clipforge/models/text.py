@@ -48,6 +48,12 @@ class TextTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens int64 [N, L] (L <= context_length) -> projected features [N, output_dim]."""
+        return self.forward_tokens(tokens, trim=self.trim_padding)["pooled"]
+
+    def forward_tokens(self, tokens: torch.Tensor, trim: bool = False) -> dict[str, torch.Tensor]:
+        """``pooled`` [N, output_dim] as :meth:`forward`; ``tokens`` [N, L, width], every position after
+        the final layer norm (each sees only those before it: causal); ``eot`` [N], the end token's
+        position. ``trim`` drops the positions after the batch's last end token."""
         n, length = tokens.shape
         if length > self.config.context_length:
             raise ValueError(
@@ -55,7 +61,7 @@ class TextTransformer(nn.Module):
                 f"{self.config.context_length}"
             )
         eot = tokens.argmax(dim=-1)
-        if self.trim_padding and n > 0:
+        if trim and n > 0:
             length = int(eot.max()) + 1
             tokens = tokens[:, :length]
         x = self.token_embedding(tokens) + self.positional_embedding[:length].to(
@@ -63,4 +69,4 @@ class TextTransformer(nn.Module):
         )
         x = self.ln_final(self.transformer(x, causal=True))
         pooled = x[torch.arange(n, device=x.device), eot]
-        return pooled @ self.text_projection
+        return {"pooled": pooled @ self.text_projection, "tokens": x, "eot": eot}

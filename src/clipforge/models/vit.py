@@ -43,10 +43,19 @@ class VisionTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.transformer.grad_checkpointing = enable
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images [N,3,H,W] -> projected features [N, output_dim]."""
+    def _trunk(self, images: torch.Tensor) -> torch.Tensor:
         x = self.conv1(images).flatten(2).transpose(1, 2)  # [N, grid*grid, width]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        x = self.transformer(self.ln_pre(x))
-        return self.ln_post(x[:, 0]) @ self.proj
+        return self.transformer(self.ln_pre(x))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N,3,H,W] -> projected features [N, output_dim]."""
+        return self.ln_post(self._trunk(images)[:, 0]) @ self.proj
+
+    def forward_tokens(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``pooled`` [N, output_dim] as :meth:`forward`, and ``tokens`` [N, grid*grid, width]: the patch
+        tokens after the final layer norm, unprojected (open_clip's ``output_tokens``; what CoCa's
+        decoder and captioners cross-attend to)."""
+        x = self.ln_post(self._trunk(images))
+        return {"pooled": x[:, 0] @ self.proj, "tokens": x[:, 1:]}

@@ -11,10 +11,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from clipforge.data.datasets import load_classification, load_retrieval
 from clipforge.engine.checkpoint import TrainState
 from clipforge.evaluation import embed_texts
 from clipforge.evaluation.cache import image_features
-from clipforge.evaluation.datasets import load_classification, load_retrieval
 from clipforge.evaluation.tasks import retrieval_task, zero_shot_task
 from clipforge.models.clip import CLIP
 from clipforge.report.html import figure_tag, image_tag, page, table

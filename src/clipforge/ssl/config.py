@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from clipforge.config import apply_overrides, build_config, opt, read_config_file
+from clipforge.engine.loop import Precision
 from clipforge.errors import ConfigError
 
-METHODS = ("simclr", "byol", "simsiam")
+Method = Literal["simclr", "byol", "simsiam"]
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 @dataclass
@@ -26,7 +28,7 @@ class SSLAugment:
 
 @dataclass
 class SSLConfig:
-    method: str = opt("simclr", "simclr, byol or simsiam")
+    method: Method = opt("simclr", "simclr, byol or simsiam")
     data: str = opt("synthetic", "unlabelled images: a folder (searched recursively), webdataset shards, or a "
                     "built-in name (synthetic, digits)")
     eval_data: str | None = opt(None, "labelled data for kNN and linear-probe accuracy after each epoch: a "
@@ -47,7 +49,7 @@ class SSLConfig:
     lr: float = opt(1e-3, "AdamW learning rate (peak; cosine decay after warm-up)")
     weight_decay: float = opt(1e-6, "AdamW weight decay")
     warmup_steps: int = opt(50, "linear warm-up steps")
-    precision: str = opt("fp32", "fp32, bf16 (autocast) or fp16 (autocast with loss scaling; CUDA only)")
+    precision: Precision = opt("fp32", "fp32, bf16 (autocast) or fp16 (autocast with loss scaling; CUDA only)")
     seed: int = opt(0, "seed for initialisation, order and augmentation")
     workers: int = opt(0, "data-loading worker processes")
     out_dir: str = opt("runs/ssl", "folder for checkpoints, logs and the encoder")

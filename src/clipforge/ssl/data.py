@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
+from clipforge.data.datasets import BUILTIN, LabelledImages, load_classification
 from clipforge.data.pairs import IMAGE_SUFFIXES
 from clipforge.data.shards import is_shard_source
-from clipforge.errors import DataError, ImageReadError
-from clipforge.evaluation.datasets import BUILTIN, LabelledImages, load_classification
-from clipforge.images.decode import open_image
-from clipforge.images.preprocess import center_crop, resize_short_side
+from clipforge.errors import DataError
 
 
 def unlabelled_images(source: str) -> list[str]:
@@ -20,8 +16,8 @@ def unlabelled_images(source: str) -> list[str]:
 
     if source in BUILTIN:
         if source == "synthetic":
+            from clipforge.data.datasets import synthetic_root
             from clipforge.data.pairs import read_csv_pairs
-            from clipforge.evaluation.datasets import synthetic_root
 
             return [p.image for p in read_csv_pairs(synthetic_root() / "train.csv")[0]]
         return load_classification("digits", "train").images
@@ -54,28 +50,3 @@ def labelled_sets(name: str, seed: int = 0) -> tuple[LabelledImages, LabelledIma
     mk = lambda idx, split: LabelledImages(f"synthetic-shape/{split}", [images[i] for i in idx],  # noqa: E731
                                            [labels[i] for i in idx], list(SHAPES))
     return mk(sorted(tr), "train"), mk(sorted(te), "test")
-
-
-class ImageTensors(Dataset):
-    """uint8 [3, size, size] tensors (short side resized, centre crop); unreadable images give None."""
-
-    def __init__(self, images: list[str], size: int) -> None:
-        self.images, self.size = images, size
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor | None:
-        try:
-            name = str(self.images[i])
-            img = center_crop(resize_short_side(open_image(name), self.size, name=name), self.size)
-        except ImageReadError:
-            return None
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
-def collate_images(items: list[torch.Tensor | None]) -> tuple[torch.Tensor, int]:
-    good = [x for x in items if x is not None]
-    stacked = torch.stack(good) if good else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
-    return stacked, len(items) - len(good)
-

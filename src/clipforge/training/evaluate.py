@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from clipforge.data.datasets import load_classification, load_retrieval
 from clipforge.errors import ClipforgeError
-from clipforge.evaluation.datasets import load_classification, load_retrieval
 from clipforge.evaluation.tasks import retrieval_task, zero_shot_task
 from clipforge.models.clip import CLIP
 from clipforge.training.config import TrainConfig
