@@ -10,9 +10,15 @@
    by their caption embeddings (text -> image, the service's use), for each kind.
 3. ``clipforge serve`` on 127.0.0.1 over the largest synthetic index: 8 concurrent clients posting
    vector queries for 30 s; requests/s and error count. Clients and server share this machine.
+4. ``--choice N``: the automatic index choice on N clustered vectors (1000 clusters, cosine ~0.9 to
+   their centre, like real embeddings) and on N uniformly random ones, side by side: every kind
+   that fits (plain FAISS exact, IVF-Flat, IVF-PQ, HNSW up to 100k, and pq-rerank) tuned to the
+   same recall@10 target on the same queries and timed one query at a time; which one the build
+   kept; and the kept index measured again through ``Searcher`` on fresh queries.
 
     .venv/bin/python bench/search.py                                  # 10k, 100k, 1M
     .venv/bin/python bench/search.py --sizes 10000 --load-seconds 5   # a quick look
+    .venv/bin/python bench/search.py --sizes --load-seconds 0 --choice 200000   # the index choice only
 """
 
 from __future__ import annotations
@@ -83,6 +89,51 @@ def load_test(index_dir: Path, dim: int, seconds: float, clients: int) -> tuple[
     return sum(counts) / elapsed, sum(counts), sum(errors)
 
 
+def clustered(n: int, d: int, clusters: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = centres[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, d), dtype=np.float32) / np.sqrt(d)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def choice_tables(n: int, dim: int, n_queries: int, work: Path) -> None:
+    from clipforge.search.embed import save_embeddings
+    from clipforge.search.index import build_index
+    from clipforge.search.searcher import Searcher
+    from clipforge.search.tuning import exact_top_k, perturbed_queries, recall_at_k, unit_rows
+    from common import markdown_table
+
+    rows, kept = [], []
+    for name, vectors in (("clustered (1000 clusters)", clustered(n, dim, 1000, seed=1)),
+                          ("uniform", np.random.default_rng(2).standard_normal((n, dim), dtype=np.float32))):
+        emb = save_embeddings(work / f"emb-choice-{name.split()[0]}", vectors)
+        out = work / f"idx-choice-{name.split()[0]}"
+        t0 = time.perf_counter()
+        build_index(emb, out, verbose=True)
+        build_s = time.perf_counter() - t0
+        info = json.loads((out / "index.json").read_text())
+        exact = next(r for r in info["choice"]["candidates"] if r["kind"] == "flat")
+        for r in info["choice"]["candidates"]:
+            rows.append([name, r["kind"] + (" (kept)" if r["kind"] == info["kind"] else ""), f"{r['memory_mb']:.0f}",
+                         f"{r['build_s']:.1f}", r["effort"] if r["effort"] is not None else "-",
+                         f"{r['recall_at_10']:.3f}", f"{r['p50_ms']:.2f}", f"{exact['p50_ms'] / r['p50_ms']:.1f}x"])
+        data = unit_rows(np.load(emb / "part-00000.npy").astype(np.float32))
+        fresh = perturbed_queries(data, n_queries, seed=7)  # the build tuned on seed 0
+        s = Searcher(out)
+        p50, p99, found = measure(s, fresh)
+        kept.append([name, info["kind"], info["effort"], f"{build_s:.0f}", f"{p50:.2f}", f"{p99:.2f}",
+                     f"{recall_at_k(exact_top_k(data, fresh, 10), found):.3f}"])
+    print(f"\nindex choice on {n} vectors (d={dim}): every candidate tuned to recall@10 >= 0.95 on the same "
+          "200 queries (half collection vectors plus noise, half random directions), median of one-query "
+          "searches for 10 results\n")
+    print(markdown_table(["data", "index", "memory MB", "build s", "effort", "recall@10", "p50 ms",
+                          "speed vs exact"], rows))
+    print(f"\nthe kept index through Searcher, {n_queries} fresh queries near the collection\n")
+    print(markdown_table(["data", "kept", "effort", "whole build s (all candidates)", "p50 ms", "p99 ms",
+                          "recall@10 vs exact"], kept))
+
+
 def main() -> None:
     from clipforge.search.embed import save_embeddings
     from clipforge.search.index import build_index
@@ -91,7 +142,8 @@ def main() -> None:
     from common import machine, markdown_table
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--sizes", nargs="*", type=int, default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--choice", type=int, default=0, help="vectors for the clustered/uniform index-choice table")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--hnsw-max", type=int, default=100_000,
@@ -132,8 +184,11 @@ def main() -> None:
             print(" | ".join(str(c) for c in rows[-1]), flush=True)
             if kind == "pq-rerank" and threads == 2:
                 largest = out
-    print()
-    print(markdown_table(headers, rows))
+    if rows:
+        print()
+        print(markdown_table(headers, rows))
+    if args.choice:
+        choice_tables(args.choice, args.dim, args.queries, work)
     if args.demo_model:
         import clipforge
         from clipforge.search.embed import embed_collection, read_caption_embeddings, read_embeddings

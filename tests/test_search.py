@@ -152,9 +152,11 @@ def test_search_endpoints(client, collection) -> None:
     ({"image": "%%% not base64 %%%"}, 400, "base64"),
     ({"id": 99_999}, 404, "no item"),
     ({"vector": [1.0, 2.0]}, 400, "dimension"),
-    ({}, 400, "exactly one"),
+    ({}, 400, "give a text, an image, a vector or an id"),
     ({"text": "  "}, 400, "empty"),
-    ({"text": "x", "image": _png()}, 400, "exactly one"),
+    ({"vector": [1.0] * 128, "image": _png()}, 400, "at most one of image, vector or id"),
+    ({"text": "x", "match": "caption"}, 400, "no caption embeddings"),
+    ({"text": "x", "match": "both"}, 422, "match"),
 ])
 def test_bad_requests_get_json_errors(client, body, status, message) -> None:
     r = client.post("/search", json=body)

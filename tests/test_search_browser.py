@@ -1,4 +1,4 @@
-"""End to end in headless Chromium: type a query, see results, upload an image, see results."""
+"""End to end in headless Chromium: the search page's every feature, as a user drives it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from clipforge.search.index import build_index
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 60, 220)}
 
 
 @pytest.fixture(scope="module")
@@ -23,47 +26,106 @@ def server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("web")
     (root / "imgs").mkdir()
-    for i, colour in enumerate([(220, 30, 30), (30, 180, 60), (30, 60, 220)] * 4):
-        img = Image.new("RGB", (32, 32), colour)
+    for i, name in enumerate(list(COLOURS) * 4):
+        img = Image.new("RGB", (32, 32), COLOURS[name])
         img.paste((255, 255, 255), (i * 2, i * 2, i * 2 + 5, i * 2 + 5))
         img.save(root / "imgs" / f"{i:02d}.png")
-        (root / "imgs" / f"{i:02d}.txt").write_text(f"image {i}")
+        (root / "imgs" / f"{i:02d}.txt").write_text(f"image {i}, a {name} square")
     model = clipforge.build("tiny-vit-32")
     clipforge.save(model, root / "model")
-    emb = embed_collection(model, str(root / "imgs"), root / "emb", model_path=str(root / "model"), progress=False)
+    emb = embed_collection(model, str(root / "imgs"), root / "emb", model_path=str(root / "model"), progress=False,
+                           captions=True)
     build_index(emb, root / "idx")
     with BackgroundServer(create_app(root / "idx")) as url:
         yield url, root
+
+
+def _status(page, text: str) -> str:
+    page.wait_for_function("(t) => document.getElementById('status').textContent.includes(t)", arg=text)
+    return page.text_content("#status")
+
+
+def _ids(page) -> list[str]:
+    return [h.get_attribute("data-id") for h in page.locator("#results .hit").all()]
 
 
 def test_search_page_in_headless_chromium(server, tmp_path) -> None:
     from playwright.sync_api import sync_playwright
 
     url, root = server
-    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 800})
         page.goto(url + "/")
-        page.wait_for_function("document.getElementById('status').textContent.includes('12 images indexed')")
-        # Settings: ask for 5 results.
+        _status(page, "12 images indexed")
+        # A text query, 5 a page; the query goes into the URL.
         page.click("#toggle-settings")
         page.fill("#k", "5")
         page.fill("#q", "a red square")
         page.press("#q", "Enter")
-        page.wait_for_selector("#results .hit")
-        assert page.locator("#results .hit").count() == 5
-        assert "results for \"a red square\"" in page.text_content("#status")
-        # Upload an image: its own file comes back first with a score of about 1.
-        page.set_input_files("#file", str(root / "imgs" / "04.png"))
-        page.wait_for_function("document.getElementById('status').textContent.includes('04.png')")
-        first = page.locator("#results .hit").first
-        assert "image 4" in first.text_content() and float(first.locator(".score").text_content()) > 0.99
-        # Click a result to search by it.
+        _status(page, 'results 1-5 for "a red square"')
+        first_page = _ids(page)
+        assert len(first_page) == 5 and "q=a+red+square" in page.url and "k=5" in page.url
+        assert page.is_disabled("#prev") and not page.is_disabled("#next")
+        # Paging.
+        page.click("#next")
+        _status(page, "results 6-10")
+        second_page = _ids(page)
+        assert "offset=5" in page.url and not set(second_page) & set(first_page)
+        # The back button returns to the first page; the address alone reproduces a search.
+        page.go_back()
+        _status(page, "results 1-5")
+        assert _ids(page) == first_page
+        shared = browser.new_page()
+        shared.goto(page.url)
+        _status(shared, 'results 1-5 for "a red square"')
+        assert _ids(shared) == first_page and shared.input_value("#q") == "a red square"
+        shared.close()
+        # A full-size view with caption and metadata.
+        page.locator("#results .hit").first.click()
+        page.wait_for_selector("#viewer.open")
+        assert page.get_attribute("#viewer-image", "src") == f"/image/{first_page[0]}"
+        page.wait_for_function("document.getElementById('viewer-meta').textContent.includes('.png')")
+        meta = page.text_content("#viewer-meta")
+        assert "square" in meta and "32 x 32 px" in meta
+        page.click("#viewer-close")
+        page.wait_for_selector("#viewer", state="hidden")
+        # Search by a result, then add a text to it (embedding arithmetic).
         page.locator("#results .hit").nth(1).click()
-        page.wait_for_function("document.getElementById('status').textContent.includes('item #')")
-        assert page.locator("#results .hit").count() == 5
+        page.click("#viewer-search")
+        _status(page, f"results 1-5 for item #{first_page[1]}")
+        top = page.locator("#results .hit").first
+        assert top.get_attribute("data-id") == first_page[1] and float(top.locator(".score").text_content()) > 0.99
+        page.fill("#q", "a blue square")
+        page.press("#q", "Enter")
+        _status(page, f'item #{first_page[1]} + "a blue square"')
+        assert float(page.locator("#results .hit .score").first.text_content()) < 0.99  # no longer the image alone
+        assert f"id={first_page[1]}" in page.url and "q=a+blue+square" in page.url
+        # Match captions instead of images.
+        page.click("#clear-image")
+        _status(page, 'results 1-5 for "a blue square"')
+        page.select_option("#match", "caption")
+        _status(page, "(matching captions)")
+        assert "match=caption" in page.url
+        page.select_option("#match", "image")
+        _status(page, 'results 1-5 for "a blue square"')
+        # k above the server's limit is said, not silently cut.
+        page.fill("#k", "500")
+        page.press("#q", "Enter")
+        page.wait_for_function("document.getElementById('notice').textContent.includes('limited to 200')")
+        assert page.input_value("#k") == "200" and len(_ids(page)) == 12
+        # A failed upload: an error, no half-shown query image, no stale results.
+        (tmp_path / "notes.png").write_bytes(b"these are notes, not an image")
+        page.set_input_files("#file", str(tmp_path / "notes.png"))
+        _status(page, "error:")
+        assert "error" in page.get_attribute("#status", "class") and "not an image" in page.text_content("#status")
+        assert not page.is_visible("#query-image-box") and page.locator("#results .hit").count() == 0
+        # A good upload: its own file comes back first with a score of about 1.
+        page.fill("#q", "")
+        page.set_input_files("#file", str(root / "imgs" / "04.png"))
+        _status(page, "04.png")
+        first = page.locator("#results .hit").first
+        assert "image 4," in first.text_content() and float(first.locator(".score").text_content()) > 0.99
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
     assert (tmp_path / "page.png").stat().st_size > 5000

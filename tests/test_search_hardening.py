@@ -283,3 +283,26 @@ def test_concurrent_searches_stay_correct(tmp_path) -> None:
     for t in threads:
         t.join()
     assert got == [expected] * 6
+
+
+def test_cli_embed_index_search(csv_collection, tmp_path, capsys) -> None:
+    """The README's commands: embed (with captions), index, search by text, image, both, and by caption."""
+    from clipforge.cli.main import main
+
+    root = csv_collection
+    assert main(["embed", "--model", str(root / "model"), "--images", str(root / "data" / "val.csv"), "--out",
+                 str(tmp_path / "emb"), "--captions"]) == 0
+    assert main(["index", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
+    assert (tmp_path / "idx" / "captions" / "index.json").is_file()
+    capsys.readouterr()
+    image = str(root / "data" / "images" / "005.png")
+    assert main(["search", str(tmp_path / "idx"), "--image", image, "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].split()[1].endswith("005.png") and float(lines[0].split()[0]) > 0.99
+    assert main(["search", str(tmp_path / "idx"), "in blue", "--image", image, "-k", "2"]) == 0
+    combined = capsys.readouterr().out.splitlines()
+    assert len(combined) == 2 and float(combined[0].split()[0]) < 0.99
+    assert main(["search", str(tmp_path / "idx"), "scene 7", "--match", "caption", "-k", "3", "--offset", "1"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    assert main(["search", str(tmp_path / "idx"), "x", "--image", str(tmp_path / "none.png")]) == 2
+    assert "--image" in capsys.readouterr().err

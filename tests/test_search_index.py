@@ -9,7 +9,7 @@ import pytest
 
 from clipforge.errors import ClipforgeError
 from clipforge.search.dedup import near_duplicate_groups
-from clipforge.search.embed import save_embeddings
+from clipforge.search.embed import read_embeddings, save_embeddings
 from clipforge.search.index import build_index, choose_index
 from clipforge.search.reranked_pq import RerankedPQIndex, sub_quantizers
 from clipforge.search.searcher import Searcher
@@ -32,11 +32,18 @@ def test_save_embeddings_checks_its_input(tmp_path) -> None:
 
 def test_index_choice_follows_size_and_budget() -> None:
     assert choose_index(10_000, 512)["kind"] == "flat"
-    spec = choose_index(1_000_000, 512)
-    assert spec["kind"] == "pq-rerank" and spec["m"] == 256 and spec["nbits"] == 4
+    spec = choose_index(1_000_000, 512)  # every kind that fits is measured; HNSW only when asked for
+    assert spec["kind"] == "measure"
+    assert [c["kind"] for c in spec["candidates"]] == ["flat", "ivfflat", "pq-rerank", "ivfpq"]
+    pq_spec = spec["candidates"][2]
+    assert pq_spec["m"] == 256 and pq_spec["nbits"] == 4
+    assert [c["kind"] for c in choose_index(1_000_000, 512, memory_budget_mb=1500)["candidates"]] == \
+        ["pq-rerank", "ivfpq"]  # float32 kinds need 1953 MB
     spec = choose_index(1_000_000, 512, memory_budget_mb=1000)  # float16 vectors alone need 977 MB + codes
     assert spec["kind"] == "ivfpq" and spec["m"] == 64 and "budget" in spec["reason"]
     assert choose_index(1000, 512, kind="hnsw")["kind"] == "hnsw"
+    assert [c["kind"] for c in choose_index(60_000, 64)["candidates"]] == \
+        ["flat", "ivfflat", "pq-rerank", "hnsw", "ivfpq"]
     with pytest.raises(ClipforgeError, match="--kind 'annoy'"):
         choose_index(1000, 512, kind="annoy")
     assert sub_quantizers(512) == 256 and sub_quantizers(7) == 1 and sub_quantizers(18) == 9
@@ -164,3 +171,40 @@ def test_approximate_recall_at_10_on_100k_random_unit_vectors(tmp_path) -> None:
     r = random_unit(100, 512, 8)  # queries near no collection vector at all
     got = np.array([[r.id for r in row] for row in s.search(r, k=10)])
     assert recall_at_k(exact_top_k(v, r, 10), got) >= 0.95
+
+
+def _clustered(n: int, d: int, clusters: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors around ``clusters`` random centres (cosine ~0.9 to their centre), like real embeddings."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = centres[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, d), dtype=np.float32) / np.sqrt(d)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.slow
+def test_the_index_kind_is_chosen_by_measurement_on_the_collection(tmp_path) -> None:
+    """On clustered vectors an inverted file beats the structure-blind PQ scan; the table is recorded."""
+    save_embeddings(tmp_path / "emb", _clustered(30_000, 64, 300))
+    build_index(tmp_path / "emb", tmp_path / "idx", exact_limit=10_000)
+    info = json.loads((tmp_path / "idx" / "index.json").read_text())
+    rows = {r["kind"]: r for r in info["choice"]["candidates"]}
+    assert set(rows) == {"flat", "ivfflat", "pq-rerank", "hnsw", "ivfpq"}
+    reached = [r for r in rows.values() if r["reached_target"]]
+    assert info["kind"] == min(reached, key=lambda r: r["p50_ms"])["kind"]  # the fastest reaching the target
+    assert rows["flat"]["recall_at_10"] == 1.0 and info["recall_at_10"] >= 0.95
+    assert "fastest reaching recall@10 0.95" in info["reason"]
+    searcher = Searcher(tmp_path / "idx")
+    vectors = read_embeddings(tmp_path / "emb")[0]
+    assert searcher.search(vectors[123], k=3)[0][0].id == 123
+
+
+def test_ivfflat_index_keeps_vectors_and_tunes_nprobe(tmp_path) -> None:
+    x = np.random.default_rng(0).standard_normal((5000, 32)).astype(np.float32)
+    save_embeddings(tmp_path / "emb", x)
+    build_index(tmp_path / "emb", tmp_path / "idx", kind="ivfflat")
+    s = Searcher(tmp_path / "idx")
+    assert s.info["tuning"]["effort"] == "nprobe" and s.info["recall_at_10"] >= 0.95
+    v = s.stored_vector(s.row_of(42))  # by id, as POST /search {"id": 42} does
+    np.testing.assert_allclose(v, x[42] / np.linalg.norm(x[42]), atol=2e-3)
+    assert s.search(v, k=1)[0][0].id == 42

@@ -6,6 +6,8 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.search.index import KINDS
+
     e = sub.add_parser("embed", help="embed an image collection (resumable) into EMB_DIR")
     e.add_argument("--model", required=True)
     e.add_argument("--images", required=True, help="folder of images, CSV (image[,caption]) or shards")
@@ -31,8 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("emb_dir")
     i.add_argument("--out", required=True, help="index folder (replaced atomically)")
     i.add_argument("--memory-mb", type=float, default=None, help="memory budget that decides the index kind")
-    i.add_argument("--kind", choices=["flat", "pq-rerank", "ivfpq", "hnsw"], default=None,
-                   help="force an index kind (default: chosen from the size and --memory-mb; see index.json)")
+    i.add_argument("--kind", choices=KINDS, default=None,
+                   help="force an index kind (default: exact up to 50k vectors, else the fastest of the kinds within "
+                        "--memory-mb that reaches --target-recall, measured on the collection; see index.json)")
     i.add_argument("--target-recall", type=float, default=0.95,
                    help="approximate kinds: the least search effort reaching this recall@10 against exact search, "
                         "measured at build time, becomes the default (default: 0.95)")
@@ -49,6 +52,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--image", default=None, help="search by this image instead")
     s.add_argument("--model", default=None, help="the model (default: the one recorded in index.json)")
     s.add_argument("-k", type=int, default=10)
+    s.add_argument("--offset", type=int, default=0, help="skip this many results (paging)")
+    s.add_argument("--match", choices=("image", "caption"), default="image",
+                   help="rank items by their images (default) or by their captions (indexes built with --captions)")
+    s.add_argument("--text-weight", type=float, default=1.0,
+                   help="with both a text and --image: the text's weight in the combined query (default: 1)")
     s.add_argument("--threshold", type=float, default=None)
     s.add_argument("--dedup", action="store_true")
     s.add_argument("--effort", type=int, default=None,
@@ -113,16 +121,22 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from clipforge.errors import ClipforgeError
-    from clipforge.search.query import image_query, load_index_model, text_query
-    from clipforge.search.searcher import Searcher
+    from pathlib import Path
 
-    searcher = Searcher(args.index_dir)
+    from clipforge.errors import ClipforgeError
+    from clipforge.search.service import Limits, SearchService
+
     if not args.query and not args.image:
-        raise ClipforgeError("give a text query or --image")
-    model = load_index_model(searcher.info, args.model)
-    q = image_query(model, args.image) if args.image else text_query(model, args.query)
-    for r in searcher.search(q, args.k, args.threshold, args.dedup, effort=args.effort)[0]:
+        raise ClipforgeError("give a text query, --image, or both (the image plus the text)")
+    if args.image and not Path(args.image).is_file():
+        raise ClipforgeError(f"--image {args.image}: no such file")
+    # The command line is trusted: no request limits beyond what the index can answer.
+    service = SearchService(args.index_dir, args.model,
+                            Limits(max_k=10**9, max_depth=10**9, max_candidates=10**12, max_query_pixels=89_478_485))
+    results = service.search(text=args.query, image=Path(args.image).read_bytes() if args.image else None,
+                             k=args.k, offset=args.offset, threshold=args.threshold, dedup=args.dedup,
+                             effort=args.effort, text_weight=args.text_weight, match=args.match)
+    for r in results:
         print(f"{r.score:.3f}  {r.path}" + (f"  ({r.caption})" if r.caption else ""))
     return 0
 

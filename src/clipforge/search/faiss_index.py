@@ -1,12 +1,13 @@
-"""Single-file FAISS indexes: exact inner product, HNSW and IVF-PQ, memory-mapped where FAISS can.
+"""Single-file FAISS indexes: exact inner product, HNSW, IVF-Flat and IVF-PQ, memory-mapped where FAISS can.
 
 ``effort`` is passed per call (FAISS search parameters), never set on the shared index, so
 concurrent requests with different efforts do not race: HNSW's ``efSearch`` (Malkov & Yashunin
-2018), IVF's ``nprobe``; the exact index has none.
+2018), IVF's ``nprobe`` (Jégou et al. 2011); the exact index has none.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ FILE = "index.faiss"
 
 
 class FaissIndex:
-    """One FAISS index of kind ``flat``, ``hnsw`` or ``ivfpq`` (see :func:`clipforge.search.index.choose_index`)."""
+    """One FAISS index of kind ``flat``, ``hnsw``, ``ivfflat`` or ``ivfpq`` (see :mod:`clipforge.search.index`)."""
 
     def __init__(self, index: faiss.Index, kind: str) -> None:
         self.index = index
         self.kind = kind
+        self._direct_map = False
+        self._lock = threading.Lock()
 
     @property
     def ntotal(self) -> int:
@@ -38,11 +41,14 @@ class FaissIndex:
         elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(d, spec["M"], faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = spec["efConstruction"]
-        elif kind == "ivfpq":
-            index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, spec["nlist"], spec["m"], spec["nbits"],
-                                     faiss.METRIC_INNER_PRODUCT)
+        elif kind in ("ivfpq", "ivfflat"):
+            if kind == "ivfpq":
+                index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, spec["nlist"], spec["m"], spec["nbits"],
+                                         faiss.METRIC_INNER_PRODUCT)
+            else:
+                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, spec["nlist"], faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)
-            size = min(n, max(spec["nlist"] * 40, 10_000))
+            size = min(n, max(spec["nlist"] * 40, 10_000))  # FAISS wants >= 39 training points a list
             index.train(vectors[np.sort(rng.choice(n, size=size, replace=False))])
         else:
             raise ClipforgeError(f"unknown index kind {kind!r}")
@@ -65,12 +71,17 @@ class FaissIndex:
         """The stored vector of ``row`` (IVF-PQ keeps only codes: None)."""
         if self.kind == "ivfpq":
             return None
+        if self.kind == "ivfflat":
+            with self._lock:
+                if not self._direct_map:  # IVF lists are not in id order: a row -> (list, offset) map first
+                    faiss.extract_index_ivf(self.index).make_direct_map()
+                    self._direct_map = True
         return self.index.reconstruct(row)
 
     def search(self, queries: np.ndarray, k: int, effort: int) -> tuple[np.ndarray, np.ndarray]:
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(effort, k))
-        elif self.kind == "ivfpq":
+        elif self.kind in ("ivfpq", "ivfflat"):
             params = faiss.SearchParametersIVF(nprobe=effort)
         else:
             params = None

@@ -1,19 +1,26 @@
-"""``clipforge index``: an index over an embeddings folder, chosen from its size and a memory budget.
+"""``clipforge index``: an index over an embeddings folder, chosen by measuring the candidates on the
+collection's own vectors.
 
-* up to ``exact_limit`` vectors (default 50k, about 7 ms a query on one core), when they fit the
-  budget: exact inner product (FAISS ``IndexFlatIP``);
-* larger, when the float16 vectors plus d/4 bytes of codes each fit the budget: ``pq-rerank``
-  (:mod:`clipforge.search.reranked_pq`), a scan of 4-bit fast-scan PQ codes over all cores and an
-  exact re-ranking of the best candidates;
-* larger than the budget: IVF with product quantisation (nlist ~ 4 sqrt(N), d/8 sub-quantisers of
-  8 bits: d/8 bytes a vector), the only kind that does not keep the vectors;
-* HNSW (M = 32, efConstruction = 200) when asked for with ``kind="hnsw"``.
+The kinds (``--kind`` forces one):
 
-For the approximate kinds the search effort (candidates per result, efSearch or nprobe) is chosen
-at build time as the least that reaches ``target_recall`` recall@10 against exact search, measured
-on held-out queries: the collection's caption embeddings when it has them, else half collection
-vectors plus noise and half random directions (:mod:`clipforge.search.tuning`). The choice, its
-reason and the measured ladder are written to ``index.json``.
+* ``flat``: exact inner product (FAISS ``IndexFlatIP``); float32 vectors;
+* ``ivfflat``: an inverted file of nlist ~ 4 sqrt(N) lists over float32 vectors (Jégou et al.
+  2011), probing ``effort`` lists; fast on clustered data, which real embeddings are;
+* ``pq-rerank`` (:mod:`clipforge.search.reranked_pq`): a scan of 4-bit fast-scan PQ codes over all
+  cores, then exact re-ranking of ``effort * k`` candidates from memory-mapped float16 vectors;
+  its cost does not depend on the data's structure;
+* ``hnsw``: a graph (M = 32, efConstruction = 200; Malkov & Yashunin 2018), ``effort`` = efSearch;
+* ``ivfpq``: IVF with 8-bit product quantisation, d/8 bytes a vector: the only kind that does not
+  keep the vectors, for collections larger than the memory budget.
+
+Up to ``exact_limit`` vectors (default 50k, a few ms a query) the index is exact. Above, every kind
+that fits the memory budget (HNSW only up to ``HNSW_AUTO_LIMIT`` vectors, its build being slow) is
+built on the whole collection, its effort tuned to the least reaching ``target_recall`` recall@10
+against exact search, and its latency measured one query at a time at that effort; the fastest
+that reaches the target is kept (:func:`choose_by_measurement`). Tuning queries: the collection's
+caption embeddings when it has them, else half collection vectors plus noise and half random
+directions (:mod:`clipforge.search.tuning`). Every candidate's memory, build time, effort, recall
+and latency are written to ``index.json`` with the reason for the choice.
 
 The index is built in a temporary folder and renamed over the old one: a half-built index never
 replaces a good one. Near-duplicate groups (cosine >= threshold) can be computed and stored for
@@ -27,6 +34,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +51,9 @@ from clipforge.search.tuning import exact_top_k, synthetic_queries, tune_effort,
 
 log = logging.getLogger(__name__)
 
-KINDS = ("flat", "pq-rerank", "ivfpq", "hnsw")
+KINDS = ("flat", "ivfflat", "pq-rerank", "hnsw", "ivfpq")
+HNSW_AUTO_LIMIT = 100_000  # larger collections get HNSW only when asked for (hours of build on few cores)
+LATENCY_QUERIES = 50
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 200
 EXACT_LIMIT = 50_000
 TUNING_QUERIES = 200
@@ -51,47 +61,64 @@ TUNING_QUERIES = 200
 LADDERS = {"pq-rerank": [1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 1000],
            "hnsw": [16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096]}
 #: Effort of an approximate index opened without a measured one (the exact index has none).
-DEFAULT_EFFORT = {"pq-rerank": 20, "hnsw": 128, "ivfpq": 32}
+DEFAULT_EFFORT = {"pq-rerank": 20, "hnsw": 128, "ivfpq": 32, "ivfflat": 8}
+
+
+EFFORT_MEANING = {"pq-rerank": "candidates per result", "hnsw": "efSearch", "ivfpq": "nprobe",
+                  "ivfflat": "nprobe"}
 
 
 def default_shards() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def _nlist(n: int) -> int:
+    return max(16, min(n // 39, int(4 * math.sqrt(n))))
+
+
+def candidate_specs(n: int, d: int, threads: int | None = None) -> dict[str, dict[str, Any]]:
+    """Every kind's build parameters and memory (MB) for ``n`` vectors of dimension ``d``."""
+    m, nlist, mi = sub_quantizers(d), _nlist(n), divisor_at_most(d, d // 8)
+    flat_mb = n * d * 4 / 2**20
+    return {
+        "flat": {"kind": "flat", "memory_mb": flat_mb},
+        "ivfflat": {"kind": "ivfflat", "nlist": nlist, "memory_mb": flat_mb + nlist * d * 4 / 2**20},
+        "pq-rerank": {"kind": "pq-rerank", "m": m, "nbits": 4, "shards": threads or default_shards(),
+                      "memory_mb": n * (d * 2 + math.ceil(m / 2)) / 2**20},
+        "hnsw": {"kind": "hnsw", "M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION,
+                 "memory_mb": flat_mb + n * HNSW_M * 2 * 4 / 2**20},
+        "ivfpq": {"kind": "ivfpq", "nlist": nlist, "m": mi, "nbits": 8, "memory_mb": n * mi / 2**20},
+    }
+
+
 def choose_index(n: int, d: int, memory_budget_mb: float | None = None, exact_limit: int = EXACT_LIMIT,
                  kind: str | None = None, threads: int | None = None) -> dict[str, Any]:
-    """The index kind and its build parameters for ``n`` vectors of dimension ``d``, with the reason.
+    """The kind (or, when it must be measured, the candidates) for ``n`` vectors of dimension ``d``.
 
-    ``threads``: how many threads one query's scan of a pq-rerank index is split over (its shards);
-    default: the CPUs here, at most 8.
+    Returns a spec with its ``reason``; when several kinds fit and the collection is above
+    ``exact_limit``, ``kind`` is ``"measure"`` and ``candidates`` lists the specs to compare.
+    ``threads``: how many threads one query's scan of a pq-rerank index is split over.
     """
     if kind is not None and kind not in KINDS:
         raise ClipforgeError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
-    flat_mb = n * d * 4 / 2**20
-    m = sub_quantizers(d)
-    pq_mb = n * (d * 2 + math.ceil(m / 2)) / 2**20
+    specs = candidate_specs(n, d, threads)
+    if kind is not None:
+        return {**specs[kind], "reason": f"asked for: {kind} ({specs[kind]['memory_mb']:.0f} MB)"}
     budget = memory_budget_mb if memory_budget_mb is not None else float("inf")
-    pq_spec = {"kind": "pq-rerank", "m": m, "nbits": 4, "shards": threads or default_shards()}
-    nlist = max(16, min(n // 39, int(4 * math.sqrt(n))))
-    mi = divisor_at_most(d, d // 8)
-    ivf_spec = {"kind": "ivfpq", "nlist": nlist, "m": mi, "nbits": 8}
-    if kind == "flat":
-        return {"kind": "flat", "reason": f"asked for: exact search ({flat_mb:.0f} MB)"}
-    if kind == "pq-rerank":
-        return {**pq_spec, "reason": f"asked for: PQ codes + float16 vectors ({pq_mb:.0f} MB)"}
-    if kind == "ivfpq":
-        return {**ivf_spec, "reason": f"asked for: IVF-PQ ({n * mi / 2**20:.0f} MB of codes)"}
-    if kind == "hnsw":
-        return {"kind": "hnsw", "M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION,
-                "reason": f"asked for: HNSW ({flat_mb + n * HNSW_M * 8 / 2**20:.0f} MB)"}
-    if n <= exact_limit and flat_mb <= budget:
-        return {"kind": "flat", "reason": f"{n} vectors <= {exact_limit}: exact search ({flat_mb:.0f} MB)"}
-    if pq_mb <= budget:
-        return {**pq_spec, "reason": f"{n} vectors > {exact_limit}: a scan of {m} 4-bit codes a vector on "
-                                     f"{pq_spec['shards']} threads, then exact re-ranking from float16 vectors "
-                                     f"({pq_mb:.0f} MB <= budget {budget:.0f} MB)"}
-    return {**ivf_spec, "reason": f"the float16 vectors would need {pq_mb:.0f} MB > budget {budget:.0f} MB; "
-                                  f"IVF-PQ keeps {n * mi / 2**20:.0f} MB of codes"}
+    flat = specs["flat"]
+    if n <= exact_limit and flat["memory_mb"] <= budget:
+        return {**flat, "reason": f"{n} vectors <= {exact_limit}: exact search ({flat['memory_mb']:.0f} MB)"}
+    fits = [s for k, s in specs.items() if s["memory_mb"] <= budget and (k != "hnsw" or n <= HNSW_AUTO_LIMIT)]
+    if not fits:
+        small = specs["ivfpq"]
+        return {**small, "reason": f"no kind fits the budget of {budget:.0f} MB; IVF-PQ is the smallest "
+                                   f"({small['memory_mb']:.0f} MB)"}
+    if len(fits) == 1:
+        return {**fits[0], "reason": f"the only kind within the budget of {budget:.0f} MB "
+                                     f"({fits[0]['memory_mb']:.0f} MB)"}
+    return {"kind": "measure", "candidates": fits,
+            "reason": f"{n} vectors > {exact_limit}: measured {', '.join(s['kind'] for s in fits)} "
+                      f"(those within the budget{'' if budget == float('inf') else f' of {budget:.0f} MB'})"}
 
 
 def build_backend(vectors: np.ndarray, spec: dict[str, Any]) -> FaissIndex | RerankedPQIndex:
@@ -107,7 +134,7 @@ def open_backend(folder: Path, info: dict[str, Any]) -> FaissIndex | RerankedPQI
 
 
 def ladder(spec: dict[str, Any]) -> list[int]:
-    if spec["kind"] == "ivfpq":
+    if spec["kind"] in ("ivfpq", "ivfflat"):
         return sorted({2**i for i in range(int(math.log2(spec["nlist"])) + 1)} | {spec["nlist"]})
     return LADDERS[spec["kind"]]
 
@@ -120,13 +147,91 @@ def tune(index: FaissIndex | RerankedPQIndex, spec: dict[str, Any], vectors: np.
     effort, recall, table = tune_effort(index.search, queries, truth, ladder(spec), target, groups)
     spec = {**spec, "effort": effort, "recall_at_10": recall,
             "tuning": {"target_recall_at_10": target, "queries": f"{len(queries)} {source}",
-                       "effort": "candidates per result" if spec["kind"] == "pq-rerank"
-                       else "efSearch" if spec["kind"] == "hnsw" else "nprobe",
+                       "effort": EFFORT_MEANING[spec["kind"]],
                        "recall_by_effort": table,
                        "columns": "effort, mean recall@10, mean recall@10 of the worst query group"}}
     if recall < target:
         spec["reason"] += f"; recall@10 only {recall:.3f} at the highest effort (target {target})"
     return spec
+
+
+def tuning_queries(emb_dir: str | Path, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(queries, query groups, description): caption embeddings when the collection has them."""
+    captions = read_caption_embeddings(emb_dir)
+    if captions is not None and len(captions) >= 10:
+        rng = np.random.default_rng(0)
+        picks = np.sort(rng.choice(len(captions), min(TUNING_QUERIES, len(captions)), replace=False))
+        return unit_rows(captions[picks]), None, "caption embeddings of the collection"
+    queries, groups = synthetic_queries(vectors, TUNING_QUERIES, seed=0)
+    return queries, groups, "queries: half collection vectors plus noise (cosine ~0.71), half random directions"
+
+
+def query_latency_ms(index: FaissIndex | RerankedPQIndex, queries: np.ndarray, effort: int) -> float:
+    """Median milliseconds of one-query searches for 10 results (as the service runs them)."""
+    index.search(queries[:1], 10, effort)  # warm the memory map and thread pools
+    times = []
+    for q in queries[:LATENCY_QUERIES]:
+        t0 = time.perf_counter()
+        index.search(q[None], 10, effort)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def choose_by_measurement(vectors: np.ndarray, spec: dict[str, Any], queries: np.ndarray,
+                          groups: np.ndarray | None, source: str, target: float,
+                          say=lambda msg: None) -> tuple[dict[str, Any], FaissIndex | RerankedPQIndex]:
+    """Build every candidate of ``spec``, tune it, time it; keep the fastest reaching ``target``.
+
+    Exact search always reaches it; when no candidate does (exact over the budget), the one with the
+    highest recall is kept. Returns the chosen spec (with the measured table) and its index.
+    """
+    rows, best, best_index = [], None, None
+    for cand in spec["candidates"]:
+        t0 = time.perf_counter()
+        index = build_backend(vectors, cand)
+        build_s = time.perf_counter() - t0
+        if cand["kind"] == "flat":
+            tuned = {**cand, "effort": None, "recall_at_10": 1.0}
+        else:
+            tuned = tune(index, {**cand, "reason": ""}, vectors, queries, groups, source, target)
+        ms = query_latency_ms(index, queries, int(tuned["effort"] or 1))
+        reached = tuned["recall_at_10"] >= target
+        rows.append({"kind": cand["kind"], "memory_mb": round(cand["memory_mb"], 1), "build_s": round(build_s, 2),
+                     "effort": tuned["effort"], "recall_at_10": round(tuned["recall_at_10"], 4),
+                     "p50_ms": round(ms, 3), "reached_target": reached})
+        say(f"  {cand['kind']:>9}: build {build_s:.1f} s, effort {tuned['effort']}, recall@10 "
+            f"{tuned['recall_at_10']:.3f}, {ms:.2f} ms a query")
+        key = (not reached, ms if reached else -tuned["recall_at_10"])
+        if best is None or key < best[0]:
+            best, best_index = (key, tuned, rows[-1]), index
+        del index
+    _, chosen, row = best
+    others = "; ".join(f"{r['kind']} {r['p50_ms']:.2f} ms" + ("" if r["reached_target"] else " (target not reached)")
+                       for r in rows if r is not row)
+    verdict = "fastest reaching" if row["reached_target"] else "none reached; highest recall towards"
+    chosen = {**chosen, "reason": f"{verdict} recall@10 {target} on {len(queries)} {source}: {row['kind']} at "
+                                  f"{row['p50_ms']:.2f} ms a query (others: {others})",
+              "choice": {"target_recall_at_10": target, "queries": source, "candidates": rows,
+                         "columns": "memory MB, build seconds, tuned effort, recall@10 at it, median ms "
+                                    "of one query for 10 results"}}
+    chosen.pop("candidates", None)
+    return chosen, best_index
+
+
+def _caption_index(captions: np.ndarray, meta, folder: Path, image_kind: str, exact_limit: int, target: float,
+                   threads: int | None) -> None:
+    """An index of the caption embeddings (rows as the images'): exact when small, else the image index's kind."""
+    n, d = captions.shape
+    kind = "flat" if n <= exact_limit or image_kind == "flat" else image_kind
+    spec = choose_index(n, d, kind=kind, threads=threads)
+    index = build_backend(captions, spec)
+    if kind != "flat":
+        queries, groups = synthetic_queries(captions, TUNING_QUERIES, seed=0)
+        spec = tune(index, spec, captions, queries, groups, "caption vectors plus noise and random directions", target)
+    folder.mkdir()
+    index.save(folder)
+    pq.write_table(meta, folder / "metadata.parquet")
+    (folder / "index.json").write_text(json.dumps({"n": n, "dim": d, **spec, "of": "caption embeddings"}, indent=2))
 
 
 def build_index(emb_dir: str | Path, out_dir: str | Path, memory_budget_mb: float | None = None,
@@ -153,27 +258,31 @@ def build_index(emb_dir: str | Path, out_dir: str | Path, memory_budget_mb: floa
     vectors = unit_rows(vectors)
     n, d = vectors.shape
     spec = choose_index(n, d, memory_budget_mb, exact_limit, kind, threads)
-    say(f"building a {spec['kind']} index of {n} vectors (d={d}): {spec['reason']}")
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.building")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    index = build_backend(vectors, spec)
-    if spec["kind"] != "flat":
-        captions = read_caption_embeddings(emb_dir)
-        if captions is not None and len(captions) >= 10:
-            rng = np.random.default_rng(0)
-            queries = unit_rows(captions[np.sort(rng.choice(len(captions), min(TUNING_QUERIES, len(captions)),
-                                                            replace=False))])
-            groups, source = None, "caption embeddings of the collection"
+    if spec["kind"] == "flat":
+        say(f"building a flat index of {n} vectors (d={d}): {spec['reason']}")
+        index = build_backend(vectors, spec)
+    else:
+        queries, groups, source = tuning_queries(emb_dir, vectors)
+        say(f"recall@10 is measured against exact search on {len(queries)} {source}")
+        if spec["kind"] == "measure":
+            say(f"{spec['reason']}")
+            spec, index = choose_by_measurement(vectors, spec, queries, groups, source, target_recall, say)
         else:
-            queries, groups = synthetic_queries(vectors, TUNING_QUERIES, seed=0)
-            source = "queries: half collection vectors plus noise (cosine ~0.71), half random directions"
-        say(f"measuring recall@10 against exact search on {len(queries)} {source}")
-        spec = tune(index, spec, vectors, queries, groups, source, target_recall)
-        say(f"effort {spec['effort']} ({spec['tuning']['effort']}): recall@10 {spec['recall_at_10']:.3f}")
+            say(f"building a {spec['kind']} index of {n} vectors (d={d}): {spec['reason']}")
+            index = build_backend(vectors, spec)
+            spec = tune(index, spec, vectors, queries, groups, source, target_recall)
+        say(f"{spec['kind']}: effort {spec['effort']} ({spec['tuning']['effort']}), "
+            f"recall@10 {spec['recall_at_10']:.3f}")
     index.save(tmp)
     pq.write_table(meta, tmp / "metadata.parquet")
+    captions = read_caption_embeddings(emb_dir)
+    if captions is not None and len(captions) == n:
+        say("indexing the caption embeddings too (for matching captions instead of images)")
+        _caption_index(unit_rows(captions), meta, tmp / "captions", spec["kind"], exact_limit, target_recall, threads)
     info = {"n": n, "dim": d, **spec, "model": manifest.get("model", ""),
             "model_fingerprint": manifest.get("model_fingerprint"), "embeddings": str(Path(emb_dir).resolve()),
             "root": manifest.get("root"), "parts": {"complete": done, "total": n_parts}}

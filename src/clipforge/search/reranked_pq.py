@@ -90,11 +90,16 @@ class RerankedPQIndex:
         ids = np.full((nq, k), -1, dtype=np.int64)
         for row, (q, c) in enumerate(zip(queries, cand)):
             c = np.sort(c[c >= 0])  # sorted rows read the memory map in file order
-            exact = np.asarray(self.vectors[c], dtype=np.float32) @ q
+            # In blocks: a request's memory stays ~RERANK_BLOCK vectors whatever its candidate count.
+            exact = np.concatenate([np.asarray(self.vectors[c[i : i + RERANK_BLOCK]], dtype=np.float32) @ q
+                                    for i in range(0, len(c), RERANK_BLOCK)]) if len(c) else np.zeros(0, np.float32)
             top = _top(exact, k)
             scores[row, : len(top)] = exact[top]
             ids[row, : len(top)] = c[top]
         return scores, ids
+
+
+RERANK_BLOCK = 4096
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The search API's routes, over the :class:`~clipforge.search.service.SearchService` in ``app.state``.
 
-* ``POST /search`` -- JSON ``{"text" | "image" (base64) | "vector" | "id", "k", "offset", "threshold",
-  "dedup", "effort"}`` -> ``{"results": [{"id", "score", "caption", "width", "height", "image_url",
-  "thumb_url"}], "k", "offset"}``
+* ``POST /search`` -- JSON ``{"text" and/or one of "image" (base64), "vector", "id"; "k", "offset",
+  "threshold", "dedup", "effort", "text_weight", "match": "image" | "caption"}`` -> ``{"results":
+  [{"id", "score", "caption", "width", "height", "image_url", "thumb_url"}], "k", "offset",
+  "has_more"}``
 * ``GET /image/{id}``, ``GET /thumb/{id}`` -- only files that are in the index, looked up by id
 * ``GET /item/{id}`` -- an item's metadata (caption, size, shard member), never its server-side path
 * ``GET /health``, ``GET /stats``
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -31,6 +33,8 @@ class SearchRequest(BaseModel):
     offset: int = Field(0, ge=0, description="results to skip, for paging (offset + k at most max_depth)")
     threshold: float | None = Field(None, ge=-1, le=1)
     dedup: bool = False
+    text_weight: float = Field(1.0, ge=0, le=10, description="with an image and a text: the text's weight")
+    match: Literal["image", "caption"] = Field("image", description="rank items by their images or their captions")
     effort: int | None = Field(None, ge=1, le=4096,
                                description="approximate indexes: candidates per result (pq-rerank), efSearch "
                                            "(HNSW) or nprobe (IVF); default: measured at build time")
@@ -55,8 +59,11 @@ def search(req: SearchRequest, request: Request) -> dict:
     svc = _service(request)
     image = decode_base64(req.image) if req.image is not None else None
     results = svc.search(text=req.text, image=image, vector=req.vector, item_id=req.id, k=req.k,
-                         offset=req.offset, threshold=req.threshold, dedup=req.dedup, effort=req.effort)
-    return {"k": req.k, "offset": req.offset,
+                         offset=req.offset, threshold=req.threshold, dedup=req.dedup, effort=req.effort,
+                         text_weight=req.text_weight, match=req.match)
+    n = len(svc.searcher)
+    more = len(results) == req.k and req.offset + req.k < min(n, svc.stats()["max_depth"])
+    return {"k": req.k, "offset": req.offset, "has_more": more,
             "results": [{"id": r.id, "score": round(r.score, 5), "caption": r.caption, "width": r.width,
                          "height": r.height, "image_url": f"/image/{r.id}", "thumb_url": f"/thumb/{r.id}"}
                         for r in results]}

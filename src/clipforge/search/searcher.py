@@ -44,6 +44,8 @@ class Searcher:
         self._sorted_ids = ids[self._id_order]
         dedup = self.dir / "dedup.npy"
         self.groups = np.load(dedup) if dedup.is_file() else None
+        # The captions' own index (``clipforge embed --captions``): rank the same items by caption.
+        self.captions: Searcher | None = Searcher(self.dir / "captions") if (self.dir / "captions").is_dir() else None
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -74,7 +76,7 @@ class Searcher:
             return min(len(self), effort * fetch)
         if kind == "hnsw":
             return min(len(self), max(effort, fetch))
-        if kind == "ivfpq":
+        if kind in ("ivfpq", "ivfflat"):
             nlist = int(self.info.get("nlist") or 1)
             return min(len(self), -(-effort * len(self) // nlist))
         return 0

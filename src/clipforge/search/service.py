@@ -37,6 +37,14 @@ from clipforge.errors import ClipforgeError
 from clipforge.search.searcher import Result, Searcher
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32).reshape(1, -1)
+    norm = float(np.linalg.norm(x))
+    if not np.isfinite(norm) or norm == 0:
+        raise RequestRefused("query vector must be finite and non-zero")
+    return x / norm
+
+
 class RequestRefused(ClipforgeError):
     """A request the service will not run; ``status`` is the HTTP status to answer with."""
 
@@ -99,16 +107,17 @@ class SearchService:
             self._heavy.release()
 
     # -- queries
-    def check(self, k: int, offset: int, effort: int | None, dedup: bool) -> None:
+    def check(self, k: int, offset: int, effort: int | None, dedup: bool, searcher: Searcher | None = None) -> None:
         """Refuse a request whose results or work exceed the limits (before any work is done)."""
         lim = self.limits
+        searcher = searcher or self.searcher
         if k > lim.max_k:
             raise RequestRefused(f"k={k} is over the limit of {lim.max_k}", status=422)
         if offset + k > max(lim.max_depth, lim.max_k):
             raise RequestRefused(f"offset + k = {offset + k} is over the limit of {max(lim.max_depth, lim.max_k)} "
                                  "results; "
                                  "refine the query instead of paging this deep", status=422)
-        work = self.searcher.candidates(offset + k, effort, dedup)
+        work = searcher.candidates(offset + k, effort, dedup)
         if work > lim.max_candidates:
             raise RequestRefused(f"this request would make the index examine {work:,} candidates (offset + k = "
                                  f"{offset + k}, effort {effort or self.searcher.effort}); the limit is "
@@ -141,21 +150,37 @@ class SearchService:
 
     def search(self, *, text: str | None = None, image: bytes | None = None, vector: list[float] | None = None,
                item_id: int | None = None, k: int = 20, offset: int = 0, threshold: float | None = None,
-               dedup: bool = False, effort: int | None = None) -> list[Result]:
-        given = [x for x in (text, image, vector, item_id) if x is not None]
-        if len(given) != 1:
-            raise RequestRefused("give exactly one of text, image, vector or id")
-        self.check(k, offset, effort, dedup)
+               dedup: bool = False, effort: int | None = None, text_weight: float = 1.0,
+               match: str = "image") -> list[Result]:
+        """Search by one of ``image``, ``vector`` or ``item_id``, by ``text``, or by an image and a text
+        together (embedding arithmetic: the unit image embedding plus ``text_weight`` times the unit
+        text embedding, as clip-retrieval combines them). ``match="caption"`` ranks the items by their
+        captions' embeddings instead of their images' (when the index has them)."""
+        visual = [x for x in (image, vector, item_id) if x is not None]
+        if len(visual) > 1:
+            raise RequestRefused("give at most one of image, vector or id (and optionally a text)")
+        if not visual and text is None:
+            raise RequestRefused("give a text, an image, a vector or an id")
+        if match not in ("image", "caption"):
+            raise RequestRefused(f"match must be 'image' or 'caption', got {match!r}", status=422)
+        searcher = self.searcher if match == "image" else self.searcher.captions
+        if searcher is None:
+            raise RequestRefused("this index has no caption embeddings to match (embed with --captions)")
+        self.check(k, offset, effort, dedup, searcher)
         with self.heavy():
-            if text is not None:
-                q = self.text_vector(text)
-            elif image is not None:
-                q = self.image_vector(image)
+            parts = []
+            if image is not None:
+                parts.append(_unit(self.image_vector(image)))
             elif item_id is not None:
-                q = self.id_vector(item_id)
-            else:
-                q = np.asarray(vector, dtype=np.float32)
-            return self.searcher.search(q, k, threshold, dedup, offset, effort)[0]
+                parts.append(_unit(self.id_vector(item_id)))
+            elif vector is not None:
+                parts.append(_unit(np.asarray(vector, dtype=np.float32).reshape(1, -1)))
+            if text is not None:
+                parts.append(text_weight * _unit(self.text_vector(text)))
+            results = searcher.search(np.sum(parts, axis=0), k, threshold, dedup, offset, effort)[0]
+        if searcher.candidates(offset + k, effort, dedup) > 10_000:
+            _release_memory()  # a heavy re-ranking's buffers go back to the OS, not to a thread's arena
+        return results
 
     # -- the collection's files
     def item(self, item_id: int) -> dict[str, Any]:
@@ -215,4 +240,5 @@ class SearchService:
         return {"items": len(self.searcher), "dim": i["dim"], "index": i["kind"], "reason": i.get("reason"),
                 "effort": self.searcher.effort, "measured_recall_at_10": i.get("recall_at_10"),
                 "model": os.path.basename(str(i.get("model") or "")) or None, "dedup": self.searcher.groups is not None,
-                "max_k": lim.max_k, "max_depth": lim.max_depth, "max_candidates": lim.max_candidates}
+                "max_k": lim.max_k, "max_depth": max(lim.max_depth, lim.max_k), "max_candidates": lim.max_candidates,
+                "captions": self.searcher.captions is not None}
