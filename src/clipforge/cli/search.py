@@ -42,6 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--threads", type=int, default=None,
                    help="pq-rerank: threads one query's scan is split over (default: CPUs here, at most 8)")
     i.add_argument("--dedup-threshold", type=float, default=None, help="compute near-duplicate groups (cosine)")
+    i.add_argument("--backend", choices=("faiss", "milvus"), default="faiss",
+                   help="faiss (default: files in the index folder) or milvus (vectors and metadata in a Milvus "
+                        "collection: an embedded Milvus Lite file in the index folder, or --milvus-uri)")
+    i.add_argument("--milvus-uri", default=None,
+                   help="a Milvus server or cluster, e.g. http://milvus:19530 (default: Milvus Lite in the index "
+                        "folder)")
+    i.add_argument("--milvus-collection", default="clipforge", help="the Milvus collection to write (replaced)")
     i.add_argument("--partial", action="store_true",
                    help="index an embeddings folder whose embed has not finished (default: refuse)")
     i.set_defaults(func=run_index)
@@ -112,7 +119,8 @@ def run_index(args: argparse.Namespace) -> int:
     from clipforge.search.index import build_index
 
     out = build_index(args.emb_dir, args.out, args.memory_mb, args.kind, args.dedup_threshold, args.target_recall,
-                      threads=args.threads, verbose=True, partial=args.partial)
+                      threads=args.threads, verbose=True, partial=args.partial, backend=args.backend,
+                      milvus_uri=args.milvus_uri, milvus_collection=args.milvus_collection)
     info = json.loads((out / "index.json").read_text())
     tuned = (f"; effort {info['effort']} ({info['tuning']['effort']}) measured recall@10 {info['recall_at_10']:.3f}"
              if "tuning" in info else "")

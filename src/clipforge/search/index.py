@@ -61,11 +61,14 @@ TUNING_QUERIES = 200
 LADDERS = {"pq-rerank": [1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 1000],
            "hnsw": [16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096]}
 #: Effort of an approximate index opened without a measured one (the exact index has none).
-DEFAULT_EFFORT = {"pq-rerank": 20, "hnsw": 128, "ivfpq": 32, "ivfflat": 8}
+DEFAULT_EFFORT = {"pq-rerank": 20, "hnsw": 128, "ivfpq": 32, "ivfflat": 8, "milvus": 8}
 
 
 EFFORT_MEANING = {"pq-rerank": "candidates per result", "hnsw": "efSearch", "ivfpq": "nprobe",
-                  "ivfflat": "nprobe"}
+                  "ivfflat": "nprobe", "milvus": "nprobe"}
+BACKENDS = ("faiss", "milvus")
+#: Every kind an index folder may hold: the FAISS kinds and a Milvus collection.
+ALL_KINDS = (*KINDS, "milvus")
 
 
 def default_shards() -> int:
@@ -122,19 +125,24 @@ def choose_index(n: int, d: int, memory_budget_mb: float | None = None, exact_li
 
 
 def build_backend(vectors: np.ndarray, spec: dict[str, Any]) -> FaissIndex | RerankedPQIndex:
+    """A FAISS-backed index (the Milvus backend is built by :meth:`MilvusIndex.build`, which needs the metadata)."""
     if spec["kind"] == "pq-rerank":
         return RerankedPQIndex.build(vectors, spec["shards"])
     return FaissIndex.build(vectors, spec)
 
 
-def open_backend(folder: Path, info: dict[str, Any]) -> FaissIndex | RerankedPQIndex:
+def open_backend(folder: Path, info: dict[str, Any]):
+    if info["kind"] == "milvus":
+        from clipforge.search.milvus_index import MilvusIndex
+
+        return MilvusIndex.load(folder, info)
     if info["kind"] == "pq-rerank":
         return RerankedPQIndex.load(folder, info["shards"])
     return FaissIndex.load(folder, info["kind"])
 
 
 def ladder(spec: dict[str, Any]) -> list[int]:
-    if spec["kind"] in ("ivfpq", "ivfflat"):
+    if spec["kind"] in ("ivfpq", "ivfflat", "milvus"):
         return sorted({2**i for i in range(int(math.log2(spec["nlist"])) + 1)} | {spec["nlist"]})
     return LADDERS[spec["kind"]]
 
@@ -222,7 +230,8 @@ def _caption_index(captions: np.ndarray, meta, folder: Path, image_kind: str, ex
                    threads: int | None) -> None:
     """An index of the caption embeddings (rows as the images'): exact when small, else the image index's kind."""
     n, d = captions.shape
-    kind = "flat" if n <= exact_limit or image_kind == "flat" else image_kind
+    kind = "flat" if n <= exact_limit or image_kind == "flat" else \
+        "pq-rerank" if image_kind == "milvus" else image_kind
     spec = choose_index(n, d, kind=kind, threads=threads)
     index = build_backend(captions, spec)
     if kind != "flat":
@@ -234,14 +243,30 @@ def _caption_index(captions: np.ndarray, meta, folder: Path, image_kind: str, ex
     (folder / "index.json").write_text(json.dumps({"n": n, "dim": d, **spec, "of": "caption embeddings"}, indent=2))
 
 
+def _milvus(vectors: np.ndarray, meta, folder: Path, emb_dir, exact_limit: int, uri: str | None, collection: str,
+            target: float, say) -> tuple[dict[str, Any], Any]:
+    from clipforge.search.milvus_index import MilvusIndex
+
+    spec = MilvusIndex.spec(len(vectors), exact_limit, uri, collection)
+    say(f"writing {len(vectors)} vectors and their metadata to Milvus: {spec['reason']}")
+    index = MilvusIndex.build(vectors, meta, spec, folder)
+    if spec["milvus"]["index_type"] != "FLAT":
+        queries, groups, source = tuning_queries(emb_dir, vectors)
+        spec = tune(index, spec, vectors, queries, groups, source, target)
+        say(f"milvus: nprobe {spec['effort']}, recall@10 {spec['recall_at_10']:.3f}")
+    return spec, index
+
+
 def build_index(emb_dir: str | Path, out_dir: str | Path, memory_budget_mb: float | None = None,
                 kind: str | None = None, dedup_threshold: float | None = None, target_recall: float = 0.95,
                 exact_limit: int = EXACT_LIMIT, threads: int | None = None, verbose: bool = False,
-                partial: bool = False) -> Path:
+                partial: bool = False, backend: str = "faiss", milvus_uri: str | None = None,
+                milvus_collection: str = "clipforge") -> Path:
     """Build ``out_dir`` from the embeddings folder ``emb_dir`` (see the module docstring).
 
     An embeddings folder with parts missing (an embed still running or interrupted) is refused
-    unless ``partial``: an index of part of a collection is rarely what was meant.
+    unless ``partial``: an index of part of a collection is rarely what was meant. ``backend="milvus"``
+    writes the vectors and metadata into Milvus (:mod:`clipforge.search.milvus_index`) instead.
     """
     def say(msg: str) -> None:
         if verbose:
@@ -249,6 +274,11 @@ def build_index(emb_dir: str | Path, out_dir: str | Path, memory_budget_mb: floa
 
     if not 0 < target_recall <= 1:
         raise ClipforgeError(f"--target-recall {target_recall}: expected a number in (0, 1]")
+    if backend not in BACKENDS:
+        raise ClipforgeError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend == "milvus" and kind is not None:
+        raise ClipforgeError("--kind chooses a FAISS index; with --backend milvus the Milvus index type is chosen "
+                             "from the size")
     vectors, meta, manifest = read_embeddings(emb_dir)
     done, n_parts, items = embedding_progress(emb_dir)
     if done < n_parts and not partial:
@@ -257,26 +287,30 @@ def build_index(emb_dir: str | Path, out_dir: str | Path, memory_budget_mb: floa
                              "(it resumes), or pass --partial to index what is there")
     vectors = unit_rows(vectors)
     n, d = vectors.shape
-    spec = choose_index(n, d, memory_budget_mb, exact_limit, kind, threads)
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.building")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if spec["kind"] == "flat":
-        say(f"building a flat index of {n} vectors (d={d}): {spec['reason']}")
-        index = build_backend(vectors, spec)
+    if backend == "milvus":
+        spec, index = _milvus(vectors, meta, tmp, emb_dir, exact_limit, milvus_uri, milvus_collection,
+                              target_recall, say)
     else:
-        queries, groups, source = tuning_queries(emb_dir, vectors)
-        say(f"recall@10 is measured against exact search on {len(queries)} {source}")
-        if spec["kind"] == "measure":
-            say(f"{spec['reason']}")
-            spec, index = choose_by_measurement(vectors, spec, queries, groups, source, target_recall, say)
-        else:
-            say(f"building a {spec['kind']} index of {n} vectors (d={d}): {spec['reason']}")
+        spec = choose_index(n, d, memory_budget_mb, exact_limit, kind, threads)
+        if spec["kind"] == "flat":
+            say(f"building a flat index of {n} vectors (d={d}): {spec['reason']}")
             index = build_backend(vectors, spec)
-            spec = tune(index, spec, vectors, queries, groups, source, target_recall)
-        say(f"{spec['kind']}: effort {spec['effort']} ({spec['tuning']['effort']}), "
-            f"recall@10 {spec['recall_at_10']:.3f}")
+        else:
+            queries, groups, source = tuning_queries(emb_dir, vectors)
+            say(f"recall@10 is measured against exact search on {len(queries)} {source}")
+            if spec["kind"] == "measure":
+                say(f"{spec['reason']}")
+                spec, index = choose_by_measurement(vectors, spec, queries, groups, source, target_recall, say)
+            else:
+                say(f"building a {spec['kind']} index of {n} vectors (d={d}): {spec['reason']}")
+                index = build_backend(vectors, spec)
+                spec = tune(index, spec, vectors, queries, groups, source, target_recall)
+            say(f"{spec['kind']}: effort {spec['effort']} ({spec['tuning']['effort']}), "
+                f"recall@10 {spec['recall_at_10']:.3f}")
     index.save(tmp)
     pq.write_table(meta, tmp / "metadata.parquet")
     captions = read_caption_embeddings(emb_dir)

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from clipforge.errors import ClipforgeError
-from clipforge.search.index import DEFAULT_EFFORT, KINDS, open_backend
+from clipforge.search.index import ALL_KINDS, DEFAULT_EFFORT, open_backend
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Searcher:
         if not info_path.is_file():
             raise ClipforgeError(f"{self.dir}: not an index folder (no index.json; run clipforge index)")
         self.info: dict[str, Any] = json.loads(info_path.read_text())
-        if self.info.get("kind") not in KINDS:
+        if self.info.get("kind") not in ALL_KINDS:
             raise ClipforgeError(f"{info_path}: unknown index kind {self.info.get('kind')!r}; rebuild the index")
         self.index = open_backend(self.dir, self.info)
         self.effort: int | None = self.info.get("effort") or DEFAULT_EFFORT.get(self.info["kind"])
@@ -76,7 +76,9 @@ class Searcher:
             return min(len(self), effort * fetch)
         if kind == "hnsw":
             return min(len(self), max(effort, fetch))
-        if kind in ("ivfpq", "ivfflat"):
+        if kind == "milvus" and self.info["milvus"]["index_type"] == "FLAT":
+            return 0
+        if kind in ("ivfpq", "ivfflat", "milvus"):
             nlist = int(self.info.get("nlist") or 1)
             return min(len(self), -(-effort * len(self) // nlist))
         return 0
