@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clipforge.checkpoints import hf, native, openai, openclip
+from clipforge.checkpoints import hf, native, openai, openclip, openclip_coca
 from clipforge.checkpoints.ssl_encoder import is_encoder_folder, load_encoder
 from clipforge.checkpoints.state_dict import is_torchscript_archive, load_strict, read_state_dict
 from clipforge.errors import ActivationMismatchError, CheckpointError
@@ -103,6 +103,9 @@ def _load_state_dict_file(weights: Path, config: ConfigLike, sibling: dict[str, 
     else:
         if sibling is None:
             sibling = _find_sibling_config(weights)
+        if sibling is not None and openclip_coca.is_coca_config(sibling):
+            _refuse_config(config, weights, "an open_clip CoCa checkpoint is described by its own config")
+            return _load_coca(sd, sibling, weights)
         if sibling is not None and openclip.is_openclip_config(sibling):
             source_config = openclip.config_from_openclip(sibling, str(weights))
             _, preprocess_cfg = openclip.unwrap_openclip_config(sibling)
@@ -125,6 +128,22 @@ def _load_state_dict_file(weights: Path, config: ConfigLike, sibling: dict[str, 
         interpolation=preprocess_cfg.get("interpolation", "bicubic"),
     )
     model.tokenizer = _default_tokenizer(clip_config)
+    return model
+
+
+def _load_coca(sd: dict[str, Any], cfg: dict[str, Any], weights: Path):
+    model = openclip_coca.coca_from_openclip(sd, cfg, str(weights))
+    _, preprocess_cfg = openclip.unwrap_openclip_config(cfg)
+    model.preprocess = Preprocess(
+        image_size=model.config.vision.image_size,
+        mean=tuple(preprocess_cfg.get("mean", OPENAI_MEAN)),
+        std=tuple(preprocess_cfg.get("std", OPENAI_STD)),
+        interpolation=preprocess_cfg.get("interpolation", "bicubic"),
+    )
+    if model.config.text.vocab_size == 49408:  # open_clip's CoCa models use OpenAI's BPE
+        from clipforge.tokenizer import BPETokenizer
+
+        model.tokenizer = BPETokenizer(context_length=model.config.text.context_length)
     return model
 
 

@@ -26,8 +26,11 @@ from clipforge.checkpoints.state_dict import (
 from clipforge.errors import CheckpointError
 from clipforge.images.preprocess import Preprocess
 from clipforge.models.clip import CLIP
+from clipforge.models.coca import CoCa, CoCaConfig
 from clipforge.models.config import CLIPConfig
 
+#: Saved ``arch`` -> (config class, model class) of the models a clipforge folder may hold.
+ARCHS = {"clip": (CLIPConfig, CLIP), "coca": (CoCaConfig, CoCa)}
 FORMAT = "clipforge"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -79,7 +82,7 @@ def save(model: CLIP, out_dir: str | Path) -> Path:
     cfg = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "arch": "clip",
+        "arch": getattr(model, "arch", "clip"),
         "model": model.config.to_dict(),
         "tokenizer": tokenizer_to_dict(model.tokenizer),
         "preprocess": model.preprocess.to_dict(),
@@ -99,10 +102,11 @@ def load_native(folder: str | Path, cfg: dict[str, Any] | None = None) -> CLIP:
             "upgrade clipforge"
         )
     arch = cfg.get("arch", "clip")  # folders saved before the key existed are CLIP models
-    if arch != "clip":
-        raise CheckpointError(f"{folder}: unknown arch {arch!r} (this clipforge loads: clip, image_encoder)")
-    config = CLIPConfig.from_dict(cfg["model"])
-    model = CLIP(config)
+    if arch not in ARCHS:
+        raise CheckpointError(f"{folder}: unknown arch {arch!r} (this clipforge loads: "
+                              f"{', '.join(ARCHS)}, image_encoder)")
+    config_class, model_class = ARCHS[arch]
+    model = model_class(config_class.from_dict(cfg["model"]))
     weights = folder / WEIGHTS_FILE
     load_strict(model, read_state_dict(weights), str(weights))
     model.tokenizer = tokenizer_from_dict(cfg.get("tokenizer"), folder)

@@ -62,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--offset", type=int, default=0, help="skip this many results (paging)")
     s.add_argument("--match", choices=("image", "caption"), default="image",
                    help="rank items by their images (default) or by their captions (indexes built with --captions)")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
     s.add_argument("--text-weight", type=float, default=1.0,
                    help="with both a text and --image: the text's weight in the combined query (default: 1)")
     s.add_argument("--threshold", type=float, default=None)
@@ -84,6 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--max-heavy", type=int, default=2,
                    help="queries encoded or images decoded at once; more wait, then get a 503 (default: 2)")
     v.add_argument("--max-connections", type=int, default=64, help="open connections; more get a 503 (default: 64)")
+    v.add_argument("--device", default=None, help="where queries are encoded: cpu, cuda, cuda:N (default: CUDA when "
+                   "present)")
     v.set_defaults(func=run_serve)
 
 
@@ -140,7 +143,8 @@ def run_search(args: argparse.Namespace) -> int:
         raise ClipforgeError(f"--image {args.image}: no such file")
     # The command line is trusted: no request limits beyond what the index can answer.
     service = SearchService(args.index_dir, args.model,
-                            Limits(max_k=10**9, max_depth=10**9, max_candidates=10**12, max_query_pixels=89_478_485))
+                            Limits(max_k=10**9, max_depth=10**9, max_candidates=10**12, max_query_pixels=89_478_485),
+                            device=args.device)
     results = service.search(text=args.query, image=Path(args.image).read_bytes() if args.image else None,
                              k=args.k, offset=args.offset, threshold=args.threshold, dedup=args.dedup,
                              effort=args.effort, text_weight=args.text_weight, match=args.match)
@@ -160,5 +164,6 @@ def run_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_k=args.max_k, max_candidates=args.max_candidates, max_query_pixels=args.max_query_pixels,
                     max_heavy=args.max_heavy)
     print(f"serving {args.index_dir} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
-    serve(args.index_dir, args.model, args.host, args.port, limits, max_connections=args.max_connections)
+    serve(args.index_dir, args.model, args.host, args.port, limits, max_connections=args.max_connections,
+          device=args.device)
     return 0

@@ -13,7 +13,8 @@ from clipforge.models.clip import CLIP
 def text_query(model: CLIP, text: str) -> np.ndarray:
     if model.tokenizer is None:
         raise ClipforgeError("the index's model has no tokenizer: search by image or by vector instead")
-    return model.encode_text(model.tokenizer([text]), normalize=True).float().numpy()
+    tokens = model.tokenizer([text]).to(next(model.parameters()).device)
+    return model.encode_text(tokens, normalize=True).float().cpu().numpy()
 
 
 @torch.no_grad()
@@ -24,18 +25,22 @@ def image_query(model: CLIP, image: bytes | str, max_pixels: int | None = None) 
 
     img = open_image(image, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, name="query image",
                      draft_size=2 * model.preprocess.image_size)
-    return model.encode_image(model.preprocess(img).unsqueeze(0), normalize=True).float().numpy()
+    pixels = model.preprocess(img).unsqueeze(0).to(next(model.parameters()).device)
+    return model.encode_image(pixels, normalize=True).float().cpu().numpy()
 
 
-def load_index_model(info: dict, override: str | None = None) -> CLIP:
-    """The model recorded in index.json (or ``override``), checked against the index's fingerprint."""
+def load_index_model(info: dict, override: str | None = None, device: str | None = None) -> CLIP:
+    """The model recorded in index.json (or ``override``), checked against the index's fingerprint,
+    on ``device`` (default: CUDA when present)."""
     from clipforge.checkpoints import load
+    from clipforge.engine.distributed import DistInfo, default_device
     from clipforge.evaluation.cache import model_fingerprint
 
     path = override or info.get("model")
     if not path:
         raise ClipforgeError("the index does not record its model: pass --model")
+    target = default_device(DistInfo(), device)  # checked before the (slow) load
     model = load(path)
     if info.get("model_fingerprint") and model_fingerprint(model) != info["model_fingerprint"]:
         raise ClipforgeError(f"{path} is not the model the index was built with (weights differ)")
-    return model
+    return model.to(target).eval()

@@ -75,8 +75,10 @@ def _release_memory() -> None:
 class SearchService:
     """A :class:`Searcher`, the index's model (loaded on the first text or image query) and the limits."""
 
-    def __init__(self, index_dir: str | Path, model_path: str | None = None, limits: Limits | None = None) -> None:
+    def __init__(self, index_dir: str | Path, model_path: str | None = None, limits: Limits | None = None,
+                 device: str | None = None) -> None:
         self.searcher = Searcher(index_dir)
+        self.device = device
         self.limits = limits or Limits()
         self.model_path = model_path
         self._model = None
@@ -94,7 +96,7 @@ class SearchService:
             if self._model is None:
                 from clipforge.search.query import load_index_model
 
-                self._model = load_index_model(self.searcher.info, self.model_path)
+                self._model = load_index_model(self.searcher.info, self.model_path, self.device)
             return self._model
 
     @contextlib.contextmanager
