@@ -112,3 +112,75 @@ def test_coca_configs_are_checked() -> None:
     model = CoCa(small)
     out = model(torch.randn(2, 3, 16, 16), torch.tensor([[48, 3, 4, 49, 0, 0], [48, 5, 49, 0, 0, 0]]))
     assert out["logits"].shape == (2, 5, 50) and out["image_features"].shape == (2, 32)
+
+
+def _small(vocab: int = 40, context: int = 10) -> CoCaConfig:
+    return CoCaConfig(embed_dim=16, vision=ViTConfig(image_size=16, patch_size=8, width=16, layers=1, head_width=8),
+                      text=TextConfig(context_length=context, vocab_size=vocab, width=16, heads=2, layers=1),
+                      decoder=DecoderConfig(width=16, layers=1, heads=2, context_length=context, vocab_size=vocab),
+                      attn_pooler_queries=3, attn_pooler_heads=2, start_id=vocab - 2, end_id=vocab - 1)
+
+
+def test_coca_gradients_are_exact_under_micro_batching() -> None:
+    """The task's loss is contrastive_weight * CLIP + caption_weight * caption CE of the model's own
+    forward, and micro-batches of 2 give the full batch's gradients (temperature included)."""
+    from clipforge.engine.accumulate import forward_backward
+    from clipforge.engine.context import StepContext
+    from clipforge.losses import clip_loss
+    from clipforge.training.coca_task import CoCaStep
+
+    torch.manual_seed(0)
+    model = CoCa(_small()).double()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64)
+    tokens = torch.zeros(6, 10, dtype=torch.long)
+    for row, n in enumerate((3, 5, 2, 7, 4, 6)):
+        tokens[row, 0], tokens[row, n + 1] = 38, 39
+        tokens[row, 1 : n + 1] = torch.randint(1, 38, (n,), generator=g)
+    out = model(images, tokens)
+    reference = clip_loss(out["image_features"], out["text_features"], out["logit_scale"]) + \
+        2.0 * model.caption_loss(out["logits"], out["labels"])
+    reference.backward()
+    expected = {k: p.grad.clone() for k, p in model.named_parameters()}
+    for micro in (None, 2):
+        model.zero_grad()
+        task = CoCaStep(model, clip_loss)  # batches of unequal caption lengths: micro-batches differ in tokens
+        ctx = StepContext(task.dist, torch.device("cpu"), "fp32", micro, {}, task)
+        got = forward_backward(task, (images, tokens), ctx)
+        torch.testing.assert_close(got["loss"], reference.detach(), rtol=1e-10, atol=0)
+        for k, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, expected[k], rtol=1e-8, atol=1e-10, msg=f"{micro} {k}")
+
+
+@pytest.mark.slow
+def test_train_a_coca_then_caption_from_the_cli(tmp_path, capsys) -> None:
+    import json
+
+    from clipforge.cli.main import main
+    from helpers import tiny_synth, tiny_train_config
+
+    data = tiny_synth(tmp_path / "data", n_train=64, n_val=16)
+    cfg = tiny_train_config(data, tmp_path / "run", epochs=6, micro_batch_size=8)
+    cfg["model"] = {"name": "coca-tiny", "tokenizer": "train", "vocab_size": 300, "context_length": 24,
+                    "overrides": {"vision": {"image_size": 32, "patch_size": 8, "layers": 1},
+                                  "text": {"layers": 1}, "decoder": {"layers": 1}}}
+    cfg["optim"] = {"lr": 3e-3, "warmup_steps": 2}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--no-progress"]) == 0
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logs if "caption" in r]
+    assert steps and steps[-1]["caption"] < steps[0]["caption"] - 0.5  # it learns to caption
+    assert "contrastive" in steps[0]
+    model = clipforge.load(tmp_path / "run" / "model")
+    assert isinstance(model, CoCa) and model.config.decoder.vocab_size == model.tokenizer.vocab_size
+    images = sorted((data / "images" / "val").glob("*.png"))[:3]
+    (tmp_path / "broken.png").write_bytes(b"nope")
+    capsys.readouterr()
+    assert main(["caption", "--model", str(tmp_path / "run" / "model"), *map(str, images),
+                 str(tmp_path / "broken.png"), "--json", str(tmp_path / "caps.json"), "--max-len", "12"]) == 0
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    assert len(lines) == 3 and all(": " in line and len(line.split(": ", 1)[1]) > 0 for line in lines)
+    assert "broken.png" in out.err
+    written = json.loads((tmp_path / "caps.json").read_text())
+    assert [w.get("skipped") is not None for w in written] == [False, False, False, True]

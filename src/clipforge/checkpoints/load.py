@@ -28,6 +28,7 @@ from clipforge.checkpoints.state_dict import is_torchscript_archive, load_strict
 from clipforge.errors import ActivationMismatchError, CheckpointError
 from clipforge.images.preprocess import OPENAI_MEAN, OPENAI_STD, Preprocess
 from clipforge.models.clip import CLIP
+from clipforge.models.coca import CoCa, CoCaConfig
 from clipforge.models.config import CLIPConfig
 from clipforge.models.named import get_config
 
@@ -166,8 +167,8 @@ def _resolve(config: ConfigLike, source_config: CLIPConfig | None, source: str) 
     return user
 
 
-def _to_config(config: ConfigLike) -> CLIPConfig:
-    if isinstance(config, CLIPConfig):
+def _to_config(config: ConfigLike) -> CLIPConfig | CoCaConfig:
+    if isinstance(config, (CLIPConfig, CoCaConfig)):
         return config
     if isinstance(config, dict):
         return _config_from_dict(config, "config")
@@ -177,9 +178,14 @@ def _to_config(config: ConfigLike) -> CLIPConfig:
     return get_config(text)
 
 
-def _config_from_dict(d: dict[str, Any], source: str) -> CLIPConfig:
+def _config_from_dict(d: dict[str, Any], source: str) -> CLIPConfig | CoCaConfig:
     if native.is_native_config(d):
-        return CLIPConfig.from_dict(d["model"])
+        config_class, _ = native.ARCHS.get(d.get("arch", "clip"), native.ARCHS["clip"])
+        return config_class.from_dict(d["model"])
+    if openclip_coca.is_coca_config(d):
+        return openclip_coca.config_from_openclip_coca(d, source)
+    if "decoder" in d:
+        return CoCaConfig.from_dict(d)
     if openclip.is_openclip_config(d):
         return openclip.config_from_openclip(d, source)
     if hf.is_hf_config(d):
@@ -191,7 +197,7 @@ def _find_sibling_config(weights: Path) -> dict[str, Any] | None:
     for candidate in (weights.with_suffix(".json"), *(weights.parent / n for n in _CONFIG_NAMES)):
         if candidate.is_file():
             d = _read_json(candidate)
-            if openclip.is_openclip_config(d):
+            if openclip.is_openclip_config(d) or openclip_coca.is_coca_config(d):
                 return d
     return None
 
@@ -238,9 +244,9 @@ def no_tokenizer_message(model: CLIP) -> str:
             "keeps the tokenizer it was trained with (clipforge train writes one)")
 
 
-def build(config: ConfigLike) -> CLIP:
-    """A freshly initialised model from a config (named, JSON path, dict or CLIPConfig)."""
+def build(config: ConfigLike) -> CLIP | CoCa:
+    """A freshly initialised model from a config (named, JSON path, dict, CLIPConfig or CoCaConfig)."""
     clip_config = _to_config(config)
-    model = CLIP(clip_config)
+    model = CoCa(clip_config) if isinstance(clip_config, CoCaConfig) else CLIP(clip_config)
     model.tokenizer = _default_tokenizer(clip_config)
     return model

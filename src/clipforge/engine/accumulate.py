@@ -111,20 +111,31 @@ def forward_backward(task: Any, batch: Any, ctx: Any) -> dict[str, Any]:
 def _grad_cache(task: Any, batch: Any, chunks: list, ctx: Any) -> dict[str, Any]:
     batchnorm = BatchNormOncePerStep(task.model)
     with torch.no_grad(), ctx.autocast(), batchnorm.collect():
-        parts = [task.embed(c) for c in chunks]
+        parts = [{k: v for k, v in task.embed(c).items() if not k.startswith("_")} for c in chunks]
     cached = {k: torch.cat([p[k] for p in parts]).requires_grad_() for k in parts[0]}
     out = task.loss_from(cached, batch)
+    norm = out.pop("local_norm", 1.0)
+    coefficients = getattr(task, "local_coefficients", {})
     ctx.backward(out["loss"])  # embedding gradients + the loss's own parameters', once
-    start = 0
+    start, local = 0, {}
     for chunk in chunks:
         end = start + task.batch_len(chunk)
         with ctx.autocast():
             emb = task.embed(chunk)
-        keys = list(emb)
-        torch.autograd.backward([emb[k] for k in keys], [cached[k].grad[start:end] for k in keys])
+        keys = [k for k in emb if not k.startswith("_")]
+        terms = [k for k in emb if k.startswith("_")]  # local sums: each micro-batch's own (see Task.embed)
+        for k in terms:
+            local[k[1:]] = local.get(k[1:], 0.0) + float(emb[k].detach()) * norm
+        scaled = [ctx.scale_loss(emb[k] * (coefficients.get(k[1:], 1.0) * norm)) for k in terms]
+        torch.autograd.backward([emb[k] for k in keys] + scaled,
+                                [cached[k].grad[start:end] for k in keys] + [None] * len(terms))
         start = end
     batchnorm.commit()
-    return _detached(out)
+    out = _detached(out)
+    for name, value in local.items():
+        out["loss"] = out["loss"] + coefficients.get(name, 1.0) * value
+        out[name] = torch.tensor(value)
+    return out
 
 
 def _detached(out: dict[str, Any]) -> dict[str, Any]:

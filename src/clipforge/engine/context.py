@@ -46,8 +46,12 @@ class StepContext:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` as fp16 loss scaling back-propagates it (unchanged otherwise)."""
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
     def backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self.scale_loss(loss).backward()
 
     def clip_and_step(self, optimizers: dict[str, torch.optim.Optimizer] | None = None) -> None:
         """Clip the global gradient norm of each optimiser's parameters, then step it."""

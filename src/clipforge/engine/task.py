@@ -49,6 +49,7 @@ class Task:
     manual_optimization: bool = False
     min_batch: int = 1  # smaller batches are skipped (counted as non-finite steps)
     evaluate_at_end: bool = False  # also evaluate when training ends between evaluation epochs
+    local_coefficients: dict[str, float] = {}  # weights of embed's "_name" terms in the loss (default 1)
 
     # --- required -----------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -62,13 +63,22 @@ class Task:
         raise NotImplementedError
 
     def training_step(self, batch: Any, ctx: Any) -> dict[str, Any]:
-        """``{"loss": tensor with graph, other scalars}``; by default ``loss_from(embed(batch))``."""
+        """``{"loss": tensor with graph, other scalars}``; by default ``loss_from(embed(batch))`` plus the
+        per-sample terms ``embed`` returned (see :meth:`embed`)."""
         with ctx.autocast():
             embeddings = self.embed(batch)
-        return self.loss_from(embeddings, batch)
+        out = self.loss_from({k: v for k, v in embeddings.items() if not k.startswith("_")}, batch)
+        return add_local_terms(out, embeddings, self.local_coefficients)
 
     # --- exact micro-batching for losses that couple the batch -----------------------------------
     def embed(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Per-sample embeddings (the inputs of :meth:`loss_from`). Keys starting with ``_`` are instead
+        loss terms that do not couple the batch, computed in the same forward (CoCa's captioning
+        loss), as *sums* over the batch's units (samples, tokens): the loss gains
+        ``local_coefficients[name] * local_norm * sum``, where ``loss_from`` returns ``"local_norm"``
+        (one over the global batch's units; default 1) and ``name`` is logged as ``local_norm * sum``.
+        Sums make micro-batching exact whatever each micro-batch's share of the units. The terms
+        need a graph: the first, graph-free GradCache pass may leave them out."""
         raise NotImplementedError
 
     def loss_from(self, embeddings: dict[str, torch.Tensor], batch: Any) -> dict[str, Any]:
@@ -117,3 +127,16 @@ class Task:
         load_strict(self.model, read_state_dict(folder / "model.safetensors"), str(folder))
 
 
+
+
+def add_local_terms(out: dict[str, Any], embeddings: dict[str, Any],
+                    coefficients: dict[str, float]) -> dict[str, Any]:
+    """``out`` with ``embed``'s local terms (keys ``_name``) added to its loss and logged as ``name``
+    (see :meth:`Task.embed`)."""
+    norm = out.pop("local_norm", 1.0)
+    for key, term in embeddings.items():
+        if key.startswith("_"):
+            value = norm * term
+            out["loss"] = out["loss"] + coefficients.get(key[1:], 1.0) * value
+            out[key[1:]] = value.detach()
+    return out

@@ -104,6 +104,12 @@ class AttentionalPooler(nn.Module):
         self.attn = SelfAttention(d_model, heads, context_width=context_dim)
         self.ln_q = nn.LayerNorm(d_model)
         self.ln_k = nn.LayerNorm(context_dim)
+        # nn.MultiheadAttention's initialisation (open_clip's pooler is one).
+        for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            if hasattr(self.attn, name):
+                nn.init.xavier_uniform_(getattr(self.attn, name))
+        nn.init.zeros_(self.attn.in_proj_bias)
+        nn.init.zeros_(self.attn.out_proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.ln_q(self.query).unsqueeze(0).expand(x.shape[0], -1, -1)
@@ -261,10 +267,11 @@ class CoCa(nn.Module):
                 "logits": self.text_decoder(image["tokens"], text["tokens"][:, :-1]),
                 "labels": tokens[:, 1:]}
 
-    def caption_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy over the non-padding labels."""
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                               ignore_index=self.config.pad_id)
+    def caption_loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Next-token cross-entropy over the non-padding labels (their mean, or their sum)."""
+        flat = logits.reshape(-1, logits.shape[-1])
+        return F.cross_entropy(flat if flat.dtype == torch.float64 else flat.float(), labels.reshape(-1),
+                               ignore_index=self.config.pad_id, reduction=reduction)
 
     @torch.no_grad()
     def clamp_logit_scale_(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from clipforge.errors import ConfigError
+from clipforge.models.coca import CoCaConfig, DecoderConfig
 from clipforge.models.config import CLIPConfig, ResNetConfig, TextConfig, ViTConfig
 
 
@@ -84,6 +85,25 @@ NAMED_CONFIGS: dict[str, CLIPConfig] = {
     ),
 }
 
+def _coca(embed: int, vision: ViTConfig, text_width: int, text_heads: int, layers: int, queries: int = 256,
+          pool_heads: int = 8, context: int = 76) -> CoCaConfig:
+    return CoCaConfig(
+        embed_dim=embed, vision=vision,
+        text=TextConfig(context_length=context, vocab_size=49408, width=text_width, heads=text_heads, layers=layers),
+        decoder=DecoderConfig(width=text_width, layers=layers, heads=text_heads, context_length=context),
+        attn_pooler_queries=queries, attn_pooler_heads=pool_heads, activation="gelu",
+    )
+
+
+# Contrastive captioners (open_clip's names and shapes; a small one for CPU training). Their
+# vocabulary and context follow the tokenizer when trained with ``clipforge train``.
+COCA_CONFIGS: dict[str, CoCaConfig] = {
+    "coca_ViT-B-32": _coca(512, ViTConfig(image_size=224, patch_size=32, width=768, layers=12), 512, 8, 12),
+    "coca_ViT-L-14": _coca(768, ViTConfig(image_size=224, patch_size=14, width=1024, layers=24), 768, 12, 12),
+    "coca-tiny": _coca(128, ViTConfig(image_size=64, patch_size=8, width=128, layers=3, head_width=32), 128, 4, 3,
+                       queries=32, pool_heads=4, context=77),
+}
+
 # OpenAI's spellings name OpenAI's (QuickGELU) models.
 _ALIASES = {
     "ViT-B/32": "ViT-B-32-quickgelu",
@@ -94,12 +114,14 @@ _ALIASES = {
 
 
 def list_configs() -> list[str]:
-    return list(NAMED_CONFIGS)
+    return [*NAMED_CONFIGS, *COCA_CONFIGS]
 
 
-def get_config(name: str) -> CLIPConfig:
-    """The named config (open_clip or OpenAI spelling)."""
+def get_config(name: str) -> CLIPConfig | CoCaConfig:
+    """The named config (open_clip or OpenAI spelling): a CLIP's, or a CoCa's for the ``coca`` names."""
     key = _ALIASES.get(name, name)
+    if key in COCA_CONFIGS:
+        return COCA_CONFIGS[key]
     if key not in NAMED_CONFIGS:
-        raise ConfigError(f"unknown model config {name!r}; known: {', '.join(NAMED_CONFIGS)}")
+        raise ConfigError(f"unknown model config {name!r}; known: {', '.join(list_configs())}")
     return NAMED_CONFIGS[key]

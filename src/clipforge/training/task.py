@@ -33,8 +33,8 @@ class ContrastiveStep(Task):
 
     def embed(self, batch: Any) -> dict[str, torch.Tensor]:
         images, tokens = _images_tokens(batch)
-        return {"image": self.model.encode_image(images, normalize=True).float(),
-                "text": self.model.encode_text(tokens, normalize=True).float()}
+        return {"image": at_least_fp32(self.model.encode_image(images, normalize=True)),
+                "text": at_least_fp32(self.model.encode_text(tokens, normalize=True))}
 
     def loss_from(self, embeddings: dict[str, torch.Tensor], batch: Any) -> dict[str, Any]:
         img, _ = gather_features(embeddings["image"], self.dist)
@@ -54,6 +54,11 @@ class ContrastiveStep(Task):
         # Each rank holds its share of the global loss's gradient; the scale and bias are computed
         # whole on every rank.
         reduce_gradients(self.model, info, averaged=("logit_scale", "logit_bias"))
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Autocast's half-precision embeddings as float32 for the loss; float64 stays float64."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def _images_tokens(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

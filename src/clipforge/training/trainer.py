@@ -25,7 +25,9 @@ from clipforge.losses.clip import clip_loss
 from clipforge.losses.siglip import siglip_loss
 from clipforge.losses.tiled import tiled_clip_loss, tiled_siglip_loss
 from clipforge.models.clip import CLIP
+from clipforge.models.coca import CoCa, CoCaConfig
 from clipforge.models.config import CLIPConfig
+from clipforge.training.coca_task import CoCaTask
 from clipforge.training.config import TrainConfig
 from clipforge.training.evaluate import check_eval_data
 from clipforge.training.task import CLIPTask, LossFn
@@ -76,6 +78,8 @@ def build_model(config: TrainConfig, tokenizer: Any) -> CLIP:
         return model.train()
     base = build(config.model.name).config
     d = base.to_dict()
+    if isinstance(base, CoCaConfig):
+        return _build_coca(config, d, tokenizer)
     if sigmoid:  # SigLIP's initialisation: t = 10, b = -10 (Zhai et al. 2023)
         d.update(init_logit_scale=math.log(10.0), init_logit_bias=-10.0)
     for section, values in config.model.overrides.items():
@@ -96,6 +100,22 @@ def build_model(config: TrainConfig, tokenizer: Any) -> CLIP:
     d["text"]["context_length"] = tokenizer.context_length
     model = CLIP(CLIPConfig.from_dict(d))
     return model.train()
+
+
+def _build_coca(config: TrainConfig, d: dict, tokenizer: Any) -> CoCa:
+    if config.loss != "clip":
+        raise ConfigError(f"loss={config.loss}: a CoCa trains with the CLIP loss plus its captioning loss (loss=clip)")
+    if config.model.text_tower:
+        raise ConfigError("model.text_tower: a CoCa's text tower is its own (a causal transformer with a CLS token)")
+    for section, values in config.model.overrides.items():
+        if isinstance(values, dict) and isinstance(d.get(section), dict):
+            d[section].update(values)
+        else:
+            d[section] = values
+    for section in ("text", "decoder"):  # the tokenizer decides the vocabulary and the positions
+        d[section].update(vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length)
+    d.update(start_id=tokenizer.sot_token_id, end_id=tokenizer.eot_token_id)
+    return CoCa(CoCaConfig.from_dict(d)).train()
 
 
 def train(config: TrainConfig, resume: str | None = None, progress: bool = True,
@@ -166,7 +186,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True,
                   f"{config.micro_batch_size} < batch_size={config.batch_size} they normalise each micro-batch by "
                   "its own statistics, so gradients are not exactly the full batch's (running statistics are "
                   "still updated once per step); use a ViT tower for exact micro-batching")
-    task = CLIPTask(model, config, pairs, n_samples, loss_fn, info, device)
+    task = (CoCaTask if isinstance(model, CoCa) else CLIPTask)(model, config, pairs, n_samples, loss_fn, info, device)
     result = fit(task, engine_config(config), info, device, resume=resume, progress=progress,
                  skipped=None if resume else dict(Counter(s.reason for s in read_skips)))
     return TrainResult(model.eval(), result.state, run_dir / "model", result.stopped_early)

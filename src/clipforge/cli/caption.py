@@ -1,0 +1,56 @@
+"""``clipforge caption``: captions for image files and folders, from a CoCa (or any captioner)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("caption", help="caption images with a CoCa or another captioner",
+                       description="Prints one line per image ('path: caption'); --json also writes them.")
+    p.add_argument("--model", required=True, help="a captioner folder (e.g. a CoCa trained with clipforge train "
+                   "model.name=coca-tiny, or an open_clip CoCa)")
+    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--strategy", choices=("greedy", "beam", "sample"), default="beam")
+    p.add_argument("--num-beams", type=int, default=4)
+    p.add_argument("--max-len", type=int, default=30, help="most tokens a caption may have (default: 30)")
+    p.add_argument("--min-len", type=int, default=0, help="tokens before the caption may end (default: 0)")
+    p.add_argument("--top-k", type=int, default=0, help="sample: only the k likeliest tokens (default: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample: nucleus probability mass (default: 1)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sample: the random seed (default: 0)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
+    p.add_argument("--json", default=None, help="also write [{image, caption}] to this file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from clipforge.captioning import caption_images
+    from clipforge.checkpoints import load
+    from clipforge.engine.distributed import DistInfo, default_device
+    from clipforge.errors import ConfigError
+    from clipforge.io import atomic_write_text
+    from clipforge.models.generation import GenerationConfig
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    config = GenerationConfig(strategy=args.strategy, max_len=args.max_len, min_len=args.min_len,
+                              num_beams=args.num_beams, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, repetition_penalty=args.repetition_penalty)
+    device = default_device(DistInfo(), args.device)
+    model = load(args.model).to(device)
+    torch.manual_seed(args.seed)
+    results, skipped = caption_images(model, args.images, config, args.batch_size, progress=True)
+    for r in results:
+        print(f"{r['image']}: {r['caption']}")
+    if args.json:
+        atomic_write_text(json.dumps([{"image": r["image"], "caption": r["caption"]} for r in results]
+                                     + [{"image": s.source, "skipped": s.detail or s.reason} for s in skipped],
+                                     indent=2), args.json)
+    return 0 if results else 2
