@@ -89,6 +89,8 @@ def test_save_load_and_export_round_trip(coca, tmp_path) -> None:
     from clipforge.checkpoints.openclip_coca import export_openclip_coca
 
     export_openclip_coca(coca, tmp_path / "oc")
+    clipforge.export_openclip(coca, tmp_path / "hub", layout="hub")  # the generic export dispatches on the arch
+    assert json.loads((tmp_path / "hub" / "open_clip_config.json").read_text())["model_cfg"]["multimodal_cfg"]
     sd = load_file(str(tmp_path / "oc" / "oc.safetensors"))
     assert set(sd) == set(load_file(str(FIXTURE / "model.safetensors")))  # open_clip's key names
     cfg = json.loads((tmp_path / "oc" / "oc.json").read_text())
@@ -184,3 +186,17 @@ def test_train_a_coca_then_caption_from_the_cli(tmp_path, capsys) -> None:
     assert "broken.png" in out.err
     written = json.loads((tmp_path / "caps.json").read_text())
     assert [w.get("skipped") is not None for w in written] == [False, False, False, True]
+
+
+@pytest.mark.parametrize("name", ["coca_ViT-B-32", "coca_ViT-L-14"])
+def test_named_coca_configs_are_open_clips(name) -> None:
+    import json
+
+    from clipforge.checkpoints.openclip_coca import config_from_openclip_coca, config_to_openclip_coca
+    from clipforge.models import get_config
+    from conftest import FIXTURES
+
+    theirs = json.loads((FIXTURES / "open_clip_configs" / f"{name}.json").read_text())
+    ours = get_config(name)
+    assert config_from_openclip_coca(theirs) == ours
+    assert config_from_openclip_coca(config_to_openclip_coca(ours)) == ours

@@ -64,9 +64,17 @@ def test_two_processes_equal_one(tmp_path, micro) -> None:
         torch.testing.assert_close(got[name], p.grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
+COCA = {"name": "coca-tiny", "tokenizer": "train", "vocab_size": 300, "context_length": 16,
+        "overrides": {"vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+                      "text": {"width": 32, "layers": 1, "heads": 2}, "decoder": {"width": 32, "layers": 1, "heads": 2},
+                      "embed_dim": 32, "attn_pooler_queries": 5, "attn_pooler_heads": 2}}
+
+
 @pytest.mark.slow
-def test_torchrun_training_matches_single_process(tmp_path) -> None:
-    """The whole trainer under torchrun with 2 gloo ranks ends with the single-process weights."""
+@pytest.mark.parametrize("model", ["clip", "coca"])
+def test_torchrun_training_matches_single_process(tmp_path, model) -> None:
+    """The whole trainer under torchrun with 2 gloo ranks ends with the single-process weights
+    (for a CoCa too: its captioning loss is normalised over the global batch's tokens)."""
     import json
 
     from safetensors.torch import load_file
@@ -75,6 +83,8 @@ def test_torchrun_training_matches_single_process(tmp_path) -> None:
     weights = {}
     for world in (1, 2):
         cfg = tiny_train_config(data, tmp_path / f"run{world}", epochs=1, micro_batch_size=4)
+        if model == "coca":
+            cfg["model"] = COCA
         cfg_path = tmp_path / f"cfg{world}.json"
         cfg_path.write_text(json.dumps(cfg))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "CLIPFORGE_THREADS": "1"}

@@ -150,6 +150,10 @@ def export_openclip(model: CLIP, out_dir: str | Path, layout: str = "flat") -> P
     ``"hub"``: ``open_clip_config.json`` (``{"model_cfg", "preprocess_cfg"}``) and
     ``open_clip_model.safetensors``, the Hugging Face hub layout ``create_model("local-dir:" + out_dir)`` reads.
     """
+    if getattr(model, "arch", "clip") == "coca":
+        from clipforge.checkpoints.openclip_coca import export_openclip_coca
+
+        return export_openclip_coca(model, out_dir, layout)
     if layout not in ("flat", "hub"):
         raise CheckpointError(f"open_clip layout must be 'flat' or 'hub', got {layout!r}")
     out = Path(out_dir)
