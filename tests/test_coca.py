@@ -186,6 +186,18 @@ def test_train_a_coca_then_caption_from_the_cli(tmp_path, capsys) -> None:
     assert "broken.png" in out.err
     written = json.loads((tmp_path / "caps.json").read_text())
     assert [w.get("skipped") is not None for w in written] == [False, False, False, True]
+    # eval captioning: COCO metrics against the references, CLIP-score from a separate judge.
+    pytest.importorskip("pycocoevalcap")
+    clipforge.save(clipforge.build("tiny-vit-32"), tmp_path / "judge")
+    args = ["eval", "captioning", "--model", str(tmp_path / "run" / "model"), "--dataset", str(data / "val.csv"),
+            "--out", str(tmp_path / "res"), "--strategy", "greedy", "--max-len", "12"]
+    assert main([*args, "--judge", str(tmp_path / "run" / "model")]) == 2  # never its own judge
+    assert "judge" in capsys.readouterr().err
+    assert main([*args, "--judge", str(tmp_path / "judge"), "--limit", "8"]) == 0
+    (result,) = (tmp_path / "res").glob("captioning__*.json")
+    metrics = json.loads(result.read_text())["metrics"]
+    assert metrics["n_images"] == 8 and 0 <= metrics["bleu_4"] <= 1 and metrics["cider_d"] >= 0
+    assert 0 <= metrics["clip_score"] <= 2.5 and "ref_clip_score" in metrics
 
 
 @pytest.mark.parametrize("name", ["coca_ViT-B-32", "coca_ViT-L-14"])

@@ -73,6 +73,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ov.add_argument("--templates", default=None)
     ov.set_defaults(func=run_overlap)
 
+    cap = esub.add_parser("captioning", help="caption a dataset; BLEU, ROUGE-L, CIDEr-D, CLIP-score, scene attributes")
+    cap.add_argument("--model", required=True, help="a captioner (e.g. a CoCa)")
+    cap.add_argument("--dataset", required=True, help="CSV of image,caption (several rows per image are several "
+                     "references), a captioned folder, or synthetic (then also the scene attributes)")
+    cap.add_argument("--judge", default=None, help="a separate CLIP for CLIP-score and RefCLIP-score (never the "
+                     "captioner)")
+    cap.add_argument("--limit", type=int, default=None, help="caption at most this many images")
+    cap.add_argument("--attribute-images", type=int, default=200,
+                     help="synthetic: one-object images per split (seen, held-out) for the attributes")
+    cap.add_argument("--strategy", choices=("greedy", "beam", "sample"), default="beam")
+    cap.add_argument("--num-beams", type=int, default=4)
+    cap.add_argument("--max-len", type=int, default=30)
+    cap.add_argument("--out", default="results", help="folder for the result JSON (default: results)")
+    cap.add_argument("--batch-size", type=int, default=16)
+    cap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    cap.set_defaults(func=run_captioning)
+
     rep = esub.add_parser("report", help="a table (Markdown and CSV) of a folder of results")
     rep.add_argument("folder")
     rep.add_argument("--csv", default=None, help="also write the CSV here")
@@ -175,6 +192,27 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     _save(args, "zeroshot_classification", ds.name, metrics,
           {"templates": templates if per_class is None else "per-class prompts", "n_classes": len(ds.classes),
            "n_images": len(targets)})
+    return 0
+
+
+def run_captioning(args: argparse.Namespace) -> int:
+    from clipforge.captioning.evaluate import evaluate_captioner, load_judge
+    from clipforge.checkpoints import load
+    from clipforge.engine.distributed import DistInfo, default_device
+    from clipforge.models.generation import GenerationConfig
+
+    _at_least(args.batch_size, 1, "--batch-size")
+    if args.limit is not None:
+        _at_least(args.limit, 1, "--limit")
+    device = default_device(DistInfo(), args.device)
+    model = load(args.model).to(device)
+    judge = load_judge(args.judge, device) if args.judge else None
+    config = GenerationConfig(strategy=args.strategy, num_beams=args.num_beams, max_len=args.max_len)
+    out = evaluate_captioner(model, args.dataset, judge, config, args.limit, args.batch_size, args.attribute_images,
+                             progress=True)
+    for e in out["examples"][:3]:
+        print(f"{e['image']}: {e['caption']}  (reference: {e['references'][0] if e['references'] else '-'})")
+    _save(args, "captioning", args.dataset, out["metrics"], {**out["settings"], "examples": out["examples"]})
     return 0
 
 

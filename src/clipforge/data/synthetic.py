@@ -34,7 +34,7 @@ COLOURS = {
 }
 SIZES = {"small": 0.1, "large": 0.155}  # radius as a fraction of the side; fits a 3x3 cell
 POSITIONS = ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right")
-_POSITION_PHRASES = {
+POSITION_PHRASES = {
     "top left": "in the top left", "top": "at the top", "top right": "in the top right",
     "left": "on the left", "centre": "in the centre", "right": "on the right",
     "bottom left": "in the bottom left", "bottom": "at the bottom", "bottom right": "in the bottom right",
@@ -157,7 +157,7 @@ def _caption(objs: list[SceneObject], rng: np.random.Generator) -> str:
     if len(objs) == 1:
         o = objs[0]
         p = o.phrase(with_size)
-        where = _POSITION_PHRASES[o.position]
+        where = POSITION_PHRASES[o.position]
         forms = [f"{_a(p)} {where}", _a(p), f"there is {_a(p)} {where}", f"a picture of {_a(p)}",
                  f"{where}, {_a(p)}", f"{_a(p)} on a textured background"]
         return forms[int(rng.integers(len(forms)))]
@@ -210,6 +210,25 @@ def generate(split: str, config: SynthConfig) -> Iterator[tuple[Image.Image, str
         rng = np.random.default_rng([config.seed, split_id, i])
         objs = _sample_objects(rng, 1, [combos[i % len(combos)]])
         yield render(objs, config.image_size, rng), _caption(objs, rng), f"{objs[0].colour} {objs[0].shape}"
+
+
+def scene_objects(split: str, config: SynthConfig) -> list[list[SceneObject]]:
+    """The objects of every image of ``split``, as :func:`generate` draws them (no rendering):
+    the ground truth a caption of a scene is checked against."""
+    heldout = set(heldout_combinations())
+    seen = [(s, c) for s in SHAPES for c in COLOURS if (s, c) not in heldout]
+    split_id = SPLITS.index(split)
+    out = []
+    if split in ("train", "val"):
+        for i in range(config.n_train if split == "train" else config.n_val):
+            rng = np.random.default_rng([config.seed, split_id, i])
+            out.append(_sample_objects(rng, int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])), seen))
+        return out
+    combos = sorted(heldout) if split == "zeroshot_heldout" else seen
+    for i in range(config.n_zeroshot_per_class * len(combos)):
+        rng = np.random.default_rng([config.seed, split_id, i])
+        out.append(_sample_objects(rng, 1, [combos[i % len(combos)]]))
+    return out
 
 
 def write_dataset(out_dir: str | Path, config: SynthConfig | None = None, progress: bool = True) -> Path:
