@@ -31,6 +31,8 @@ from clipforge.models.config import CLIPConfig
 
 #: Saved ``arch`` -> (config class, model class) of the models a clipforge folder may hold.
 ARCHS = {"clip": (CLIPConfig, CLIP), "coca": (CoCaConfig, CoCa)}
+#: Archs of the task families (above this floor): module and class names, imported when loaded.
+FAMILY_ARCHS = {"prefix_captioner": ("clipforge.captioning.prefix", "PrefixConfig", "PrefixCaptioner")}
 FORMAT = "clipforge"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -85,7 +87,7 @@ def save(model: CLIP, out_dir: str | Path) -> Path:
         "arch": getattr(model, "arch", "clip"),
         "model": model.config.to_dict(),
         "tokenizer": tokenizer_to_dict(model.tokenizer),
-        "preprocess": model.preprocess.to_dict(),
+        "preprocess": model.preprocess.to_dict() if model.preprocess is not None else None,
     }
     atomic_write_text(json.dumps(cfg, indent=2), out / CONFIG_FILE)
     return out
@@ -102,14 +104,25 @@ def load_native(folder: str | Path, cfg: dict[str, Any] | None = None) -> CLIP:
             "upgrade clipforge"
         )
     arch = cfg.get("arch", "clip")  # folders saved before the key existed are CLIP models
-    if arch not in ARCHS:
+    if arch in FAMILY_ARCHS:
+        import importlib
+
+        module_name, config_name, model_name = FAMILY_ARCHS[arch]
+        module = importlib.import_module(module_name)
+        config_class, model_class = getattr(module, config_name), getattr(module, model_name)
+    elif arch in ARCHS:
+        config_class, model_class = ARCHS[arch]
+    else:
         raise CheckpointError(f"{folder}: unknown arch {arch!r} (this clipforge loads: "
-                              f"{', '.join(ARCHS)}, image_encoder)")
-    config_class, model_class = ARCHS[arch]
+                              f"{', '.join([*ARCHS, *FAMILY_ARCHS])}, image_encoder)")
     model = model_class(config_class.from_dict(cfg["model"]))
     weights = folder / WEIGHTS_FILE
     load_strict(model, read_state_dict(weights), str(weights))
     model.tokenizer = tokenizer_from_dict(cfg.get("tokenizer"), folder)
     if cfg.get("preprocess"):
         model.preprocess = Preprocess.from_dict(cfg["preprocess"])
+    if hasattr(model, "attach_clip") and Path(getattr(model.config, "clip_path", "") or "-").exists():
+        from clipforge.checkpoints.load import load
+
+        model.attach_clip(load(model.config.clip_path))  # a captioner with the CLIP it reads
     return model

@@ -1,4 +1,5 @@
-"""``clipforge caption``: captions for image files and folders, from a CoCa (or any captioner)."""
+"""``clipforge caption``: captions for image files and folders, from a CoCa or a prefix captioner;
+``clipforge caption train``: train a prefix captioner (ClipCap, CapDec, DeCap) on a frozen CLIP."""
 
 from __future__ import annotations
 
@@ -24,6 +25,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
     p.add_argument("--json", default=None, help="also write [{image, caption}] to this file")
     p.set_defaults(func=run)
+
+    # "clipforge caption train ..." (main() routes it here: "caption" itself takes image paths).
+    t = sub.add_parser("caption-train", prog="clipforge caption train",
+                       help="train a captioner (clipcap, clipcap-frozen, capdec, decap) on a frozen CLIP",
+                       description="Options from --config (YAML/JSON) and key=value overrides; --help-config lists "
+                       "them. The captioner is saved to OUT_DIR/model.")
+    from clipforge.captioning.config import CaptionTrainConfig
+    from clipforge.config import choices
+
+    t.add_argument("--method", choices=choices(CaptionTrainConfig, "method"), default=None)
+    t.add_argument("--clip", default=None, help="the CLIP whose embeddings are captioned")
+    t.add_argument("--data", default=None, help="training captions (CSV image,caption or a captioned folder)")
+    t.add_argument("--config", default=None)
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    t.add_argument("--resume", default=None, metavar="latest|CHECKPOINT")
+    t.add_argument("--help-config", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from clipforge.captioning.config import CaptionTrainConfig
+    from clipforge.config import apply_overrides, describe, read_config_file
+    from clipforge.errors import ConfigError
+
+    if args.help_config:
+        for name, default, help_text in describe(CaptionTrainConfig):
+            print(f"{name:24s} {default:22s} {help_text}")
+        return 0
+    overrides = list(args.overrides)
+    given = apply_overrides(read_config_file(args.config) if args.config else {}, overrides)
+    for flag in ("method", "clip", "data"):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if given.get(flag) is not None and given[flag] != value:
+            raise ConfigError(f"--{flag} {value} conflicts with {flag}={given[flag]}; give one")
+        overrides.append(f"{flag}={value}")
+    cfg = CaptionTrainConfig.load(args.config, overrides)
+    from clipforge.captioning.train import train_captioner
+
+    train_captioner(cfg, resume=args.resume, progress=not args.no_progress)
+    print(f"captioner saved to {cfg.out_dir}/model")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

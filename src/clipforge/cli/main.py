@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from clipforge.errors import ClipforgeError
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["caption", "train"]:  # "caption" takes image paths; "caption train" is its own command
+        argv = ["caption-train", *argv[2:]]
     args = parser.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:

@@ -1,0 +1,75 @@
+"""Configuration of ``clipforge caption train`` (see :mod:`clipforge.config` for loading and overrides)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipforge.captioning.prefix import Method
+from clipforge.config import apply_overrides, build_config, opt, read_config_file
+from clipforge.engine.loop import Precision, Schedule
+from clipforge.errors import ConfigError
+
+
+@dataclass
+class LMOptions:
+    width: int = opt(256, "token width of the language model")
+    layers: int = opt(4, "transformer blocks")
+    heads: int = opt(4, "attention heads")
+    vocab_size: int = opt(1000, "BPE vocabulary learned on the training captions")
+    context_length: int = opt(32, "caption tokens, start and end included")
+    pretrain_epochs: int = opt(10, "clipcap-frozen: epochs of language modelling on the captions before freezing")
+    init: str = opt("", "clipcap-frozen: a trained captioner folder whose language model and tokenizer to reuse "
+                        "instead of pretraining")
+
+
+@dataclass
+class CaptionTrainConfig:
+    method: Method = opt("clipcap", "clipcap (MLP mapper, LM fine-tuned), clipcap-frozen (transformer mapper, LM "
+                                    "frozen), capdec (text-only, noise), decap (text-only, memory projection)")
+    clip: str = opt("", "the CLIP whose embeddings are captioned (any model clipforge.load reads; frozen)")
+    data: str = opt("", "training captions: a CSV image,caption or a captioned folder (text-only methods read only "
+                        "the captions, and the images of the first gap_pairs rows to measure the modality gap)")
+    image_column: str = opt("image", "CSV column of image paths")
+    caption_column: str = opt("caption", "CSV column of captions")
+    prefix_length: int = opt(10, "prefix vectors the mapper makes (ClipCap: 10)")
+    mapper_layers: int = opt(4, "clipcap-frozen: transformer mapper blocks")
+    mapper_heads: int = opt(4, "clipcap-frozen: transformer mapper heads")
+    noise_std: float | None = opt(None, "capdec: noise std (default: chosen from the measured modality gap)")
+    gap_pairs: int = opt(500, "capdec: image-caption pairs the modality gap is measured on")
+    decap_tau: float = opt(0.01, "decap: temperature of the projection onto the caption memory")
+    lm: LMOptions = field(default_factory=LMOptions)
+    epochs: int = opt(10, "passes over the captions")
+    batch_size: int = opt(64, "captions per step")
+    lr: float = opt(2e-4, "peak learning rate (AdamW; ClipCap: 2e-5 with GPT-2, more for a small LM from scratch)")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    warmup_steps: int = opt(100, "linear warm-up steps")
+    schedule: Schedule = opt("cosine", "'cosine' or 'constant' after warm-up")
+    precision: Precision = opt("fp32", "fp32, bf16 (autocast) or fp16 (CUDA only)")
+    out_dir: str = opt("runs/captioner", "run folder; the captioner is saved to OUT_DIR/model")
+    seed: int = opt(0, "random seed")
+    log_every_steps: int = opt(20, "steps between log lines")
+    save_every_steps: int = opt(0, "checkpoint cadence in steps (0: each epoch)")
+    tensorboard: bool = opt(True, "write TensorBoard logs")
+    device: str = opt("", "cpu, cuda, cuda:N (default: CUDA when present)")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "prefix_length", "gap_pairs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CaptionTrainConfig:
+        return build_config(cls, d, "")
+
+    @classmethod
+    def load(cls, path: str | None, overrides: list[str]) -> CaptionTrainConfig:
+        d = read_config_file(path) if path else {}
+        return cls.from_dict(apply_overrides(d, overrides))
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))

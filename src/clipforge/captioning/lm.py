@@ -1,0 +1,78 @@
+"""The default language model of the prefix and text-only captioners: a small GPT-style causal
+transformer that clipforge trains on the captions (no pretrained LM can be downloaded here).
+
+It reads *embeddings*, not only token ids, so a captioner can put prefix vectors (a mapped CLIP
+embedding) before the caption's tokens; it decodes with the shared
+:class:`~clipforge.models.generation.KVCache`. The output head is tied to the token embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from clipforge.config import build_config
+from clipforge.errors import ConfigError
+from clipforge.models.config import Activation
+from clipforge.models.generation import KVCache
+from clipforge.models.transformer import Transformer
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Attributes: vocabulary, positions (prefix and caption together), width, blocks, heads."""
+
+    vocab_size: int = 1024
+    context_length: int = 48
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    activation: Activation = "gelu"
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ConfigError(f"lm.width={self.width} is not a multiple of lm.heads={self.heads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LMConfig:
+        return build_config(cls, dict(d), "lm.", strict=True)
+
+
+class CausalLM(nn.Module):
+    """Token and position embeddings, a causal transformer, a final norm and the tied output head."""
+
+    def __init__(self, config: LMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
+        self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.width))
+        self.transformer = Transformer(config.width, config.layers, config.heads, config.mlp_ratio, config.activation)
+        self.ln_final = nn.LayerNorm(config.width)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        self.transformer.init_weights()
+
+    @property
+    def width(self) -> int:
+        return self.config.width
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.token_embedding(ids)
+
+    def forward(self, embeds: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Next-token logits [B, T, vocab] for input embeddings [B, T, width] (after ``cache``'s positions)."""
+        start = cache.length if cache is not None else 0
+        if start + embeds.shape[1] > self.config.context_length:
+            raise ValueError(f"the language model reads at most {self.config.context_length} positions")
+        x = embeds + self.positional_embedding[start : start + embeds.shape[1]].to(embeds.dtype)
+        x = self.ln_final(self.transformer(x, causal=True, cache=cache, prefix="lm."))
+        if cache is not None:
+            cache.length += embeds.shape[1]
+        return x @ self.token_embedding.weight.T
