@@ -198,6 +198,7 @@ def test_train_a_coca_then_caption_from_the_cli(tmp_path, capsys) -> None:
     metrics = json.loads(result.read_text())["metrics"]
     assert metrics["n_images"] == 8 and 0 <= metrics["bleu_4"] <= 1 and metrics["cider_d"] >= 0
     assert 0 <= metrics["clip_score"] <= 2.5 and "ref_clip_score" in metrics
+    assert metrics["seen/n_images"] > 0 and 0 <= metrics["heldout/colour_acc"] <= 1  # synthetic scenes: attributes
 
 
 @pytest.mark.parametrize("name", ["coca_ViT-B-32", "coca_ViT-L-14"])

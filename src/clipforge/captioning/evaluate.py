@@ -42,8 +42,9 @@ def evaluate_captioner(model: Any, dataset: str, judge: Any = None, config: Gene
     metrics: dict[str, Any] = caption_metrics(candidates, refs)
     if judge is not None:
         metrics.update(_judge(judge, results, refs))
-    if dataset == "synthetic":
-        metrics.update(_scene_attributes(model, config, attribute_images, batch_size))
+    scenes = _scenes_root(dataset)
+    if scenes is not None:
+        metrics.update(_scene_attributes(model, config, attribute_images, batch_size, scenes))
     settings = {"generation": (config or GenerationConfig()).__dict__, "n_skipped": len(skipped),
                 "judge": getattr(judge, "source", None) if judge is not None else None}
     examples = [{"image": r["image"], "caption": r["caption"], "references": refs.get(r["image"], [])}
@@ -63,10 +64,20 @@ def _judge(judge: Any, results: list[dict], refs: dict[str, list[str]]) -> dict[
     return clip_scores(feats, captions, references)
 
 
-def _scene_attributes(model: Any, config: GenerationConfig | None, per_split: int, batch_size: int) -> dict:
+def _scenes_root(dataset: str) -> Path | None:
+    """The synthetic-scenes folder ``dataset`` belongs to (its meta.json says so), if any."""
+    if dataset == "synthetic":
+        return synthetic_root()
+    meta = Path(dataset).parent / "meta.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("dataset") == "clipforge-synthetic-scenes":
+        return meta.parent
+    return None
+
+
+def _scene_attributes(model: Any, config: GenerationConfig | None, per_split: int, batch_size: int,
+                      root: Path) -> dict:
     from clipforge.data.synthetic import SynthConfig, scene_objects
 
-    root = synthetic_root()
     synth = SynthConfig(**json.loads((root / "meta.json").read_text())["config"])
     out: dict[str, Any] = {}
     for split, name in (("zeroshot_seen", "seen"), ("zeroshot_heldout", "heldout")):

@@ -1,0 +1,86 @@
+"""Every captioner on one table: the synthetic scenes, the same data and CPU budget per method.
+
+Trains the prefix captioners (clipcap, clipcap-frozen, capdec, decap) on the demo's training
+captions with the demo's CLIP (``outputs/demo/run/model``, from ``make demo``), takes a CoCa trained
+from scratch on the same data (``--coca``, e.g. from ``clipforge train model.name=coca-tiny ...``),
+and scores each on the demo's validation images with ``evaluate_captioner``: BLEU-4, CIDEr-D,
+CLIP-score from a *separate* judge CLIP (``--judge``: a CLIP none of the captioners uses), the scene
+attributes on seen and held-out (colour, shape) combinations, training minutes and captions/s.
+
+    .venv/bin/python bench/captioning.py --coca runs/coca/model --judge runs/judge/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def main() -> None:
+    import clipforge
+    from clipforge.captioning.config import CaptionTrainConfig
+    from clipforge.captioning.evaluate import evaluate_captioner, load_judge
+    from clipforge.captioning.train import train_captioner
+    from clipforge.models.generation import GenerationConfig
+    from common import machine, markdown_table
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clip", default="outputs/demo/run/model")
+    parser.add_argument("--data", default="outputs/demo/data")
+    parser.add_argument("--coca", default=None, help="a CoCa trained on the same data (its run folder's model)")
+    parser.add_argument("--judge", required=True, help="a CLIP that no captioner here uses")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--methods", nargs="*", default=["clipcap", "clipcap-frozen", "capdec", "decap"])
+    parser.add_argument("--limit", type=int, default=300, help="validation images captioned")
+    parser.add_argument("--attribute-images", type=int, default=150)
+    parser.add_argument("--work", default=None)
+    args = parser.parse_args()
+    print(f"machine: {machine()}\n")
+    work = Path(args.work or tempfile.mkdtemp(prefix="clipforge-bench-caption-"))
+    data = Path(args.data)
+    judge = load_judge(args.judge, clipforge.load(args.judge).logit_scale.device)
+    gen = GenerationConfig(strategy="beam", num_beams=4, max_len=30)
+    models: dict[str, tuple] = {}
+    for method in args.methods:
+        cfg = CaptionTrainConfig.from_dict({"method": method, "clip": args.clip, "data": str(data / "train.csv"),
+                                            "out_dir": str(work / method), "epochs": args.epochs,
+                                            "batch_size": 64, "lr": 1e-3, "tensorboard": False,
+                                            "lm": {"pretrain_epochs": args.epochs}})
+        t0 = time.perf_counter()
+        train_captioner(cfg, progress=False)
+        minutes = (time.perf_counter() - t0) / 60
+        models[method] = (clipforge.load(work / method / "model"), minutes)
+    if args.coca:
+        summary = json.loads((Path(args.coca).parent / "summary.json").read_text())
+        models["coca"] = (clipforge.load(args.coca), summary["train_seconds"] / 60)
+    rows, details = [], {}
+    for name, (model, minutes) in models.items():
+        t0 = time.perf_counter()
+        out = evaluate_captioner(model, str(data / "val.csv"), judge, gen, limit=args.limit,
+                                 attribute_images=args.attribute_images)
+        seconds = time.perf_counter() - t0
+        m = out["metrics"]
+        captioned = m["n_images"] + m["seen/n_images"] + m["heldout/n_images"] if "seen/n_images" in m else \
+            m["n_images"]
+        rows.append([name, f"{100 * m['bleu_4']:.1f}", f"{100 * m['cider_d']:.1f}", f"{m['clip_score']:.3f}",
+                     f"{m.get('seen/colour_and_shape_acc', float('nan')):.1%}",
+                     f"{m.get('heldout/colour_and_shape_acc', float('nan')):.1%}", f"{minutes:.1f}",
+                     f"{captioned / seconds:.1f}"])
+        details[name] = {**m, "examples": out["examples"][:3]}
+        print(" | ".join(rows[-1]), flush=True)
+    print(f"\n{args.limit} validation images, beam search 4; attributes on {args.attribute_images} one-object images "
+          "per split; CLIP-score by the judge; captions/s over all captioning of the evaluation\n")
+    print(markdown_table(["captioner", "BLEU-4", "CIDEr-D", "CLIP-S (judge)", "colour+shape seen",
+                          "colour+shape held-out", "train min", "captions/s"], rows))
+    (work / "results.json").write_text(json.dumps(details, indent=2, default=float))
+    print(f"\ndetails: {work / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
