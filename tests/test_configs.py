@@ -29,7 +29,7 @@ def test_parameter_counts_match_open_clip(name: str, params: int) -> None:
 @pytest.mark.parametrize("name", list_configs())
 def test_named_configs_round_trip_json(name: str) -> None:
     cfg = get_config(name)
-    assert CLIPConfig.from_json(cfg.to_json()) == cfg
+    assert type(cfg).from_dict(json.loads(cfg.to_json())) == cfg
 
 
 @pytest.mark.parametrize("name", ["tiny-vit-32", "tiny-rn-64"])
@@ -215,3 +215,10 @@ def test_model_configs_use_the_shared_config_checks() -> None:
     old = get_config("tiny-rn-64").to_dict()
     del old["text"]["type"]  # saved before text configs had a type
     assert CLIPConfig.from_dict(old) == get_config("tiny-rn-64")
+
+
+def test_configs_command_lists_the_cocas_too(capsys) -> None:
+    assert main(["configs"]) == 0
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if row.startswith("coca_ViT-B-32"))
+    assert "coca" in line and "253.6M params" in line  # open_clip's coca_ViT-B-32 has 253.56M

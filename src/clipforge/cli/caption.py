@@ -32,37 +32,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Options from --config (YAML/JSON) and key=value overrides; --help-config lists "
                        "them. The captioner is saved to OUT_DIR/model.")
     from clipforge.captioning.config import CaptionTrainConfig
+    from clipforge.cli.options import add_run_options
     from clipforge.config import choices
 
     t.add_argument("--method", choices=choices(CaptionTrainConfig, "method"), default=None)
     t.add_argument("--clip", default=None, help="the CLIP whose embeddings are captioned")
     t.add_argument("--data", default=None, help="training captions (CSV image,caption or a captioned folder)")
-    t.add_argument("--config", default=None)
-    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    t.add_argument("--resume", default=None, metavar="latest|CHECKPOINT")
-    t.add_argument("--help-config", action="store_true")
-    t.add_argument("--no-progress", action="store_true")
+    add_run_options(t)
     t.set_defaults(func=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from clipforge.captioning.config import CaptionTrainConfig
-    from clipforge.config import apply_overrides, describe, read_config_file
-    from clipforge.errors import ConfigError
+    from clipforge.cli.options import overrides_with_flags, print_config_help
 
     if args.help_config:
-        for name, default, help_text in describe(CaptionTrainConfig):
-            print(f"{name:24s} {default:22s} {help_text}")
-        return 0
-    overrides = list(args.overrides)
-    given = apply_overrides(read_config_file(args.config) if args.config else {}, overrides)
-    for flag in ("method", "clip", "data"):
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        if given.get(flag) is not None and given[flag] != value:
-            raise ConfigError(f"--{flag} {value} conflicts with {flag}={given[flag]}; give one")
-        overrides.append(f"{flag}={value}")
+        return print_config_help(CaptionTrainConfig)
+    overrides = overrides_with_flags(args, ("method", "clip", "data"))
     cfg = CaptionTrainConfig.load(args.config, overrides)
     from clipforge.captioning.train import train_captioner
 

@@ -36,11 +36,15 @@ def run_configs(args: argparse.Namespace) -> int:
     if args.name:
         print(get_config(args.name).to_json())
         return 0
+    from clipforge.models.coca import CoCa, CoCaConfig
+
     for name in list_configs():
         cfg = get_config(name)
         with torch.device("meta"):  # count without allocating
-            n = sum(p.numel() for p in CLIP(cfg).parameters())
-        print(f"{name:16s} {cfg.vision.type:6s} image {cfg.vision.image_size:4d}px  "
+            model = CoCa(cfg) if isinstance(cfg, CoCaConfig) else CLIP(cfg)
+            n = sum(p.numel() for p in model.parameters())
+        kind = "coca" if isinstance(cfg, CoCaConfig) else cfg.vision.type
+        print(f"{name:16s} {kind:6s} image {cfg.vision.image_size:4d}px  "
               f"embed {cfg.embed_dim:5d}  {cfg.activation:10s} {n / 1e6:8.1f}M params")
     return 0
 

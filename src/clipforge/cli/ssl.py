@@ -6,6 +6,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.cli.options import add_run_options
     from clipforge.config import choices
     from clipforge.ssl.config import SSLConfig
 
@@ -15,32 +16,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         description="Options from --config (YAML/JSON) and key=value overrides; --help-config lists "
                         "them. The encoder is saved to OUT_DIR/encoder.")
     t.add_argument("--method", choices=choices(SSLConfig, "method"), default=None)
-    t.add_argument("--config", default=None)
-    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    t.add_argument("--resume", default=None, metavar="latest|CHECKPOINT")
-    t.add_argument("--help-config", action="store_true")
-    t.add_argument("--no-progress", action="store_true")
+    add_run_options(t)
     t.set_defaults(func=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from clipforge.config import describe
+    from clipforge.cli.options import overrides_with_flags, print_config_help
     from clipforge.ssl.config import SSLConfig
 
     if args.help_config:
-        for name, default, help_text in describe(SSLConfig):
-            print(f"{name:26s} {default:28s} {help_text}")
-        return 0
-    overrides = list(args.overrides)
-    if args.method:
-        from clipforge.config import apply_overrides, read_config_file
-        from clipforge.errors import ConfigError
-
-        given = apply_overrides(read_config_file(args.config) if args.config else {}, overrides).get("method")
-        if given is not None and given != args.method:
-            where = "the overrides" if any(o.startswith("method=") for o in overrides) else args.config
-            raise ConfigError(f"--method {args.method} conflicts with method={given} ({where}); give one")
-        overrides.append(f"method={args.method}")
+        return print_config_help(SSLConfig)
+    overrides = overrides_with_flags(args, ("method",))
     cfg = SSLConfig.load(args.config, overrides)
     from clipforge.ssl.trainer import train_ssl
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from clipforge.training.config import TrainConfig, apply_overrides, describe
+from clipforge.cli.options import add_run_options, print_config_help
+from clipforge.training.config import TrainConfig, apply_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,19 +16,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "overrides, e.g. `clipforge train --config c.yaml optim.lr=1e-4 epochs=5`. "
         "`clipforge train --help-config` lists every option.",
     )
-    p.add_argument("--config", help="YAML or JSON file of options")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="option overrides (section.key=value)")
-    p.add_argument("--resume", metavar="latest|CHECKPOINT", help="continue from a checkpoint of the run in out_dir")
-    p.add_argument("--help-config", action="store_true", help="list every option with its default and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.help_config:
-        for name, default, help_text in describe(TrainConfig):
-            print(f"{name:28s} {default:22s} {help_text}")
-        return 0
+        return print_config_help(TrainConfig)
     if args.config:
         config = TrainConfig.load(args.config, args.overrides)
     else:
