@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from clipforge.captioning.prefix import Method
 from clipforge.config import apply_overrides, build_config, opt, read_config_file
 from clipforge.engine.loop import Precision, Schedule
 from clipforge.errors import ConfigError
+
+TrainMethod = Literal["clipcap", "clipcap-frozen", "capdec", "decap", "iterative"]
 
 
 @dataclass
@@ -20,15 +21,17 @@ class LMOptions:
     heads: int = opt(4, "attention heads")
     vocab_size: int = opt(1000, "BPE vocabulary learned on the training captions")
     context_length: int = opt(32, "caption tokens, start and end included")
-    pretrain_epochs: int = opt(10, "clipcap-frozen: epochs of language modelling on the captions before freezing")
+    pretrain_epochs: int = opt(10, "clipcap-frozen: epochs of language modelling on the captions before freezing "
+                                   "(iterative: the LM trains for `epochs`)")
     init: str = opt("", "clipcap-frozen: a trained captioner folder whose language model and tokenizer to reuse "
                         "instead of pretraining")
 
 
 @dataclass
 class CaptionTrainConfig:
-    method: Method = opt("clipcap", "clipcap (MLP mapper, LM fine-tuned), clipcap-frozen (transformer mapper, LM "
-                                    "frozen), capdec (text-only, noise), decap (text-only, memory projection)")
+    method: TrainMethod = opt("clipcap", "clipcap (MLP mapper, LM fine-tuned), clipcap-frozen (transformer mapper, "
+                                         "LM frozen), capdec (text-only, noise), decap (text-only, memory "
+                                         "projection), iterative (an LM on the captions, steered by CLIP)")
     clip: str = opt("", "the CLIP whose embeddings are captioned (any model clipforge.load reads; frozen)")
     data: str = opt("", "training captions: a CSV image,caption or a captioned folder (text-only methods read only "
                         "the captions, and the images of the first gap_pairs rows to measure the modality gap)")
@@ -40,6 +43,9 @@ class CaptionTrainConfig:
     noise_std: float | None = opt(None, "capdec: noise std (default: chosen from the measured modality gap)")
     gap_pairs: int = opt(500, "capdec: image-caption pairs the modality gap is measured on")
     decap_tau: float = opt(0.01, "decap: temperature of the projection onto the caption memory")
+    candidates: int = opt(8, "iterative: next tokens tried per hypothesis")
+    beams: int = opt(4, "iterative: hypotheses kept")
+    clip_weight: float = opt(4.0, "iterative: weight of the CLIP similarity against the mean token log p")
     lm: LMOptions = field(default_factory=LMOptions)
     epochs: int = opt(10, "passes over the captions")
     batch_size: int = opt(64, "captions per step")

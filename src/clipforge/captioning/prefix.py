@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipforge.captioning.clip_link import ClipLinked
 from clipforge.captioning.lm import CausalLM, LMConfig
 from clipforge.config import build_config
 from clipforge.errors import ConfigError
@@ -104,7 +105,7 @@ class TransformerMapper(nn.Module):
         return self.transformer(seq)[:, self.k :]
 
 
-class PrefixCaptioner(nn.Module):
+class PrefixCaptioner(ClipLinked):
     """Mapper + causal LM (see the module docstring); saved as arch ``prefix_captioner``."""
 
     arch = "prefix_captioner"
@@ -121,32 +122,12 @@ class PrefixCaptioner(nn.Module):
         self.lm = CausalLM(config.lm)
         # DeCap's memory of caption text embeddings (filled when trained; saved with the model).
         self.register_buffer("memory", torch.zeros(config.memory_size, config.clip_dim))
-        self.tokenizer: Any = None
-        self.preprocess: Any = None
-        object.__setattr__(self, "clip", None)  # the CLIP it reads: used, never trained or saved with it
-
-    def attach_clip(self, clip: Any) -> PrefixCaptioner:
-        """Give the captioner the CLIP whose embeddings it was trained on (checked by fingerprint)."""
-        from clipforge.evaluation.cache import model_fingerprint
-
-        if self.config.clip_fingerprint and model_fingerprint(clip) != self.config.clip_fingerprint:
-            raise ConfigError(f"this captioner reads the embeddings of {self.config.clip_path or 'another CLIP'}; "
-                              "the CLIP given has other weights")
-        if clip.config.embed_dim != self.config.clip_dim:
-            raise ConfigError(f"the CLIP embeds in {clip.config.embed_dim} dimensions, the captioner reads "
-                              f"{self.config.clip_dim}")
-        object.__setattr__(self, "clip", clip)
-        self.preprocess = clip.preprocess
-        return self
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, config: GenerationConfig | None = None, use_cache: bool = True,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Captions of preprocessed ``images``: ``ids`` and the CLIP's normalised ``image_features``."""
-        if self.clip is None:
-            raise ConfigError(f"this captioner's CLIP ({self.config.clip_path or 'unknown'}) is not attached; "
-                              "load it and call attach_clip(clip)")
-        feats = F.normalize(self.clip.encode_image(images.to(next(self.clip.parameters()).device)), dim=-1)
+        feats = self.image_features(images)
         ids = self.generate_from_embeddings(feats.to(next(self.parameters()).device), config, use_cache, generator)
         return {"ids": ids, "image_features": feats}
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from clipforge.captioning.config import CaptionTrainConfig
+from clipforge.captioning.iterative import IterativeCaptioner, IterativeConfig
 from clipforge.captioning.lm import LMConfig
 from clipforge.captioning.prefix import PrefixCaptioner, PrefixConfig, capdec_noise, modality_gap
 from clipforge.data.sampler import epoch_batches
@@ -67,9 +68,7 @@ class PrefixTask(_TokenBatches):
         return {"loss": self.model.caption_loss(out["logits"], out["labels"])}
 
     def save_final(self, run_dir: Path) -> Path:
-        from clipforge.checkpoints.native import save
-
-        return save(self.model, run_dir / "model")
+        return _save(self.model, run_dir)
 
 
 class LMTask(_TokenBatches):
@@ -91,7 +90,8 @@ def _engine(cfg: CaptionTrainConfig, out_dir: Path, epochs: int, label: str) -> 
                         label=label)
 
 
-def train_captioner(cfg: CaptionTrainConfig, resume: str | None = None, progress: bool = True) -> PrefixCaptioner:
+def train_captioner(cfg: CaptionTrainConfig, resume: str | None = None,
+                    progress: bool = True) -> PrefixCaptioner | IterativeCaptioner:
     """Train the captioner ``cfg`` describes; it is saved to ``OUT_DIR/model`` and returned."""
     from clipforge.checkpoints import load
     from clipforge.data.pairs import read_pairs
@@ -118,6 +118,8 @@ def train_captioner(cfg: CaptionTrainConfig, resume: str | None = None, progress
     else:
         tokenizer = TrainedBPETokenizer.train(captions, vocab_size=cfg.lm.vocab_size,
                                               context_length=cfg.lm.context_length)
+    if cfg.method == "iterative":  # the language model alone; CLIP steers it when captioning
+        return _train_iterative(cfg, clip, tokenizer, tokenizer(captions), info, device, out, resume, progress)
     # What the mapper reads: image embeddings (ClipCap) or the captions' text embeddings (text-only).
     text_only = cfg.method in ("capdec", "decap")
     choice, noise = "", 0.0
@@ -162,6 +164,38 @@ def train_captioner(cfg: CaptionTrainConfig, resume: str | None = None, progress
     fit(task, _engine(cfg, out, cfg.epochs, f"caption {cfg.method}"), info, device, resume=resume,
         progress=progress)
     return model
+
+
+def _train_iterative(cfg: CaptionTrainConfig, clip: Any, tokenizer: Any, tokens: torch.Tensor, info: D.DistInfo,
+                     device: torch.device, out: Path, resume: str | None, progress: bool) -> IterativeCaptioner:
+    from clipforge.evaluation.cache import model_fingerprint
+
+    lm_cfg = LMConfig(vocab_size=tokenizer.vocab_size, context_length=tokens.shape[1], width=cfg.lm.width,
+                      layers=cfg.lm.layers, heads=cfg.lm.heads)
+    config = IterativeConfig(lm=lm_cfg, candidates=cfg.candidates, beams=cfg.beams, clip_weight=cfg.clip_weight,
+                             start_id=tokenizer.sot_token_id, end_id=tokenizer.eot_token_id, pad_id=0,
+                             clip_dim=clip.config.embed_dim, clip_path=str(Path(cfg.clip).resolve()),
+                             clip_fingerprint=model_fingerprint(clip))
+    if clip.tokenizer is None:
+        raise ConfigError(f"clip={cfg.clip}: the iterative decoder scores texts with the CLIP, which has no tokenizer")
+    torch.manual_seed(cfg.seed)
+    model = IterativeCaptioner(config).to(device)
+    model.tokenizer = tokenizer
+    model.attach_clip(clip)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "caption_config.json")
+    task = LMTask(model.lm, None, tokens, cfg, info, device, param_groups(model.lm, cfg.weight_decay))
+    task.save_final = lambda run_dir: _save(model, run_dir)  # type: ignore[method-assign]
+    fit(task, _engine(cfg, out, cfg.epochs, "caption iterative (language model)"), info, device, resume=resume,
+        progress=progress)
+    return model
+
+
+def _save(model: Any, run_dir: Path) -> Path:
+    from clipforge.checkpoints.native import save
+
+    return save(model, run_dir / "model")
 
 
 def _pretrain_lm(cfg: CaptionTrainConfig, model: PrefixCaptioner, tokens: torch.Tensor, info: D.DistInfo,

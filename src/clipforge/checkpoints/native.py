@@ -32,7 +32,8 @@ from clipforge.models.config import CLIPConfig
 #: Saved ``arch`` -> (config class, model class) of the models a clipforge folder may hold.
 ARCHS = {"clip": (CLIPConfig, CLIP), "coca": (CoCaConfig, CoCa)}
 #: Archs of the task families (above this floor): module and class names, imported when loaded.
-FAMILY_ARCHS = {"prefix_captioner": ("clipforge.captioning.prefix", "PrefixConfig", "PrefixCaptioner")}
+FAMILY_ARCHS = {"prefix_captioner": ("clipforge.captioning.prefix", "PrefixConfig", "PrefixCaptioner"),
+                "iterative_captioner": ("clipforge.captioning.iterative", "IterativeConfig", "IterativeCaptioner")}
 FORMAT = "clipforge"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
