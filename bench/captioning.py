@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--coca", default=None, help="a CoCa trained on the same data (its run folder's model)")
     parser.add_argument("--judge", required=True, help="a CLIP that no captioner here uses")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--methods", nargs="*", default=["clipcap", "clipcap-frozen", "capdec", "decap"])
+    parser.add_argument("--methods", nargs="*", default=["clipcap", "clipcap-frozen", "capdec", "decap", "iterative"])
     parser.add_argument("--limit", type=int, default=300, help="validation images captioned")
     parser.add_argument("--attribute-images", type=int, default=150)
     parser.add_argument("--work", default=None)
