@@ -113,3 +113,33 @@ def test_a_captioner_refuses_another_clip(setup) -> None:
     cfg = PrefixConfig(clip_dim=64, lm=LMConfig(vocab_size=30, context_length=16, width=16, layers=1, heads=2))
     with pytest.raises(ConfigError, match="embeds in 128 dimensions, the captioner reads 64"):
         PrefixCaptioner(cfg).attach_clip(clipforge.load(root / "clip"))
+
+
+def test_the_iterative_decoder_follows_its_clip() -> None:
+    """With CLIP's weight high, the chosen caption is the one the (fake) CLIP matches to the image."""
+    from types import SimpleNamespace
+
+    from clipforge.captioning.iterative import IterativeCaptioner, IterativeConfig
+
+    class FakeClip(torch.nn.Module):  # texts containing token 5 point where the image does
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.config = SimpleNamespace(embed_dim=2)
+            self.preprocess = None
+            self.tokenizer = lambda texts: torch.tensor([[1 if "5" in t.split() else 0] for t in texts])
+
+        def encode_image(self, images):
+            return torch.tensor([[1.0, 0.0]]).expand(len(images), 2)
+
+        def encode_text(self, tokens):
+            return torch.stack([torch.tensor([1.0, 0.0]) if int(t) else torch.tensor([0.0, 1.0]) for t in tokens[:, 0]])
+
+    torch.manual_seed(0)
+    cfg = IterativeConfig(lm=LMConfig(vocab_size=12, context_length=8, width=16, layers=1, heads=2), candidates=10,
+                          beams=3, clip_weight=50.0, start_id=10, end_id=11, clip_dim=2)
+    model = IterativeCaptioner(cfg)
+    model.tokenizer = SimpleNamespace(decode=lambda ids: " ".join(map(str, ids)))
+    model.attach_clip(FakeClip())
+    ids = model.generate(torch.zeros(2, 3, 4, 4), GenerationConfig(max_len=5))["ids"]
+    assert all(5 in row.tolist() for row in ids) and (ids[:, 0] == 10).all()
