@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=300, help="validation images captioned")
     parser.add_argument("--attribute-images", type=int, default=150)
     parser.add_argument("--work", default=None)
+    parser.add_argument("--reuse", action="store_true",
+                        help="evaluate the captioners already trained in --work (their summary.json gives the minutes)")
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
     work = Path(args.work or tempfile.mkdtemp(prefix="clipforge-bench-caption-"))
@@ -48,6 +50,13 @@ def main() -> None:
     gen = GenerationConfig(strategy="beam", num_beams=4, max_len=30)
     models: dict[str, tuple] = {}
     for method in args.methods:
+        if (work / method / "model" / "config.json").is_file() and args.reuse:
+            summary = json.loads((work / method / "summary.json").read_text())
+            minutes = summary["train_seconds"] / 60
+            if method == "clipcap-frozen":
+                minutes += json.loads((work / method / "lm" / "summary.json").read_text())["train_seconds"] / 60
+            models[method] = (clipforge.load(work / method / "model"), minutes)
+            continue
         cfg = CaptionTrainConfig.from_dict({"method": method, "clip": args.clip, "data": str(data / "train.csv"),
                                             "out_dir": str(work / method), "epochs": args.epochs,
                                             "batch_size": 64, "lr": 1e-3, "tensorboard": False,

@@ -70,6 +70,16 @@ def test_each_method_trains_saves_loads_and_captions(setup, method, capsys) -> N
         rows = list(csv.DictReader((data / "train.csv").read_text().splitlines()))
         assert model.memory.shape == (len({r["caption"] for r in rows}), 128)
         torch.testing.assert_close(model.memory.norm(dim=-1), torch.ones(len(model.memory)))
+    if method in ("clipcap", "iterative"):  # scored by a judge that is not its CLIP
+        from clipforge.captioning.evaluate import evaluate_captioner
+
+        pytest.importorskip("pycocoevalcap")
+        judge = clipforge.build("tiny-vit-32")
+        out_eval = evaluate_captioner(model, str(data / "val.csv"), judge, GenerationConfig(max_len=10), limit=3,
+                                      attribute_images=4)
+        assert out_eval["metrics"]["n_images"] == 3 and "clip_score" in out_eval["metrics"]
+        with pytest.raises(ConfigError, match="judge"):
+            evaluate_captioner(model, str(data / "val.csv"), model, limit=2)
     images = sorted((data / "images" / "val").glob("*.png"))[:2]
     capsys.readouterr()
     assert main(["caption", "--model", str(out / "model"), *map(str, images), "--strategy", "greedy"]) == 0

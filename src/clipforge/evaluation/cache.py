@@ -19,7 +19,9 @@ def model_fingerprint(model: CLIP) -> str:
     cached = getattr(model, "_clipforge_fingerprint", None)
     if cached:
         return cached
-    h = hashlib.sha1(model.config.to_json().encode())
+    cfg = model.config
+    # to_json when the config has it (the fingerprints already recorded in indexes and caches used it).
+    h = hashlib.sha1((cfg.to_json() if hasattr(cfg, "to_json") else json.dumps(cfg.to_dict(), indent=2)).encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
