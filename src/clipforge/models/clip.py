@@ -14,32 +14,14 @@ from clipforge.models.config import CLIPConfig
 from clipforge.models.towers import build_image_tower, build_text_tower
 
 
-class CLIP(nn.Module):
-    """Image tower + text tower, each projected into an ``embed_dim`` space, and a temperature.
+class TwoTowers(nn.Module):
+    """What CLIP and CoCa share: ``visual`` and ``text`` towers, a learnable ``logit_scale`` clamped at
+    ``config.max_logit_scale``, and the encoders (pooled, or per token)."""
 
-    ``logit_scale`` stores log(1/temperature), initialised to log(1/0.07); its exponential is
-    clamped at ``config.max_logit_scale`` (100), both in :meth:`forward` and by
-    :meth:`clamp_logit_scale_` which trainers call after each optimiser step.
-
-    Args:
-        config: the model's shape.
-
-    Attributes:
-        tokenizer: the tokenizer this model was trained with, set by :func:`clipforge.load`
-            (a callable: list of strings -> int64 [N, context_length]); ``None`` when unknown.
-        preprocess: image preprocessing for this model (image size, mean/std).
-    """
-
-    def __init__(self, config: CLIPConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.visual: nn.Module = build_image_tower(config)
-        self.text: nn.Module = build_text_tower(config)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
-        if config.init_logit_bias is not None:  # SigLIP: sigmoid(scale * cos + bias)
-            self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
-        self.tokenizer: Any = None
-        self.preprocess: Preprocess = Preprocess(image_size=config.vision.image_size)
+    config: Any
+    visual: nn.Module
+    text: nn.Module
+    logit_scale: nn.Parameter
 
     @property
     def max_log_scale(self) -> float:
@@ -66,6 +48,39 @@ class CLIP(nn.Module):
         outputs [N, L, width], and the tower's extras (``eot`` positions or an attention ``mask``)."""
         return self.text.forward_tokens(tokens)
 
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Keep exp(logit_scale) within [1, max_logit_scale], as the CLIP paper does."""
+        self.logit_scale.clamp_(0.0, self.max_log_scale)
+
+
+class CLIP(TwoTowers):
+    """Image tower + text tower, each projected into an ``embed_dim`` space, and a temperature.
+
+    ``logit_scale`` stores log(1/temperature), initialised to log(1/0.07); its exponential is
+    clamped at ``config.max_logit_scale`` (100), both in :meth:`forward` and by
+    :meth:`clamp_logit_scale_` which trainers call after each optimiser step.
+
+    Args:
+        config: the model's shape.
+
+    Attributes:
+        tokenizer: the tokenizer this model was trained with, set by :func:`clipforge.load`
+            (a callable: list of strings -> int64 [N, context_length]); ``None`` when unknown.
+        preprocess: image preprocessing for this model (image size, mean/std).
+    """
+
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.visual: nn.Module = build_image_tower(config)
+        self.text: nn.Module = build_text_tower(config)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+        if config.init_logit_bias is not None:  # SigLIP: sigmoid(scale * cos + bias)
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+        self.tokenizer: Any = None
+        self.preprocess: Preprocess = Preprocess(image_size=config.vision.image_size)
+
     def forward(
         self, images: torch.Tensor, tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,11 +90,6 @@ class CLIP(nn.Module):
             self.encode_text(tokens, normalize=True),
             self.logit_scale.clamp(max=self.max_log_scale).exp(),
         )
-
-    @torch.no_grad()
-    def clamp_logit_scale_(self) -> None:
-        """Keep exp(logit_scale) within [1, max_logit_scale], as the CLIP paper does."""
-        self.logit_scale.clamp_(0.0, self.max_log_scale)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations in the backward pass of both towers to save memory."""

@@ -31,6 +31,7 @@ from torch import nn
 from clipforge.config import build_config
 from clipforge.errors import ConfigError
 from clipforge.images.preprocess import Preprocess
+from clipforge.models.clip import TwoTowers
 from clipforge.models.config import Activation, TextConfig, ViTConfig
 from clipforge.models.generation import GenerationConfig, KVCache, generate
 from clipforge.models.transformer import ResidualBlock, SelfAttention, Transformer, init_blocks
@@ -219,7 +220,7 @@ class MultimodalDecoder(nn.Module):
         return self.ln_final(x) @ self.text_projection
 
 
-class CoCa(nn.Module):
+class CoCa(TwoTowers):
     """Image tower, unimodal text tower, multimodal decoder and a temperature (see the module docstring).
 
     As a CLIP it has ``encode_image``/``encode_text``, ``tokenizer``, ``preprocess`` and ``config.embed_dim``,
@@ -238,24 +239,6 @@ class CoCa(nn.Module):
         self.tokenizer: Any = None
         self.preprocess = Preprocess(image_size=config.vision.image_size)
 
-    @property
-    def max_log_scale(self) -> float:
-        return math.log(self.config.max_logit_scale)
-
-    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        feats = self.visual(images)
-        return F.normalize(feats, dim=-1) if normalize else feats
-
-    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        feats = self.text(tokens)
-        return F.normalize(feats, dim=-1) if normalize else feats
-
-    def encode_image_tokens(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.visual.forward_tokens(images)
-
-    def encode_text_tokens(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.text.forward_tokens(tokens)
-
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised ``image_features`` and ``text_features``, ``logit_scale`` (exponentiated), and the
         teacher-forced ``logits`` [N, L-1, vocab] for ``labels`` = ``tokens[:, 1:]``."""
@@ -272,10 +255,6 @@ class CoCa(nn.Module):
         flat = logits.reshape(-1, logits.shape[-1])
         return F.cross_entropy(flat if flat.dtype == torch.float64 else flat.float(), labels.reshape(-1),
                                ignore_index=self.config.pad_id, reduction=reduction)
-
-    @torch.no_grad()
-    def clamp_logit_scale_(self) -> None:
-        self.logit_scale.clamp_(0.0, self.max_log_scale)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
