@@ -6,8 +6,12 @@ from scratch on the same data (``--coca``, e.g. from ``clipforge train model.nam
 and scores each on the demo's validation images with ``evaluate_captioner``: BLEU-4, CIDEr-D,
 CLIP-score from a *separate* judge CLIP (``--judge``: a CLIP none of the captioners uses), the scene
 attributes on seen and held-out (colour, shape) combinations, training minutes and captions/s.
+Without ``--coca`` / ``--judge`` it trains them first with the demo's recipe on the same data:
+a ``coca-tiny`` for ``--coca-epochs`` and a judge (the demo's ViT variant, seed 1) for
+``--judge-epochs``.
 
     .venv/bin/python bench/captioning.py --coca runs/coca/model --judge runs/judge/model
+    .venv/bin/python bench/captioning.py --coca-epochs 8 --judge-epochs 8 --epochs 3   # everything
 """
 
 from __future__ import annotations
@@ -19,7 +23,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _train_clip(data: Path, run: Path, epochs: int, model: dict, seed: int) -> Path:
+    """A CLIP (or CoCa) trained with the demo's recipe on ``data``; returns its model folder."""
+    import dataclasses
+
+    from clipforge.demo import demo_config
+    from clipforge.training.config import TrainConfig
+    from clipforge.training.trainer import train
+
+    d = dataclasses.asdict(demo_config(data, run, epochs, model))
+    d.update(seed=seed, eval_every_epochs=epochs)
+    return train(TrainConfig.from_dict(d), progress=False).model_dir
 
 
 def main() -> None:
@@ -27,6 +46,7 @@ def main() -> None:
     from clipforge.captioning.config import CaptionTrainConfig
     from clipforge.captioning.evaluate import evaluate_captioner, load_judge
     from clipforge.captioning.train import train_captioner
+    from clipforge.demo import DEMO_MODELS
     from clipforge.models.generation import GenerationConfig
     from common import machine, markdown_table
 
@@ -34,7 +54,9 @@ def main() -> None:
     parser.add_argument("--clip", default="outputs/demo/run/model")
     parser.add_argument("--data", default="outputs/demo/data")
     parser.add_argument("--coca", default=None, help="a CoCa trained on the same data (its run folder's model)")
-    parser.add_argument("--judge", required=True, help="a CLIP that no captioner here uses")
+    parser.add_argument("--coca-epochs", type=int, default=8, help="without --coca: train one for this many epochs")
+    parser.add_argument("--judge", default=None, help="a CLIP that no captioner here uses")
+    parser.add_argument("--judge-epochs", type=int, default=8, help="without --judge: train one for this many epochs")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--methods", nargs="*", default=["clipcap", "clipcap-frozen", "capdec", "decap", "iterative"])
     parser.add_argument("--limit", type=int, default=300, help="validation images captioned")
@@ -46,7 +68,11 @@ def main() -> None:
     print(f"machine: {machine()}\n")
     work = Path(args.work or tempfile.mkdtemp(prefix="clipforge-bench-caption-"))
     data = Path(args.data)
-    judge = load_judge(args.judge, clipforge.load(args.judge).logit_scale.device)
+    coca_path = Path(args.coca) if args.coca else _train_clip(data, work / "coca", args.coca_epochs,
+                                                              {"name": "coca-tiny"}, seed=0)
+    judge_path = Path(args.judge) if args.judge else _train_clip(data, work / "judge", args.judge_epochs,
+                                                                 DEMO_MODELS["vit"], seed=1)
+    judge = load_judge(judge_path, torch.device("cpu"))
     gen = GenerationConfig(strategy="beam", num_beams=4, max_len=30)
     models: dict[str, tuple] = {}
     for method in args.methods:
@@ -65,9 +91,8 @@ def main() -> None:
         train_captioner(cfg, progress=False)
         minutes = (time.perf_counter() - t0) / 60
         models[method] = (clipforge.load(work / method / "model"), minutes)
-    if args.coca:
-        summary = json.loads((Path(args.coca).parent / "summary.json").read_text())
-        models["coca"] = (clipforge.load(args.coca), summary["train_seconds"] / 60)
+    summary = json.loads((coca_path.parent / "summary.json").read_text())
+    models["coca"] = (clipforge.load(coca_path), summary["train_seconds"] / 60)
     rows, details = [], {}
     for name, (model, minutes) in models.items():
         t0 = time.perf_counter()

@@ -87,7 +87,7 @@ def test_each_method_trains_saves_loads_and_captions(setup, method, capsys) -> N
     assert len(lines) == 2 and all(line.split(": ", 1)[1] for line in lines)
 
 
-def test_frozen_lm_is_not_trained_and_generation_is_cache_exact() -> None:
+def test_prefix_generation_is_cache_exact_and_its_config_round_trips() -> None:
     from clipforge.captioning.train import PrefixTask  # noqa: F401 - importable
 
     torch.manual_seed(0)

@@ -95,11 +95,7 @@ def read_csv_pairs(
         reader = csv.DictReader(f, delimiter=sep)
         columns = reader.fieldnames or []
         for col, what in ((image_column, "image"), (caption_column, "caption")):
-            if col not in columns:
-                raise DataError(
-                    f"{path}: no {what} column {col!r}; the header has {columns} "
-                    f"(set --{what}-column or data.{what}_column)"
-                )
+            find_column(list(columns), col, (), what, str(path))
         for row_no, row in enumerate(reader, start=2):  # row 1 is the header
             image, caption = row.get(image_column), row.get(caption_column)
             where = f"{path}:{row_no}"

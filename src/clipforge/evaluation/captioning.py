@@ -65,8 +65,9 @@ def caption_metrics(candidates: Mapping[Any, str], references: Mapping[Any, Sequ
         from clipforge.errors import DataError
 
         raise DataError("no captioned image has references to score against")
-    res, how = tokenize({k: [candidates[k]] for k in keys})
-    gts, _ = tokenize({k: list(references[k]) for k in keys})
+    # One tokenisation of candidates and references together (one java process, not two).
+    both, how = tokenize({**{("c", k): [candidates[k]] for k in keys}, **{("r", k): list(references[k]) for k in keys}})
+    res, gts = {k: both[("c", k)] for k in keys}, {k: both[("r", k)] for k in keys}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     rouge, _ = Rouge().compute_score(gts, res)
     cider, _ = Cider().compute_score(gts, res)
