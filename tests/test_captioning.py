@@ -80,6 +80,8 @@ def test_each_method_trains_saves_loads_and_captions(setup, method, capsys) -> N
         assert out_eval["metrics"]["n_images"] == 3 and "clip_score" in out_eval["metrics"]
         with pytest.raises(ConfigError, match="judge"):
             evaluate_captioner(model, str(data / "val.csv"), model, limit=2)
+        with pytest.raises(ConfigError, match="the CLIP it reads"):  # nor the CLIP that guided it
+            evaluate_captioner(model, str(data / "val.csv"), clipforge.load(root / "clip"), limit=2)
     images = sorted((data / "images" / "val").glob("*.png"))[:2]
     capsys.readouterr()
     assert main(["caption", "--model", str(out / "model"), *map(str, images), "--strategy", "greedy"]) == 0

@@ -26,12 +26,17 @@ def evaluate_captioner(model: Any, dataset: str, judge: Any = None, config: Gene
     """``{"metrics", "settings", "examples"}`` for ``model`` on ``dataset`` (see the module docstring).
 
     ``limit``: caption at most this many images (in file order); ``attribute_images``: per synthetic
-    split. ``judge``: a CLIP for CLIP-score; refused if it is the captioner.
+    split. ``judge``: a CLIP for CLIP-score; refused if it is the captioner or the CLIP the captioner
+    reads (its ``clip``).
     """
     from clipforge.evaluation.cache import model_fingerprint
 
-    if judge is not None and (judge is model or model_fingerprint(judge) == model_fingerprint(model)):
-        raise ConfigError("the judge CLIP must not be the captioner: a captioner is never scored by its own model")
+    if judge is not None:
+        # Neither the captioner nor the CLIP it reads or is steered by (a prefix or iterative captioner's).
+        guides = [m for m in (model, getattr(model, "clip", None)) if m is not None]
+        if any(judge is g or model_fingerprint(judge) == model_fingerprint(g) for g in guides):
+            raise ConfigError("the judge CLIP must not be the captioner nor the CLIP it reads: a captioner is never "
+                              "scored by the model that guided it")
     ds = load_retrieval(dataset)
     refs: dict[str, list[str]] = {}
     for caption, i in zip(ds.captions, ds.text_to_image):
