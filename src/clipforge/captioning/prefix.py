@@ -32,7 +32,7 @@ from clipforge.captioning.clip_link import ClipLinked
 from clipforge.captioning.lm import CausalLM, LMConfig
 from clipforge.config import build_config
 from clipforge.errors import ConfigError
-from clipforge.models.generation import GenerationConfig, KVCache, generate
+from clipforge.models.generation import GenerationConfig, KVCache, fit_to, generate
 from clipforge.models.transformer import Transformer
 
 Method = Literal["clipcap", "clipcap-frozen", "capdec", "decap"]
@@ -168,7 +168,7 @@ class PrefixCaptioner(ClipLinked):
         beams = cfg.num_beams if cfg.strategy == "beam" else 1
         prefix = self.mapper(self.condition(embeddings)).repeat_interleave(beams, dim=0)
         room = self.config.lm.context_length - self.config.prefix_length - 1
-        cfg = GenerationConfig(**{**asdict(cfg), "max_len": min(cfg.max_len, room), "min_len": min(cfg.min_len, room)})
+        cfg = fit_to(cfg, room)
         prompt = torch.full((n, 1), self.config.start_id, dtype=torch.long, device=embeddings.device)
 
         def step(new: torch.Tensor, cache: KVCache | None) -> torch.Tensor:

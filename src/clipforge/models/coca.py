@@ -33,7 +33,7 @@ from clipforge.errors import ConfigError
 from clipforge.images.preprocess import Preprocess
 from clipforge.models.clip import TwoTowers
 from clipforge.models.config import Activation, TextConfig, ViTConfig
-from clipforge.models.generation import GenerationConfig, KVCache, generate
+from clipforge.models.generation import GenerationConfig, KVCache, fit_to, generate
 from clipforge.models.transformer import ResidualBlock, SelfAttention, Transformer, init_blocks
 from clipforge.models.vit import VisionTransformer
 
@@ -276,8 +276,7 @@ class CoCa(TwoTowers):
         room = min(self.config.decoder.context_length, self.config.text.context_length) - prompt.shape[1]
         if room < 1:
             raise ConfigError(f"the prompt fills the model's {self.config.text.context_length} positions")
-        cfg = GenerationConfig(**{**asdict(cfg), "max_len": min(cfg.max_len, room),
-                                  "min_len": min(cfg.min_len, room)})
+        cfg = fit_to(cfg, room)
 
         def step(new: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
             if cache is None:  # recompute everything (the speed baseline)

@@ -74,6 +74,13 @@ class GenerationConfig:
                               "repetition_penalty > 0 are required")
 
 
+def fit_to(config: GenerationConfig, room: int) -> GenerationConfig:
+    """``config`` with ``max_len`` and ``min_len`` cut to the ``room`` a decoder's positions leave."""
+    from dataclasses import replace
+
+    return replace(config, max_len=min(config.max_len, room), min_len=min(config.min_len, room))
+
+
 def _adjust(logits: torch.Tensor, ids: torch.Tensor, generated: int, cfg: GenerationConfig, eos: int) -> torch.Tensor:
     """The repetition penalty and the minimum length, applied to [B, V] logits of rows ``ids``."""
     logits = logits.float()

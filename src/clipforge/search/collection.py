@@ -115,11 +115,6 @@ def _read_csv(p: Path, image_column: str | None, caption_column: str | None) -> 
     return Collection(items, os.path.commonpath([base, *folders]) if items else base, skipped)
 
 
-def list_items(source: str, image_column: str | None = None, caption_column: str | None = None) -> list[Item]:
-    """The items of :func:`read_collection`."""
-    return read_collection(source, image_column, caption_column).items
-
-
 def _shard_items(shard: str) -> list[Item]:
     """One item per sample key with an image member; the caption from its ``txt``/``caption`` member."""
     images: dict[str, tarfile.TarInfo] = {}
