@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from clipforge.errors import ClipforgeError
+from clipforge.search.collection import read_item_bytes
 from clipforge.search.searcher import Result, Searcher
 
 
@@ -208,14 +209,9 @@ class SearchService:
         if not path.is_absolute() and self.root is None:
             raise gone  # a relative path from an old embeddings folder: its base is unknown
         try:
-            if member:
-                with open(real, "rb") as f:
-                    f.seek(m["offset"])
-                    data = f.read(m["size"])
-            else:
-                if (m.get("size") or -1) >= 0 and real.stat().st_size != m["size"]:
-                    raise gone  # cheaper than reading a replaced file to hash it
-                data = real.read_bytes()
+            if not member and (m.get("size") or -1) >= 0 and real.stat().st_size != m["size"]:
+                raise gone  # cheaper than reading a replaced file to hash it
+            data = read_item_bytes(str(real), member, m.get("offset", -1), m.get("size", -1))
         except OSError:
             raise gone from None
         if m.get("sha1") and hashlib.sha1(data).hexdigest() != m["sha1"]:
