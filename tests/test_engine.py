@@ -166,3 +166,28 @@ def test_a_task_with_two_optimisers(tmp_path) -> None:
     resumed = TwoOptimisers()
     fit(resumed, _config(tmp_path, epochs=3), DistInfo(), CPU, resume="latest", progress=False)
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 18
+
+
+class SlowRegression(Regression):
+    """Steps of a known duration, so a time budget's schedule can be checked on a busy machine."""
+
+    def training_step(self, batch, ctx):
+        import time
+
+        time.sleep(0.04)
+        return super().training_step(batch, ctx)
+
+
+def test_a_time_budget_sizes_the_schedule_so_the_learning_rate_peaks_and_decays(tmp_path) -> None:
+    task = SlowRegression(n_batches=50)
+    cfg = _config(tmp_path, epochs=1000, minutes=0.05, warmup_steps=100)  # 3 s, a 100-step warm-up asked for
+    r = fit(task, cfg, DistInfo(), CPU, progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    lrs = [h["lr"] for h in r.state.history]
+    assert r.stopped_early and 3.0 <= r.state.wall_seconds < 4.5
+    # The schedule ends about where the budget does (not at 1000 epochs), the warm-up is cut to a fifth.
+    assert abs(summary["schedule_steps"] - r.state.step) <= max(3, 0.15 * r.state.step)
+    assert summary["warmup_steps"] == summary["schedule_steps"] // 5 < 100
+    assert max(lrs) > 0.9 * 0.05 and lrs[-1] < 0.1 * 0.05
+    saved = json.loads(next((tmp_path / "checkpoints").glob("step_*/state.json")).read_text())
+    assert saved["wall_seconds"] > 0  # a resumed run counts the time already spent

@@ -28,6 +28,7 @@ class TrainState:
     samples_seen: int = 0
     nonfinite_steps: int = 0
     train_seconds: float = 0.0
+    wall_seconds: float = 0.0  # the whole run's, resumes included (what minutes= counts)
     skipped: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)

@@ -21,6 +21,7 @@ import torch
 
 from clipforge.engine import distributed as D
 from clipforge.engine.accumulate import forward_backward
+from clipforge.engine.budget import TimeBudget
 from clipforge.engine.checkpoint import TrainState, commit_checkpoint, latest_checkpoint, truncate_log
 from clipforge.engine.context import StepContext, grads_finite
 from clipforge.engine.schedule import learning_rate
@@ -82,7 +83,10 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
     if resume:
         state = load_training(latest_checkpoint(run_dir / "checkpoints", resume), task, optimizers)
     per_epoch = task.steps_per_epoch()
-    total_steps = per_epoch * config.epochs  # the schedule's length; max_steps and minutes only stop early
+    total_steps = per_epoch * config.epochs  # the schedule's length; max_steps only stops early
+    # minutes= sizes the schedule to the steps that fit (engine.budget); wall time is counted either way.
+    budget = TimeBudget(config.minutes or 0.0, total_steps, config.warmup_steps, state.wall_seconds, info)
+    steps_here = 0
     ctx = StepContext(info, device, config.precision, config.micro_batch_size, optimizers, task, config.grad_clip)
     writer = _tensorboard(run_dir, config) if info.is_main else None
     if info.is_main:
@@ -93,15 +97,21 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
     with progress_bar(config.label, total=total_steps, enabled=progress and info.is_main,
                       fields="loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[extra]}") as bar:
         bar.update(completed=state.step, loss="-", lr="-", extra="")
+        bar_total = total_steps
         while state.epoch < config.epochs:
             t0, seen0 = time.perf_counter(), state.samples_seen
             for batch in task.batches(state.epoch, state.batch_in_epoch):
                 step_start = time.perf_counter()
                 _count_skips(task.skipped(batch), state, examples)
+                if budget.active:
+                    budget.tick(state.step, steps_here)
+                    if budget.total_steps != bar_total:
+                        bar_total = budget.total_steps
+                        bar.update(total=bar_total)
                 for opt in optimizers.values():
                     for group in opt.param_groups:
-                        group["lr"] = learning_rate(state.step, group["initial_lr"], config.warmup_steps, total_steps,
-                                                    config.schedule)
+                        group["lr"] = learning_rate(state.step, group["initial_lr"], budget.warmup,
+                                                    budget.total_steps, config.schedule)
                     opt.zero_grad(set_to_none=True)
                 lr = next(iter(optimizers.values())).param_groups[0]["lr"]
                 ctx.step = state.step
@@ -131,6 +141,8 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
                 state.batch_in_epoch += 1
                 state.samples_seen += task.batch_len(batch) * info.world_size
                 state.train_seconds += time.perf_counter() - step_start
+                steps_here += 1
+                state.wall_seconds = budget.after_step()
                 rate = (state.samples_seen - seen0) / max(1e-9, time.perf_counter() - t0)
                 scalars = {k: float(v) for k, v in out.items() if _is_scalar(v)}
                 bar.advance(loss=f"{scalars.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}",
@@ -142,8 +154,7 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
                     _log(run_dir / "metrics.jsonl", writer, rec)
                 if config.save_every_steps and state.step % config.save_every_steps == 0 and info.is_main:
                     save_training(run_dir, task, optimizers, state, config.keep_checkpoints)
-                if (config.max_steps and state.step >= config.max_steps) or (
-                        config.minutes and state.train_seconds >= config.minutes * 60):
+                if (config.max_steps and state.step >= config.max_steps) or (budget.over):
                     stopped_early = True
                     break
             if not stopped_early:
@@ -168,7 +179,9 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
     if info.is_main:
         model_path = task.save_final(run_dir)
         summary = {"steps": state.step, "epochs": state.epoch, "samples_seen": state.samples_seen,
-                   "train_seconds": round(state.train_seconds, 1), "nonfinite_steps": state.nonfinite_steps,
+                   "train_seconds": round(state.train_seconds, 1), "wall_seconds": round(state.wall_seconds, 1),
+                   "schedule_steps": budget.total_steps, "warmup_steps": budget.warmup,
+                   "nonfinite_steps": state.nonfinite_steps,
                    "skipped": state.skipped, "skipped_examples": examples,
                    "final_eval": state.evals[-1] if state.evals else None}
         atomic_write_text(json.dumps(summary, indent=2), run_dir / "summary.json")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from clipforge.config import apply_overrides, build_config, opt, read_config_file
+from clipforge.engine.budget import MINUTES_HELP
 from clipforge.engine.loop import Precision
 from clipforge.errors import ConfigError
 
@@ -57,7 +58,7 @@ class SSLConfig:
     eval_every_epochs: int = opt(1, "evaluate every N epochs (0: only at the end)")
     eval_linear_probe: bool = opt(True, "add a linear probe to the final evaluation (kNN is always computed)")
     max_steps: int | None = opt(None, "stop after this many steps in total")
-    minutes: float | None = opt(None, "stop after this much training time (a CPU budget)")
+    minutes: float | None = opt(None, MINUTES_HELP)
     threads: int | None = opt(None, "torch CPU threads")
     tensorboard: bool = opt(True, "write TensorBoard logs")
     log_every_steps: int = opt(10, "write a metrics line every N steps")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clipforge.config import apply_overrides, build_config, describe, opt, read_config_file
+from clipforge.engine.budget import MINUTES_HELP
 from clipforge.engine.loop import Precision, Schedule
 from clipforge.errors import ConfigError
 
@@ -101,6 +102,7 @@ class TrainConfig:
     log_every_steps: int = opt(10, "write a metrics line every N steps")
     max_nonfinite_steps: int = opt(5, "stop after this many consecutive NaN/Inf losses")
     max_steps: int | None = opt(None, "stop after this many optimiser steps in total")
+    minutes: float | None = opt(None, MINUTES_HELP)
     deterministic: bool = opt(False, "use deterministic algorithms only")
     threads: int | None = opt(None, "torch CPU threads (default: min(4, available cores))")
     tensorboard: bool = opt(True, "write TensorBoard logs to out_dir/tensorboard")
@@ -119,6 +121,8 @@ class TrainConfig:
                     "data.train_samples": (self.data.train_samples, 1),
                     "model.context_length": (self.model.context_length, 2),
                     "optim.warmup_steps": (self.optim.warmup_steps, 0)}
+        if self.minutes is not None and self.minutes <= 0:
+            raise ConfigError(f"minutes must be positive, got {self.minutes}")
         for name, (value, low) in at_least.items():
             if value is not None and value < low:
                 why = " (a contrastive batch needs two pairs)" if name == "batch_size" else ""

@@ -196,6 +196,7 @@ def engine_config(config: TrainConfig) -> EngineConfig:
     """The engine's part of a CLIP training config."""
     opt = config.optim
     return EngineConfig(out_dir=config.out_dir, epochs=config.epochs, max_steps=config.max_steps,
+                        minutes=config.minutes,
                         warmup_steps=opt.warmup_steps, schedule=opt.schedule, grad_clip=opt.grad_clip,
                         micro_batch_size=config.micro_batch_size, precision=config.precision,
                         log_every_steps=config.log_every_steps, save_every_steps=config.save_every_steps,

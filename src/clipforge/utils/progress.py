@@ -30,6 +30,8 @@ class _Bar:
             log.info(f"{self.label}: {self.done}/{self.total or '?'} {extra}")
 
     def update(self, **fields: object) -> None:
+        if "total" in fields:
+            self.total = fields["total"]  # type: ignore[assignment]
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, **fields)
 
