@@ -25,8 +25,8 @@ def setup(tmp_path_factory):
     return root, data
 
 
-def _train(root, data, method: str, *extra: str) -> tuple:
-    out = root / method
+def _train(root, data, method: str, *extra: str, name: str = "") -> tuple:
+    out = root / (name or method)
     args = ["caption", "train", "--method", method, "--clip", str(root / "clip"), "--data", str(data / "train.csv"),
             f"out_dir={out}", "epochs=8", "batch_size=16", "lr=3e-3", "warmup_steps=2", "log_every_steps=1",
             "tensorboard=false", "prefix_length=4", "lm.width=32", "lm.layers=1", "lm.heads=2", "lm.vocab_size=300",
@@ -87,6 +87,11 @@ def test_each_method_trains_saves_loads_and_captions(setup, method, capsys) -> N
     assert main(["caption", "--model", str(out / "model"), *map(str, images), "--strategy", "greedy"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(line.split(": ", 1)[1] for line in lines)
+    magic = main(["caption", "--model", str(out / "model"), *map(str, images), "--search", "magic"])
+    if method == "iterative":  # MAGIC's token-level guidance on the same captioner
+        assert magic == 0 and len(capsys.readouterr().out.strip().splitlines()) == 2
+    else:
+        assert magic != 0 and "--search applies to iterative captioners" in capsys.readouterr().err
 
 
 def test_prefix_generation_is_cache_exact_and_its_config_round_trips() -> None:
@@ -155,3 +160,175 @@ def test_the_iterative_decoder_follows_its_clip() -> None:
     model.attach_clip(FakeClip())
     ids = model.generate(torch.zeros(2, 3, 4, 4), GenerationConfig(max_len=5))["ids"]
     assert all(5 in row.tolist() for row in ids) and (ids[:, 0] == 10).all()
+
+
+def test_prefix_micro_batches_give_the_full_batch_gradients() -> None:
+    """The loss is a mean over caption tokens: micro-batches holding different numbers of tokens are
+    weighted by their tokens, so accumulation equals the whole batch (fp64)."""
+    from clipforge.captioning.config import CaptionTrainConfig
+    from clipforge.captioning.train import PrefixTask
+    from clipforge.engine.accumulate import forward_backward
+    from clipforge.engine.context import StepContext
+    from clipforge.engine.distributed import DistInfo
+
+    torch.manual_seed(0)
+    cfg = PrefixConfig(clip_dim=16, prefix_length=2, lm=LMConfig(vocab_size=30, context_length=10, width=16,
+                                                                 layers=1, heads=2), start_id=28, end_id=29)
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(6, 16, generator=g, dtype=torch.float64)
+    tokens = torch.zeros(6, 8, dtype=torch.long)
+    for i, n in enumerate([6, 1, 4, 2, 5, 3]):  # captions of different lengths
+        tokens[i, : n + 2] = torch.tensor([28, *torch.randint(1, 28, (n,), generator=g).tolist(), 29])
+    grads = []
+    for micro in (None, 2, 4):
+        torch.manual_seed(1)
+        model = PrefixCaptioner(cfg).double()
+        task = PrefixTask(model, emb, tokens, cfg.end_id, CaptionTrainConfig(batch_size=6), DistInfo(),
+                          torch.device("cpu"), list(model.parameters()))
+        ctx = StepContext(DistInfo(), torch.device("cpu"), "fp32", micro, task.optimizers(), task)
+        loss = forward_backward(task, (emb, tokens), ctx)["loss"]
+        grads.append((float(loss), [p.grad.clone() for p in model.parameters()]))
+    for loss, g_ in grads[1:]:
+        assert abs(loss - grads[0][0]) < 1e-10
+        for a, b in zip(g_, grads[0][1]):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def _tiny_gpt2(folder, captions: list[str]) -> None:
+    """A randomly initialised GPT-2 of a few thousand weights, with a byte-level BPE learned on
+    ``captions``: the layout of a Hugging Face GPT-2 folder."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(captions, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                          show_progress=False))
+    eos = tok.token_to_id("<|endoftext|>")
+    config = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=40, n_embd=32, n_layer=2,
+                                     n_head=2, bos_token_id=eos, eos_token_id=eos)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(str(folder), safe_serialization=True)
+    tok.save(str(folder / "tokenizer.json"))
+
+
+@pytest.mark.slow
+def test_a_hugging_face_gpt2_folder_is_the_language_model(setup, capsys) -> None:
+    import csv
+
+    root, data = setup
+    captions = [r["caption"] for r in csv.DictReader((data / "train.csv").read_text().splitlines())]
+    gpt2 = root / "gpt2"
+    _tiny_gpt2(gpt2, captions)
+    from safetensors.torch import load_file
+
+    original = load_file(str(gpt2 / "model.safetensors"))
+    for method in ("clipcap", "clipcap-frozen"):
+        out, losses = _train(root, data, method, f"lm.hf={gpt2}", "micro_batch_size=5", name=f"hf-{method}")
+        # Through a frozen *random* GPT-2 only the mapper learns, and little: the loss falls, not far.
+        assert losses[-1] < losses[0] - (0.5 if method == "clipcap" else 0.01), losses
+        model = clipforge.load(out / "model")
+        from clipforge.captioning.hf_lm import HFCausalLM
+
+        assert isinstance(model.lm, HFCausalLM) and model.tokenizer.kind == "causal"
+        lm = {k.removeprefix("model."): v for k, v in model.lm.state_dict().items()}
+        changed = any(not torch.equal(lm[k], v) for k, v in original.items() if k in lm)
+        assert changed == (method == "clipcap")  # tuned, or frozen as the folder has it
+        emb = torch.nn.functional.normalize(torch.randn(3, 128), dim=-1)
+        for gen in (GenerationConfig(max_len=8), GenerationConfig(strategy="beam", num_beams=3, max_len=8)):
+            a = model.generate_from_embeddings(emb, gen, use_cache=True)  # Hugging Face's cache, reordered by beams
+            b = model.generate_from_embeddings(emb, gen, use_cache=False)
+            assert torch.equal(a, b)
+    images = sorted((data / "images" / "val").glob("*.png"))[:2]
+    capsys.readouterr()
+    assert main(["caption", "--model", str(out / "model"), *map(str, images)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.split(": ", 1)[1] for line in lines)
+
+
+def test_a_hugging_face_folder_without_safetensors_is_refused(tmp_path) -> None:
+    from clipforge.captioning.hf_lm import HFCausalLM
+
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not unpickled")
+    with pytest.raises(ConfigError, match="does not unpickle"):
+        HFCausalLM.from_folder(tmp_path, 20)
+
+
+class _BagOfTokensClip(torch.nn.Module):
+    """A stand-in CLIP: a text's embedding is its token counts, an image's is given."""
+
+    def __init__(self, image_features: torch.Tensor, vocab: int) -> None:
+        from types import SimpleNamespace
+
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.feats, self.vocab = image_features, vocab
+        self.config = SimpleNamespace(embed_dim=vocab)
+        self.preprocess = None
+
+    def tokenizer(self, texts):
+        out = torch.full((len(texts), self.vocab), 0.01)
+        for row, t in zip(out, texts):
+            for tok in t.split():
+                row[int(tok)] += 1
+        return out
+
+    def encode_image(self, images):
+        return self.feats[: len(images)]
+
+    def encode_text(self, tokens):
+        return tokens
+
+
+def test_magic_search_matches_a_slow_loop_over_its_equation() -> None:
+    """MAGIC (Su et al. 2022, eq. 3), batched, against a per-image, per-candidate loop."""
+    from types import SimpleNamespace
+
+    from clipforge.captioning.iterative import IterativeCaptioner, IterativeConfig
+
+    torch.manual_seed(0)
+    vocab, k, alpha, beta = 14, 5, 0.3, 2.0
+    cfg = IterativeConfig(lm=LMConfig(vocab_size=vocab, context_length=10, width=16, layers=1, heads=2),
+                          candidates=k, start_id=12, end_id=13, clip_dim=vocab, search="magic", magic_alpha=alpha,
+                          magic_beta=beta)
+    model = IterativeCaptioner(cfg)
+    model.tokenizer = SimpleNamespace(decode=lambda ids: " ".join(map(str, ids)))
+    feats = torch.nn.functional.normalize(torch.rand(3, vocab), dim=-1)
+    model.attach_clip(_BagOfTokensClip(feats, vocab))
+    got = model.generate(torch.zeros(3, 3, 4, 4), GenerationConfig(max_len=6, min_len=2))["ids"]
+
+    def clip_sim(image, ids):
+        text = torch.full((vocab,), 0.01)
+        for i in ids:
+            if i not in (0, 13):  # padding and end are not words (the tokenizer drops a start token)
+                text[i] += 1
+        return float(torch.nn.functional.normalize(text, dim=0) @ image)
+
+    torch.set_grad_enabled(False)
+    for image, row in zip(feats, got.tolist()):
+        ids = [12]
+        for t in range(6):
+            logits, hidden = model.lm.forward_hidden(model.lm.embed(torch.tensor([ids])))
+            p = torch.softmax(logits[0, -1], dim=-1)
+            if t < 2:
+                p[13] = 0
+            best, best_score = None, -float("inf")
+            cands = p.topk(k).indices.tolist()
+            guide = torch.softmax(torch.tensor([100 * clip_sim(image, ids[1:] + [v]) for v in cands]), dim=0)
+            for j, v in enumerate(cands):
+                _, h = model.lm.forward_hidden(model.lm.embed(torch.tensor([ids + [v]])))
+                h = torch.nn.functional.normalize(h[0], dim=-1)
+                penalty = max(float(h[-1] @ h[i]) for i in range(len(ids)))
+                score = (1 - alpha) * float(p[v]) - alpha * penalty + beta * float(guide[j])
+                if score > best_score:
+                    best, best_score = v, score
+            ids.append(best)
+            if best == 13:
+                break
+        if ids[-1] != 13:  # out of length: the caption is ended for it
+            ids.append(13)
+        assert row[: len(ids)] == ids and all(x == 0 for x in row[len(ids):])
+    torch.set_grad_enabled(True)

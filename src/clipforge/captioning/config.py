@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clipforge.config import apply_overrides, build_config, opt, read_config_file
+from clipforge.engine.budget import MINUTES_HELP
 from clipforge.engine.loop import Precision, Schedule
 from clipforge.errors import ConfigError
 
@@ -25,6 +26,9 @@ class LMOptions:
                                    "(iterative: the LM trains for `epochs`)")
     init: str = opt("", "clipcap-frozen: a trained captioner folder whose language model and tokenizer to reuse "
                         "instead of pretraining")
+    hf: str = opt("", "a Hugging Face causal LM folder (GPT-2 layout: config.json, safetensors weights, "
+                      "tokenizer) to decode with instead of a small LM trained here; it is fine-tuned (clipcap, "
+                      "capdec, decap, iterative) or frozen (clipcap-frozen), and its tokenizer is used")
 
 
 @dataclass
@@ -46,9 +50,16 @@ class CaptionTrainConfig:
     candidates: int = opt(8, "iterative: next tokens tried per hypothesis")
     beams: int = opt(4, "iterative: hypotheses kept")
     clip_weight: float = opt(4.0, "iterative: weight of the CLIP similarity against the mean token log p")
+    search: Literal["rerank", "magic"] = opt("rerank", "iterative: sentence-level CLIP re-ranking in a beam, or "
+                                                       "MAGIC's token-level guidance (candidates = its k)")
+    magic_alpha: float = opt(0.1, "iterative, magic: weight of the degeneration penalty (paper: 0.1)")
+    magic_beta: float = opt(2.0, "iterative, magic: weight of the CLIP guidance (paper: 2.0)")
     lm: LMOptions = field(default_factory=LMOptions)
     epochs: int = opt(10, "passes over the captions")
+    minutes: float | None = opt(None, MINUTES_HELP)
     batch_size: int = opt(64, "captions per step")
+    micro_batch_size: int | None = opt(None, "split each step into micro-batches of this many captions (same "
+                                             "gradients: the loss is weighted by each part's caption tokens)")
     lr: float = opt(2e-4, "peak learning rate (AdamW; ClipCap: 2e-5 with GPT-2, more for a small LM from scratch)")
     weight_decay: float = opt(0.01, "AdamW weight decay")
     warmup_steps: int = opt(100, "linear warm-up steps")
@@ -65,6 +76,10 @@ class CaptionTrainConfig:
         for name in ("epochs", "batch_size", "prefix_length", "gap_pairs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError(f"micro_batch_size must be at least 1, got {self.micro_batch_size}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ConfigError(f"minutes must be positive, got {self.minutes}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
 

@@ -9,7 +9,7 @@ embedding) before the caption's tokens; it decodes with the shared
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -20,11 +20,33 @@ from clipforge.models.config import Activation
 from clipforge.models.generation import KVCache
 from clipforge.models.transformer import Transformer
 
+IGNORE = -100  # label of positions the captioning loss leaves out
+
+
+def caption_labels(tokens: torch.Tensor, end_id: int) -> torch.Tensor:
+    """Next-token labels of caption ``tokens`` [B, L] (start token first): ``tokens[:, 1:]`` with every
+    position after a row's first end token set to :data:`IGNORE` (padding, whatever its id: GPT-2
+    pads with its end token)."""
+    labels = tokens[:, 1:].clone()
+    is_end = (labels == end_id).long()
+    labels[is_end.cumsum(1) - is_end > 0] = IGNORE
+    return labels
+
+
+def build_lm(config: Any) -> nn.Module:
+    """The language model a captioner config names: clipforge's small one or a Hugging Face one."""
+    if isinstance(config, LMConfig):
+        return CausalLM(config)
+    from clipforge.captioning.hf_lm import HFCausalLM
+
+    return HFCausalLM(config)
+
 
 @dataclass(frozen=True)
 class LMConfig:
     """Attributes: vocabulary, positions (prefix and caption together), width, blocks, heads."""
 
+    type: Literal["small"] = "small"
     vocab_size: int = 1024
     context_length: int = 48
     width: int = 256
@@ -63,11 +85,20 @@ class CausalLM(nn.Module):
     def width(self) -> int:
         return self.config.width
 
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.token_embedding(ids)
 
     def forward(self, embeds: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Next-token logits [B, T, vocab] for input embeddings [B, T, width] (after ``cache``'s positions)."""
+        return self.forward_hidden(embeds, cache)[0]
+
+    def forward_hidden(self, embeds: torch.Tensor,
+                       cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and the last hidden states [B, T, width] (what the output head reads)."""
         start = cache.length if cache is not None else 0
         if start + embeds.shape[1] > self.config.context_length:
             raise ValueError(f"the language model reads at most {self.config.context_length} positions")
@@ -75,4 +106,4 @@ class CausalLM(nn.Module):
         x = self.ln_final(self.transformer(x, causal=True, cache=cache, prefix="lm."))
         if cache is not None:
             cache.length += embeds.shape[1]
-        return x @ self.token_embedding.weight.T
+        return x @ self.token_embedding.weight.T, x

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.captioning.clip_link import ClipLinked
-from clipforge.captioning.lm import CausalLM, LMConfig
+from clipforge.captioning.hf_lm import HFLMConfig
+from clipforge.captioning.lm import IGNORE, LMConfig, build_lm, caption_labels
 from clipforge.config import build_config
 from clipforge.errors import ConfigError
 from clipforge.models.generation import GenerationConfig, KVCache, fit_to, generate
@@ -50,7 +51,7 @@ class PrefixConfig:
     noise_choice: str = ""
     decap_tau: float = 0.01
     memory_size: int = 0  # decap: caption embeddings in the memory
-    lm: LMConfig = field(default_factory=LMConfig)
+    lm: LMConfig | HFLMConfig = field(default_factory=LMConfig)
     start_id: int = 0
     end_id: int = 0
     pad_id: int = 0
@@ -60,8 +61,6 @@ class PrefixConfig:
     def __post_init__(self) -> None:
         if self.prefix_length < 1:
             raise ConfigError(f"prefix_length must be at least 1, got {self.prefix_length}")
-        if self.method == "clipcap-frozen" and self.lm.width % self.mapper_heads:
-            raise ConfigError(f"lm.width={self.lm.width} is not a multiple of mapper_heads={self.mapper_heads}")
 
     @property
     def text_only(self) -> bool:
@@ -110,16 +109,21 @@ class PrefixCaptioner(ClipLinked):
 
     arch = "prefix_captioner"
 
-    def __init__(self, config: PrefixConfig) -> None:
+    def __init__(self, config: PrefixConfig, lm: nn.Module | None = None) -> None:
+        """``lm``: a language model already built (a Hugging Face one with its pretrained weights);
+        by default it is built from ``config.lm``."""
         super().__init__()
         self.config = config
-        width, k = config.lm.width, config.prefix_length
+        self.lm = lm if lm is not None else build_lm(config.lm)
+        width, k = self.lm.width, config.prefix_length
+        if config.method == "clipcap-frozen" and width % config.mapper_heads:
+            raise ConfigError(f"the language model's width {width} is not a multiple of mapper_heads="
+                              f"{config.mapper_heads}")
         if config.method == "clipcap-frozen":
             self.mapper: nn.Module = TransformerMapper(config.clip_dim, width, k, config.mapper_layers,
                                                        config.mapper_heads)
         else:
             self.mapper = MLPMapper(config.clip_dim, width, k)
-        self.lm = CausalLM(config.lm)
         # DeCap's memory of caption text embeddings (filled when trained; saved with the model).
         self.register_buffer("memory", torch.zeros(config.memory_size, config.clip_dim))
 
@@ -145,19 +149,20 @@ class PrefixCaptioner(ClipLinked):
                 raise ConfigError("this DeCap captioner has an empty memory (it was not trained)")
             w = torch.softmax(e @ self.memory.T / self.config.decap_tau, dim=-1)
             e = F.normalize(w @ self.memory, dim=-1)
-        return e.to(self.lm.token_embedding.weight.dtype)
+        return e.to(next(self.mapper.parameters()).dtype)
 
     def forward(self, embeddings: torch.Tensor, tokens: torch.Tensor, train: bool = True) -> dict[str, torch.Tensor]:
-        """Teacher-forced ``logits`` [B, L-1, vocab] for ``labels`` = ``tokens[:, 1:]`` after the prefix."""
+        """Teacher-forced ``logits`` [B, L-1, vocab] after the prefix, and their ``labels`` (the next
+        tokens, :data:`~clipforge.captioning.lm.IGNORE` after the end token)."""
         prefix = self.mapper(self.condition(embeddings, train=train))
         x = torch.cat([prefix, self.lm.embed(tokens[:, :-1])], dim=1)
         logits = self.lm(x)[:, self.config.prefix_length :]
-        return {"logits": logits, "labels": tokens[:, 1:]}
+        return {"logits": logits, "labels": caption_labels(tokens, self.config.end_id)}
 
     def caption_loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         flat = logits.reshape(-1, logits.shape[-1])
         return F.cross_entropy(flat if flat.dtype == torch.float64 else flat.float(), labels.reshape(-1),
-                               ignore_index=self.config.pad_id, reduction=reduction)
+                               ignore_index=IGNORE, reduction=reduction)
 
     @torch.no_grad()
     def generate_from_embeddings(self, embeddings: torch.Tensor, config: GenerationConfig | None = None,

@@ -59,7 +59,7 @@ def tokenizer_from_dict(d: dict[str, Any] | None, folder: Path | None) -> Any:
     ctx = d.get("context_length", 77)
     if kind == "openai_bpe":
         return BPETokenizer(context_length=ctx)
-    if kind in ("bpe", "hf"):
+    if kind in ("bpe", "hf", "causal"):
         if folder is None:
             raise CheckpointError("a trained tokenizer needs the model folder to load from")
         path = folder / d.get("file", TOKENIZER_FILE)
@@ -67,8 +67,12 @@ def tokenizer_from_dict(d: dict[str, Any] | None, folder: Path | None) -> Any:
             raise CheckpointError(f"{path}: the model's tokenizer file is missing")
         if kind == "hf":
             return HFTokenizer.load(path, ctx, d.get("pad_token_id", 0))
+        if kind == "causal":
+            from clipforge.tokenizer.causal import CausalLMTokenizer
+
+            return CausalLMTokenizer.load(path, d["sot_token_id"], d["eot_token_id"], ctx)
         return TrainedBPETokenizer.load(path, ctx)
-    raise CheckpointError(f"unknown tokenizer type {kind!r} (expected 'openai_bpe', 'bpe' or 'hf')")
+    raise CheckpointError(f"unknown tokenizer type {kind!r} (expected 'openai_bpe', 'bpe', 'hf' or 'causal')")
 
 
 def save(model: CLIP, out_dir: str | Path) -> Path:
@@ -80,7 +84,7 @@ def save(model: CLIP, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_safetensors(model.state_dict(), out / WEIGHTS_FILE, metadata={"format": "pt"})
-    if model.tokenizer is not None and getattr(model.tokenizer, "kind", None) in ("bpe", "hf"):
+    if model.tokenizer is not None and getattr(model.tokenizer, "kind", None) in ("bpe", "hf", "causal"):
         model.tokenizer.save(out / TOKENIZER_FILE)
     cfg = {
         "format": FORMAT,

@@ -114,12 +114,38 @@ def _is_tensor_dict(obj: Mapping) -> bool:
     return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+def _tied(sd: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Keys whose tensor is an earlier key's (tied weights: GPT-2's output head is its token
+    embedding), mapped to that key."""
+    first: dict[tuple, str] = {}
+    out = {}
+    for k, v in sd.items():
+        ident = (v.device.type, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        if v.numel() and ident in first:
+            out[k] = first[ident]
+        else:
+            first.setdefault(ident, k)
+    return out
+
+
+def unshared(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``sd`` without the keys of tied weights (safetensors refuses shared tensors; the model's own
+    tie restores them when loading, see :func:`load_strict`)."""
+    tied = _tied(sd)
+    return {k: v for k, v in sd.items() if k not in tied}
+
+
 def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, limit: int = 5) -> None:
     """Copy ``sd`` into ``model``, or raise one error listing what does not fit.
 
-    Lists the first ``limit`` missing, unexpected and shape-mismatched keys.
+    Lists the first ``limit`` missing, unexpected and shape-mismatched keys. A tied weight saved
+    once (:func:`unshared`) is not missing.
     """
     own = model.state_dict()
+    sd = dict(sd)
+    for alias, origin in _tied(own).items():
+        if alias not in sd and origin in sd:
+            sd[alias] = sd[origin]
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     mismatched = [
@@ -139,6 +165,6 @@ def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, l
 
 def atomic_save_safetensors(sd: Mapping[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
     """Write a safetensors file via a temporary file and a rename: never a half-written file."""
-    tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in unshared(sd).items()}
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="sample: the random seed (default: 0)")
+    p.add_argument("--search", choices=("rerank", "magic"), default=None,
+                   help="iterative captioners: sentence-level CLIP re-ranking in a beam, or MAGIC's token-level "
+                        "guidance (default: the one it was trained with)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
     p.add_argument("--json", default=None, help="also write [{image, caption}] to this file")
@@ -76,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
                               top_p=args.top_p, repetition_penalty=args.repetition_penalty)
     device = default_device(DistInfo(), args.device)
     model = load(args.model).to(device)
+    if args.search:
+        if getattr(model, "arch", "") != "iterative_captioner":
+            raise ConfigError(f"--search applies to iterative captioners; {args.model} is a "
+                              f"{getattr(model, 'arch', type(model).__name__)}")
+        from dataclasses import replace
+
+        model.config = replace(model.config, search=args.search)
     torch.manual_seed(args.seed)
     results, skipped = caption_images(model, args.images, config, args.batch_size, progress=True)
     for r in results:

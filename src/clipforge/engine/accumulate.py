@@ -9,6 +9,9 @@
   batch's gradients. (open_clip's accumulation sums K micro-batch losses' temperature gradients,
   K times the true one.)
 * Micro-batches, loss that is a mean over samples: each micro-batch's loss weighted by its share.
+  A mean over other units (caption tokens, :meth:`Task.loss_units`) is weighted by each
+  micro-batch's share of the units, and each rank's by its share of the global batch's units (the
+  ranks' gradients are then averaged), so the result is the global batch's mean.
 
 Models must be deterministic between the two passes (no dropout). BatchNorm is the one exception
 to exactness: in train mode it normalises each micro-batch by that micro-batch's statistics, so a
@@ -91,21 +94,36 @@ def forward_backward(task: Any, batch: Any, ctx: Any) -> dict[str, Any]:
     if n < getattr(task, "min_batch", 1):
         return {"loss": torch.tensor(float("nan"))}
     micro = ctx.micro_batch_size
+    units = task.loss_units(batch)
+    weight = 1.0 if units is None else _rank_weight(units, ctx)
     if not micro or micro >= n:
         out = task.training_step(batch, ctx)
-        ctx.backward(out["loss"])
+        ctx.backward(out["loss"] * weight if weight != 1.0 else out["loss"])
         return _detached(out)
     chunks = task.split(batch, micro)
     if task.couples_batch:
         return _grad_cache(task, batch, chunks, ctx)
     totals: dict[str, float] = {}
     for chunk in chunks:
-        share = task.batch_len(chunk) / n
+        share = task.batch_len(chunk) / n if units is None else task.loss_units(chunk) / max(units, 1e-12)
         out = task.training_step(chunk, ctx)
-        ctx.backward(out["loss"] * share)
+        ctx.backward(out["loss"] * (share * weight))
         for k, v in _detached(out).items():
             totals[k] = totals.get(k, 0.0) + float(v) * share
-    return {k: torch.tensor(v) for k, v in totals.items()}
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in totals.items()}
+
+
+def _rank_weight(units: float, ctx: Any) -> float:
+    """This rank's share of the global batch's loss units, times the number of ranks (the ranks'
+    gradients are averaged afterwards); 1 in one process."""
+    info = ctx.dist
+    if not info.enabled:
+        return 1.0
+    import torch.distributed as dist
+
+    total = torch.tensor([units], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(total)
+    return units * info.world_size / max(float(total), 1e-12)
 
 
 def _grad_cache(task: Any, batch: Any, chunks: list, ctx: Any) -> dict[str, Any]:

@@ -95,6 +95,12 @@ class Task:
     def batch_len(self, batch: Any) -> int:
         return len(batch)
 
+    def loss_units(self, batch: Any) -> float | None:
+        """What a per-unit mean loss averages over, when units are not samples (a captioner's caption
+        tokens): micro-batches and ranks are then weighted by their share of the global batch's units,
+        so accumulation and distribution give the global batch's mean exactly. ``None``: samples."""
+        return None
+
     def skipped(self, batch: Any) -> list:
         return list(getattr(batch, "skipped", []))
 
@@ -118,7 +124,9 @@ class Task:
     def save_state(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
+        from clipforge.checkpoints.state_dict import unshared
+
+        save_file({k: v.detach().contiguous().cpu() for k, v in unshared(self.model.state_dict()).items()},
                   str(folder / "model.safetensors"))
 
     def load_state(self, folder: Path) -> None:

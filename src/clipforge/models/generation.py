@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ class KVCache:
     layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     static: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     length: int = 0  # positions held (the next token's position)
+    external: Any = None  # a library's own cache (Hugging Face's), reordered with its reorder_cache
 
     def append(self, name: str, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add this step's [B, H, T, Dh] keys and values to layer ``name``; returns all of them."""
@@ -47,6 +48,8 @@ class KVCache:
         """Keep rows ``index`` (beam search: each surviving hypothesis's parent)."""
         self.layers = {n: (k.index_select(0, index), v.index_select(0, index)) for n, (k, v) in self.layers.items()}
         self.static = {n: (k.index_select(0, index), v.index_select(0, index)) for n, (k, v) in self.static.items()}
+        if self.external is not None:
+            self.external.reorder_cache(index)
 
 
 @dataclass(frozen=True)

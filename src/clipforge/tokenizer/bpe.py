@@ -144,9 +144,9 @@ class BPETokenizer:
         return {"type": self.kind, "context_length": self.context_length}
 
 
-def pack(encoded: list[list[int]], sot: int, eot: int, context_length: int) -> torch.Tensor:
-    """Wrap each id list in start/end tokens, cut to the context keeping the end token, pad with 0."""
-    out = torch.zeros(len(encoded), context_length, dtype=torch.long)
+def pack(encoded: list[list[int]], sot: int, eot: int, context_length: int, pad: int = 0) -> torch.Tensor:
+    """Wrap each id list in start/end tokens, cut to the context keeping the end token, pad with ``pad``."""
+    out = torch.full((len(encoded), context_length), pad, dtype=torch.long)
     for i, ids in enumerate(encoded):
         tokens = [sot, *ids, eot]
         if len(tokens) > context_length:
