@@ -16,13 +16,14 @@ def test_demo_writes_report(tmp_path, capsys) -> None:
     results = run_demo(tmp_path / "demo", synth, epochs=1, progress=False, command="test")
     html = (tmp_path / "demo" / "report" / "index.html").read_text()
     for part in ("Training", "Zero-shot classification", "Similarity matrix", "Text -> image search",
-                 "data:image/png;base64,"):
+                 "data:image/png;base64,", "&#9998;"):  # the last: generated captions under the images
         assert part in html, part
+    assert len(results["captions"]) == 12 and all(c["generated"] for c in results["captions"])
     saved = json.loads((tmp_path / "demo" / "report" / "results.json").read_text())
     assert saved["zeroshot_heldout"]["acc1"] == results["zeroshot_heldout"]["acc1"]
     assert 0 <= results["retrieval_val"]["image_retrieval_recall@10"] <= 1
     summary = demo_summary(results)
-    assert "report:" in summary and "zero-shot acc1" in summary
+    assert "report:" in summary and "zero-shot acc1" in summary and "captions (ClipCap" in summary
     # Re-running reuses the dataset.
-    run_demo(tmp_path / "demo", synth, epochs=1, progress=False, command="test")
+    run_demo(tmp_path / "demo", synth, epochs=1, progress=False, command="test", caption_epochs=0)
     assert "reusing the synthetic dataset" in capsys.readouterr().err

@@ -227,3 +227,56 @@ def test_eval_under_torchrun_equals_one_process(tmp_path) -> None:
         (path,) = (tmp_path / f"res{world}").glob("*.json")
         results[world] = json.loads(path.read_text())
     assert results[2]["metrics"] == results[1]["metrics"] and results[1]["settings"]["n_images"] == 21
+
+
+# --- a mean over caption tokens: ranks weighted by their tokens ----------------------------------
+
+def _prefix_task(rank: int = 0, world: int = 1):
+    from clipforge.captioning.config import CaptionTrainConfig
+    from clipforge.captioning.lm import LMConfig
+    from clipforge.captioning.prefix import PrefixCaptioner, PrefixConfig
+    from clipforge.captioning.train import PrefixTask
+
+    cfg = PrefixConfig(clip_dim=8, prefix_length=2, lm=LMConfig(vocab_size=20, context_length=10, width=8,
+                                                                layers=1, heads=2), start_id=18, end_id=19)
+    torch.manual_seed(0)
+    model = PrefixCaptioner(cfg).double()
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    tokens = torch.zeros(8, 8, dtype=torch.long)
+    for i, n in enumerate([6, 5, 6, 4, 1, 2, 1, 1]):  # rank 0's captions are much longer than rank 1's
+        tokens[i, : n + 2] = torch.tensor([18, *torch.randint(1, 18, (n,), generator=g).tolist(), 19])
+    task = PrefixTask(model, emb, tokens, 19, CaptionTrainConfig(batch_size=8), DistInfo(rank, world, rank),
+                      torch.device("cpu"), list(model.parameters()))
+    return task, emb, tokens
+
+
+def _prefix_worker(rank: int, world: int, init: str, out: str, micro: int | None) -> None:
+    from clipforge.engine.accumulate import forward_backward
+    from clipforge.engine.context import StepContext
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    task, emb, tokens = _prefix_task(rank, world)
+    sl = slice(rank * 4, (rank + 1) * 4)
+    ctx = StepContext(task.info, torch.device("cpu"), "fp32", micro, task.optimizers(), task)
+    forward_backward(task, (emb[sl], tokens[sl]), ctx)
+    task.reduce_gradients(task.info)
+    if rank == 0:
+        torch.save({n: p.grad for n, p in task.model.named_parameters()}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("micro", [None, 3])
+def test_a_token_mean_loss_on_two_processes_equals_one(tmp_path, micro) -> None:
+    from clipforge.engine.accumulate import forward_backward
+    from clipforge.engine.context import StepContext
+
+    out = str(tmp_path / "g.pt")
+    mp.spawn(_prefix_worker, args=(2, f"file://{tmp_path / 'store'}", out, micro), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    task, emb, tokens = _prefix_task()
+    forward_backward(task, (emb, tokens), StepContext(DistInfo(), torch.device("cpu"), "fp32", None,
+                                                      task.optimizers(), task))
+    for name, p in task.model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-9, atol=1e-12, msg=name)

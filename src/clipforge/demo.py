@@ -4,6 +4,8 @@
 
 * ``data/`` -- the synthetic captioned scenes (kept and reused when re-run with the same sizes);
 * ``run/`` -- checkpoints, metrics, TensorBoard logs, ``train_config.json`` and the trained ``model/``;
+* ``captioner/`` -- a ClipCap captioner trained on that CLIP's embeddings (its ``model/``), whose
+  captions the report shows under the validation images;
 * ``report/index.html`` -- the self-contained report, and ``report/results.json``.
 """
 
@@ -47,8 +49,21 @@ def demo_config(data_dir: Path, run_dir: Path, epochs: int = 12, model: dict | N
     })
 
 
+def demo_captioner_config(data_dir: Path, clip_dir: Path, out_dir: Path, epochs: int = 2) -> Any:
+    """ClipCap (MLP mapper, a small LM tuned with it) on the demo CLIP: the recipe of the captioning
+    table in docs/benchmarks.md, for fewer epochs."""
+    from clipforge.captioning.config import CaptionTrainConfig
+
+    return CaptionTrainConfig.from_dict({
+        "method": "clipcap", "clip": str(clip_dir), "data": str(data_dir / "train.csv"), "epochs": epochs,
+        "batch_size": 64, "lr": 1e-3, "out_dir": str(out_dir), "tensorboard": False, "seed": 0,
+    })
+
+
 def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 12, progress: bool = True,
-             command: str = "make demo", model: dict | None = None) -> dict[str, Any]:
+             command: str = "make demo", model: dict | None = None, caption_epochs: int = 2) -> dict[str, Any]:
+    """``caption_epochs``: of the captioner shown in the report (0: no captioner)."""
+    from clipforge.captioning.train import train_captioner
     from clipforge.checkpoints import load
     from clipforge.engine.checkpoint import TrainState
     from clipforge.report.demo_report import build_demo_report
@@ -56,26 +71,37 @@ def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 12
 
     out = Path(out)
     synth = synth or SynthConfig()
-    data_dir, run_dir, report_dir = out / "data", out / "run", out / "report"
+    data_dir, run_dir, report_dir, caption_dir = out / "data", out / "run", out / "report", out / "captioner"
+    steps = 4 if caption_epochs else 3
     t0 = time.perf_counter()
     meta = data_dir / "meta.json"
     if not (meta.is_file() and json.loads(meta.read_text()).get("config") == asdict(synth)):
-        log.info(f"[1/3] generating the synthetic dataset in {data_dir}")
+        log.info(f"[1/{steps}] generating the synthetic dataset in {data_dir}")
         write_dataset(data_dir, synth, progress=progress)
     else:
-        log.info(f"[1/3] reusing the synthetic dataset in {data_dir}")
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+        log.info(f"[1/{steps}] reusing the synthetic dataset in {data_dir}")
+    for folder in (run_dir, caption_dir):
+        if folder.exists():
+            shutil.rmtree(folder)
     config = demo_config(data_dir, run_dir, epochs, model)
-    log.info(f"[2/3] training a {config.model.name}-based CLIP for {epochs} epochs on the CPU")
+    log.info(f"[2/{steps}] training a {config.model.name}-based CLIP for {epochs} epochs on the CPU")
     t1 = time.perf_counter()
     result = train(config, progress=progress)
     train_s = time.perf_counter() - t1
-    log.info("[3/3] evaluating and writing the report")
+    captioner, caption_s = None, 0.0
+    if caption_epochs:
+        log.info(f"[3/{steps}] training a ClipCap captioner on the CLIP's embeddings for {caption_epochs} epochs")
+        t2 = time.perf_counter()
+        captioner = train_captioner(demo_captioner_config(data_dir, run_dir / "model", caption_dir, caption_epochs),
+                                    progress=progress).eval()
+        caption_s = time.perf_counter() - t2
+    log.info(f"[{steps}/{steps}] evaluating and writing the report")
     model = load(run_dir / "model")
     state: TrainState = result.state
-    results = build_demo_report(model, data_dir, state, report_dir, TEMPLATES, command)
+    results = build_demo_report(model, data_dir, state, report_dir, TEMPLATES, command, captioner,
+                                str(caption_dir / "model"))
     results["train_seconds"] = round(train_s, 1)
+    results["captioner_train_seconds"] = round(caption_s, 1)
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
     (report_dir / "results.json").write_text(json.dumps(results, indent=2))
     results["report"] = str((report_dir / "index.html").resolve())
@@ -93,5 +119,8 @@ def demo_summary(results: dict[str, Any]) -> str:
         f"{ret['image_retrieval_recall@5']:.1%} / {ret['image_retrieval_recall@10']:.1%};  image->text: "
         f"{ret['text_retrieval_recall@1']:.1%} / {ret['text_retrieval_recall@5']:.1%} / "
         f"{ret['text_retrieval_recall@10']:.1%}",
-        f"training took {results['train_seconds'] / 60:.1f} min; whole demo {results['total_seconds'] / 60:.1f} min",
+        *(["captions (ClipCap on this CLIP) of validation images: "
+           + "; ".join(f"'{c['generated']}'" for c in results["captions"][:3])] if results.get("captions") else []),
+        f"training took {results['train_seconds'] / 60:.1f} min (captioner "
+        f"{results['captioner_train_seconds'] / 60:.1f} min); whole demo {results['total_seconds'] / 60:.1f} min",
     ])

@@ -15,6 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-tower", choices=["resnet", "vit"], default="resnet",
                    help="the small modified ResNet (default) or a small ViT (64 px, 8 px patches)")
+    p.add_argument("--caption-epochs", type=int, default=2,
+                   help="epochs of the ClipCap captioner whose captions the report shows (0: none; default: 2)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -26,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     synth = SynthConfig(seed=args.seed, n_train=args.train, n_val=args.val,
                         n_zeroshot_per_class=args.zeroshot_per_class)
     results = run_demo(args.out, synth, epochs=args.epochs, progress=not args.no_progress,
-                       model=DEMO_MODELS[args.image_tower])
+                       model=DEMO_MODELS[args.image_tower], caption_epochs=args.caption_epochs)
     print()
     print(demo_summary(results))
     return 0

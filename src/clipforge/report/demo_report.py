@@ -1,4 +1,5 @@
-"""The demo's report: training curves, similarity matrix, retrievals and zero-shot results."""
+"""The demo's report: training curves, similarity matrix, retrievals, zero-shot results, and the
+captions a captioner reading the CLIP writes for the images shown."""
 
 from __future__ import annotations
 
@@ -71,9 +72,21 @@ def confusion_figure(preds: torch.Tensor, targets: torch.Tensor, classes: list[s
     return fig
 
 
+def _captions(captioner: Any, features: torch.Tensor) -> list[str]:
+    """The captioner's beam-search captions of CLIP image ``features`` (computed once for the report)."""
+    from clipforge.captioning.caption import ids_to_text
+    from clipforge.models.generation import GenerationConfig
+
+    cfg = captioner.config
+    with torch.no_grad():
+        ids = captioner.generate_from_embeddings(features, GenerationConfig(strategy="beam", num_beams=4))
+    return [ids_to_text(captioner.tokenizer, row, cfg.start_id, cfg.end_id, cfg.pad_id) for row in ids.tolist()]
+
+
 def build_demo_report(model: CLIP, data_dir: Path, state: TrainState, out_dir: Path, templates: list[str],
-                      command: str) -> dict[str, Any]:
-    """Write ``out_dir/index.html`` and ``out_dir/results.json``; return the headline numbers."""
+                      command: str, captioner: Any = None, captioner_path: str = "CAPTIONER") -> dict[str, Any]:
+    """Write ``out_dir/index.html`` and ``out_dir/results.json``; return the headline numbers.
+    ``captioner``: a prefix captioner reading ``model``; its captions go under the images shown."""
     model.eval()
     meta = json.loads((data_dir / "meta.json").read_text())
     classes, heldout = meta["classes"], meta["heldout_combinations"]
@@ -128,24 +141,40 @@ def build_demo_report(model: CLIP, data_dir: Path, state: TrainState, out_dir: P
         ["image -> text", ret["text_retrieval_recall@1"], ret["text_retrieval_recall@5"],
          ret["text_retrieval_recall@10"], int(ret["text_retrieval_median_rank"])]]))
 
+    # Generated captions of every image the report shows (the batch and the search results).
+    queries = ["a red circle", "a large blue square", "a green star and a yellow triangle", "a purple ring",
+               "an orange cross in the top left"] + [f"{'an' if h[0] in 'aeiou' else 'a'} {h}" for h in heldout[:3]]
+    q_f = embed_texts(model, queries)
+    hits_of = [(all_f @ qf).topk(min(6, len(all_f))).indices.tolist() for qf in q_f]
+    shown = sorted(set(range(min(12, len(all_f)))) | {t for hits in hits_of for t in hits})
+    generated: dict[int, str] = {}
+    if captioner is not None:
+        generated = dict(zip(shown, _captions(captioner, all_f[shown])))
+        results["captions"] = [{"image": val.images[int(all_idx[t])], "reference": caption_of[int(all_idx[t])],
+                                "generated": generated[t]} for t in shown[:12]]
+
+    def under(t: int, text: str) -> str:  # a thumbnail's text: the reference caption, and the generated one
+        gen = f"<br><i>&#9998; {html.escape(generated[t])}</i>" if t in generated else ""
+        return f"{html.escape(text)}{gen}"
+
     batch = [(val.images[i], caption_of[i]) for i in all_idx[:12].tolist()]
     txt_f = embed_texts(model, [caption for _, caption in batch])
     sims = (txt_f @ all_f[:12].T).numpy()
     parts.append("<h2>Similarity matrix of a validation batch</h2>")
+    if generated:
+        parts.append("<p class='muted'>Under each image: its reference caption and, in italics after &#9998;, the "
+                     "caption a ClipCap captioner trained on this CLIP's embeddings writes for it "
+                     f"(<code>clipforge caption --model {html.escape(captioner_path)} IMAGE</code>).</p>")
     parts.append('<div class="grid">' + "".join(
-        f'<div class="card">{image_tag(path, caption)}<br>{i}</div>' for i, (path, caption) in enumerate(batch))
-        + "</div>")
+        f'<div class="card">{image_tag(path, caption)}<br>{i}: {under(i, caption)}</div>'
+        for i, (path, caption) in enumerate(batch)) + "</div>")
     parts.append(figure_tag(similarity_figure(sims, [caption for _, caption in batch]), "similarity matrix"))
 
     parts.append("<h2>Text -> image search over the validation scenes</h2>")
-    queries = ["a red circle", "a large blue square", "a green star and a yellow triangle", "a purple ring",
-               "an orange cross in the top left"] + [f"{'an' if h[0] in 'aeiou' else 'a'} {h}" for h in heldout[:3]]
-    q_f = embed_texts(model, queries)
-    for q, qf in zip(queries, q_f):
-        top = (all_f @ qf).topk(6).indices.tolist()
-        hits = [(val.images[int(all_idx[t])], caption_of[int(all_idx[t])]) for t in top]
-        cards = "".join(f'<div class="card">{image_tag(path, caption)}<br>{html.escape(caption[:40])}</div>'
-                        for path, caption in hits)
+    for q, top in zip(queries, hits_of):
+        hits = [(t, val.images[int(all_idx[t])], caption_of[int(all_idx[t])]) for t in top]
+        cards = "".join(f'<div class="card">{image_tag(path, caption)}<br>{under(t, caption[:40])}</div>'
+                        for t, path, caption in hits)
         parts.append(f"<p><b>{html.escape(q)}</b></p><div class='grid'>{cards}</div>")
 
     out_dir.mkdir(parents=True, exist_ok=True)
