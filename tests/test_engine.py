@@ -191,3 +191,33 @@ def test_a_time_budget_sizes_the_schedule_so_the_learning_rate_peaks_and_decays(
     assert max(lrs) > 0.9 * 0.05 and lrs[-1] < 0.1 * 0.05
     saved = json.loads(next((tmp_path / "checkpoints").glob("step_*/state.json")).read_text())
     assert saved["wall_seconds"] > 0  # a resumed run counts the time already spent
+
+
+def test_cadences_in_steps_and_minutes(tmp_path) -> None:
+    """Small data has epochs of a few steps: evaluation every N steps, checkpoints only by time or at the end."""
+
+    class Evaluated(Regression):
+        def evaluate(self, epoch, last):
+            return {"x": 1.0}
+
+    r = fit(Evaluated(), _config(tmp_path, epochs=2, eval_every_epochs=0, eval_every_steps=4, save_each_epoch=False,
+                                 save_every_minutes=60), DistInfo(), CPU, progress=False)
+    assert [e["step"] for e in r.state.evals] == [4, 8, 12]
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step_*")] == ["step_0000012"]  # the end only
+
+
+def test_the_linear_probe_does_not_depend_on_the_thread_count() -> None:
+    from threadpoolctl import threadpool_limits
+
+    from clipforge.evaluation.linear_probe import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 64, generator=g), torch.randint(0, 5, (300,), generator=g)
+    runs, before = [], torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        with threadpool_limits(limits=threads):
+            runs.append(linear_probe(x[:200], y[:200], x[200:], y[200:], n_classes=5))
+    torch.set_num_threads(before)
+    assert runs[0]["lp_acc1"] == runs[1]["lp_acc1"] and runs[0]["C"] == runs[1]["C"]
+    assert runs[0]["blas_threads"] == 1 and isinstance(runs[0]["converged"], bool)

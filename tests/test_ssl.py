@@ -145,3 +145,14 @@ def test_ssl_training_resumes_and_feeds_clip(tmp_path) -> None:
     model = train(cfg, progress=False).model
     sd = model.visual.state_dict()
     assert all(torch.equal(sd[k], a[k]) for k in a if "running" not in k and "num_batches" not in k)
+
+
+def test_a_built_in_name_means_its_training_split() -> None:
+    from clipforge.errors import DataError
+    from clipforge.ssl.data import labelled_sets, unlabelled_images
+
+    assert unlabelled_images("digits:train") == unlabelled_images("digits")
+    with pytest.raises(DataError, match="held-out split is for evaluation"):
+        unlabelled_images("digits:test")
+    train, test = labelled_sets("digits")
+    assert not set(train.images) & set(test.images) and set(unlabelled_images("digits")) == set(train.images)

@@ -52,8 +52,11 @@ class EngineConfig:
     precision: Precision = "fp32"
     log_every_steps: int = 10
     save_every_steps: int = 0
+    save_every_minutes: float = 0.0  # also checkpoint when this much time passed since the last one
+    save_each_epoch: bool = True  # checkpoint at every epoch's end (the run's end always is)
     keep_checkpoints: int = 3
     eval_every_epochs: int = 1
+    eval_every_steps: int = 0  # also evaluate every N steps (small data: epochs of a few steps)
     max_nonfinite_steps: int = 5
     tensorboard: bool = True
     label: str = "train"
@@ -94,6 +97,17 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
             truncate_log(run_dir / name, state.step)
     examples: dict[str, list[str]] = {}
     consecutive_bad, stopped_early = 0, False
+    last_save = time.perf_counter()
+
+    def evaluate(last: bool) -> None:
+        metrics = task.evaluate(state.epoch, last)
+        if metrics:
+            metrics.update(step=state.step, epoch=state.epoch)
+            state.evals.append(metrics)
+            _log(run_dir / "evals.jsonl", writer, metrics)
+            log.info(_format_eval(metrics))
+        task.model.train()
+
     with progress_bar(config.label, total=total_steps, enabled=progress and info.is_main,
                       fields="loss {task.fields[loss]} lr {task.fields[lr]} {task.fields[extra]}") as bar:
         bar.update(completed=state.step, loss="-", lr="-", extra="")
@@ -152,8 +166,14 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
                            "samples_per_s": rate}
                     state.history.append(rec)
                     _log(run_dir / "metrics.jsonl", writer, rec)
-                if config.save_every_steps and state.step % config.save_every_steps == 0 and info.is_main:
+                if info.is_main and config.eval_every_steps and state.step % config.eval_every_steps == 0:
+                    evaluate(last=False)
+                by_steps = config.save_every_steps and state.step % config.save_every_steps == 0
+                since_save = time.perf_counter() - last_save
+                by_time = config.save_every_minutes and since_save >= 60 * config.save_every_minutes
+                if info.is_main and (by_steps or by_time):
                     save_training(run_dir, task, optimizers, state, config.keep_checkpoints)
+                    last_save = time.perf_counter()
                 if (config.max_steps and state.step >= config.max_steps) or (budget.over):
                     stopped_early = True
                     break
@@ -163,15 +183,10 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
             last = stopped_early or state.epoch >= config.epochs
             due = config.eval_every_epochs and state.epoch % config.eval_every_epochs == 0 and not stopped_early
             if info.is_main and (due or (last and task.evaluate_at_end)):
-                metrics = task.evaluate(state.epoch, last)
-                if metrics:
-                    metrics.update(step=state.step, epoch=state.epoch)
-                    state.evals.append(metrics)
-                    _log(run_dir / "evals.jsonl", writer, metrics)
-                    log.info(_format_eval(metrics))
-                task.model.train()
-            if info.is_main:
+                evaluate(last)
+            if info.is_main and (config.save_each_epoch or last):
                 save_training(run_dir, task, optimizers, state, config.keep_checkpoints)
+                last_save = time.perf_counter()
             D.barrier(info)
             if stopped_early:
                 break

@@ -23,17 +23,23 @@ class SSLAugment:
     jitter_p: float = opt(0.8, "colour jitter probability (SimCLR: 0.8)")
     jitter_strength: float = opt(1.0, "colour jitter strength s (brightness/contrast/saturation 0.8 s, hue 0.2 s)")
     greyscale_p: float = opt(0.2, "random greyscale probability (SimCLR: 0.2)")
-    blur_p: float = opt(0.5, "Gaussian blur probability (SimCLR: 0.5 on ImageNet; 0 on CIFAR)")
+    blur_p: float = opt(0.5, "Gaussian blur probability (SimCLR: 0.5 on ImageNet; its CIFAR runs leave blur out: "
+                             "set 0 to do the same)")
     blur_sigma: list[float] = opt([0.1, 2.0], "Gaussian blur sigma range")
+    blur_kernel: float = opt(0.1, "Gaussian blur kernel side as a fraction of the image side (SimCLR: 0.1; at "
+                                  "least 3 pixels, odd)")
 
 
 @dataclass
 class SSLConfig:
     method: Method = opt("simclr", "simclr, byol or simsiam")
     data: str = opt("synthetic", "unlabelled images: a folder (searched recursively), webdataset shards, or a "
-                    "built-in name (synthetic, digits)")
-    eval_data: str | None = opt(None, "labelled data for kNN and linear-probe accuracy after each epoch: a "
-                                "built-in name (synthetic: shape as the label; digits); default: data if built-in")
+                    "built-in name, which means its training split (digits = digits:train, 1,257 images; "
+                    "synthetic = the demo scenes' training images)")
+    eval_data: str | None = opt(None, "labelled data for kNN and linear-probe accuracy: a built-in name; the "
+                                "probes fit on its training split and are scored on its held-out split "
+                                "(digits: digits:train / digits:test; synthetic: shape as the label, a 70/30 "
+                                "split of the single-object scenes); default: data if built-in")
     image_size: int = opt(32, "input side; images are resized (short side) and centre-cropped to it first")
     encoder: dict[str, Any] = opt({"type": "resnet", "layers": [1, 1, 1, 1], "width": 16, "head_width": 16,
                                    "stem": "small"},
@@ -55,7 +61,12 @@ class SSLConfig:
     workers: int = opt(0, "data-loading worker processes")
     out_dir: str = opt("runs/ssl", "folder for checkpoints, logs and the encoder")
     keep_checkpoints: int = opt(2, "how many recent checkpoints to keep")
-    eval_every_epochs: int = opt(1, "evaluate every N epochs (0: only at the end)")
+    save_every_minutes: float = opt(10.0, "checkpoint when this many minutes passed since the last one (and at the "
+                                          "end; 0: only at the end unless save_every_steps)")
+    save_every_steps: int = opt(0, "also checkpoint every N steps (0: never by steps)")
+    eval_every_steps: int = opt(500, "kNN evaluation every N steps (0: none during training); the end always "
+                                     "evaluates, with the linear probe")
+    eval_every_epochs: int = opt(0, "also evaluate every N epochs (0: not by epochs; large data)")
     eval_linear_probe: bool = opt(True, "add a linear probe to the final evaluation (kNN is always computed)")
     max_steps: int | None = opt(None, "stop after this many steps in total")
     minutes: float | None = opt(None, MINUTES_HELP)

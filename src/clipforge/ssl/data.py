@@ -11,9 +11,16 @@ from clipforge.errors import DataError
 
 
 def unlabelled_images(source: str) -> list[str]:
-    """Image paths of a folder (recursive), shards (extracted once) or a built-in set's training split."""
+    """Image paths of a folder (recursive), shards (extracted once) or a built-in set's training split
+    (``digits`` is ``digits:train``: a built-in name never means its held-out split)."""
     from pathlib import Path
 
+    if source.endswith(":train") and source.removesuffix(":train") in BUILTIN:
+        source = source.removesuffix(":train")
+    elif ":" in source and source.split(":")[0] in BUILTIN:
+        raise DataError(f"data={source}: SSL pretraining reads a built-in set's training split only "
+                        f"({source.split(':')[0]} or {source.split(':')[0]}:train); its held-out split is for "
+                        "evaluation")
     if source in BUILTIN:
         if source == "synthetic":
             from clipforge.data.datasets import synthetic_root
@@ -33,7 +40,9 @@ def unlabelled_images(source: str) -> list[str]:
 
 
 def labelled_sets(name: str, seed: int = 0) -> tuple[LabelledImages, LabelledImages]:
-    """(train, test) for kNN / linear probes. ``synthetic``: single-object scenes labelled by shape."""
+    """(train, test) for kNN / linear probes: the probes fit on ``train`` and are scored on the held-out
+    ``test`` (their ``name`` fields say which). ``synthetic``: single-object scenes labelled by shape."""
+    name = name.removesuffix(":train").removesuffix(":test")  # the evaluation always uses both splits
     if name == "digits":
         return load_classification("digits", "train"), load_classification("digits", "test")
     if name != "synthetic":

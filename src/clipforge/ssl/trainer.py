@@ -10,6 +10,7 @@ image tower, saved as ``out_dir/encoder`` and usable as a CLIP model's image tow
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,6 +38,8 @@ from clipforge.ssl.config import SSLConfig
 from clipforge.ssl.data import labelled_sets, unlabelled_images
 from clipforge.ssl.knn import knn_accuracy
 from clipforge.ssl.methods import BYOL, SimCLR, SimSiam
+
+log = logging.getLogger(__name__)
 
 
 def encoder_config(cfg: SSLConfig) -> CLIPConfig:
@@ -81,9 +84,11 @@ def evaluate_encoder(encoder: nn.Module, name: str, size: int, seed: int = 0, li
     xte, kte = encode(encoder, test.images, size)
     ytr = torch.tensor(train.labels)[ktr]
     yte = torch.tensor(test.labels)[kte]
-    out = {"knn_acc1": knn_accuracy(xtr, ytr, xte, yte, n_classes=len(train.classes))}
+    out: dict[str, Any] = {"knn_acc1": knn_accuracy(xtr, ytr, xte, yte, n_classes=len(train.classes))}
     if linear:
-        out["lp_acc1"] = linear_probe(xtr, ytr, xte, yte, n_classes=len(train.classes))["lp_acc1"]
+        probe = linear_probe(xtr, ytr, xte, yte, n_classes=len(train.classes))
+        out.update(lp_acc1=probe["lp_acc1"], lp_converged=probe["converged"])
+    out.update(fit_on=train.name, scored_on=test.name)
     return out
 
 
@@ -171,8 +176,14 @@ def train_ssl(cfg: SSLConfig, resume: str | None = None, progress: bool = True) 
     a = cfg.augment
     augment = ViewAugment(cfg.image_size, AugmentConfig(tuple(a.crop_scale), flip_p=a.flip_p, jitter_p=a.jitter_p,
                                                         jitter_strength=a.jitter_strength, greyscale_p=a.greyscale_p,
-                                                        blur_p=a.blur_p, blur_sigma=tuple(a.blur_sigma)))
+                                                        blur_p=a.blur_p, blur_sigma=tuple(a.blur_sigma),
+                                                        blur_kernel_fraction=a.blur_kernel))
     task = SSLTask(cfg, method, dataset, augment, enc_cfg, info, device)
+    if task.eval_name and info.is_main:
+        train_set, test_set = labelled_sets(task.eval_name, 0)
+        log.info(f"training on {cfg.data} ({len(dataset)} images); evaluation: kNN every {cfg.eval_every_steps} steps "
+                 f"and kNN + linear probe at the end, fit on {train_set.name} ({len(train_set.images)} images) and "
+                 f"scored on the held-out {test_set.name} ({len(test_set.images)})")
     if info.is_main:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         cfg.save(Path(cfg.out_dir) / "ssl_config.json")
@@ -180,6 +191,8 @@ def train_ssl(cfg: SSLConfig, resume: str | None = None, progress: bool = True) 
                           warmup_steps=cfg.warmup_steps, schedule="cosine", grad_clip=cfg.grad_clip,
                           precision=cfg.precision, log_every_steps=cfg.log_every_steps,
                           keep_checkpoints=cfg.keep_checkpoints, eval_every_epochs=cfg.eval_every_epochs,
+                          eval_every_steps=cfg.eval_every_steps, save_every_steps=cfg.save_every_steps,
+                          save_every_minutes=cfg.save_every_minutes, save_each_epoch=False,
                           max_nonfinite_steps=cfg.max_nonfinite_steps, tensorboard=cfg.tensorboard,
                           label=f"ssl {cfg.method}")
     result = fit(task, engine, info, device, resume=resume, progress=progress)
