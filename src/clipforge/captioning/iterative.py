@@ -30,11 +30,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from clipforge.captioning.clip_link import ClipLinked
 from clipforge.captioning.hf_lm import HFLMConfig
 from clipforge.captioning.lm import LMConfig, build_lm
 from clipforge.config import build_config
 from clipforge.errors import ConfigError
+from clipforge.models.clip_linked import ClipLinked
 from clipforge.models.generation import GenerationConfig
 
 
@@ -78,12 +78,6 @@ class IterativeCaptioner(ClipLinked):
         self.lm = lm if lm is not None else build_lm(config.lm)
 
     @torch.no_grad()
-    def _text_features(self, texts: list[str]) -> torch.Tensor:
-        clip = self.clip
-        tokens = clip.tokenizer(texts).to(next(clip.parameters()).device)
-        return F.normalize(clip.encode_text(tokens), dim=-1)
-
-    @torch.no_grad()
     def _caption_one(self, image_feature: torch.Tensor, max_len: int, min_len: int) -> list[int]:
         cfg = self.config
         device = next(self.parameters()).device
@@ -98,7 +92,7 @@ class IterativeCaptioner(ClipLinked):
             ext = [(h[0] + [int(k)], h[1] + float(v)) for h, vs, ks in zip(live, top, tok) for v, k in zip(vs, ks)
                    if float(v) > float("-inf")]
             texts = [self.tokenizer.decode([i for i in e[0][1:] if i not in (cfg.end_id, cfg.pad_id)]) for e in ext]
-            sims = self._text_features(texts) @ image_feature.to(device)
+            sims = self.text_features(texts) @ image_feature.to(device)
             scores = [cfg.lm_weight * lp / (len(ids_) - 1) + cfg.clip_weight * float(s)
                       for (ids_, lp), s in zip(ext, sims)]
             ranked = sorted(zip(scores, ext), key=lambda x: -x[0])
@@ -135,7 +129,7 @@ class IterativeCaptioner(ClipLinked):
             penalty = (hidden[:, :-1] @ hidden[:, -1:].transpose(1, 2)).squeeze(-1).max(dim=-1).values.view(b, k)
             texts = [self.tokenizer.decode([i for i in row[1:] if i not in (cfg.end_id, cfg.pad_id)])
                      for row in cand.tolist()]
-            sims = (self._text_features(texts).view(b, k, -1) @ feats[:, :, None]).squeeze(-1)
+            sims = (self.text_features(texts).view(b, k, -1) @ feats[:, :, None]).squeeze(-1)
             score = (1 - cfg.magic_alpha) * top_p - cfg.magic_alpha * penalty \
                 + cfg.magic_beta * torch.softmax(scale * sims, dim=-1)
             nxt = top_v.gather(1, score.argmax(-1, keepdim=True)).squeeze(1)

@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.captioning.clip_link import ClipLinked
 from clipforge.captioning.hf_lm import HFLMConfig
 from clipforge.captioning.lm import IGNORE, LMConfig, build_lm, caption_labels
 from clipforge.config import build_config
 from clipforge.errors import ConfigError
+from clipforge.models.clip_linked import ClipLinked
 from clipforge.models.generation import GenerationConfig, KVCache, fit_to, generate
 from clipforge.models.transformer import Transformer
 

@@ -129,5 +129,5 @@ def load_native(folder: str | Path, cfg: dict[str, Any] | None = None) -> CLIP:
     if hasattr(model, "attach_clip") and Path(getattr(model.config, "clip_path", "") or "-").exists():
         from clipforge.checkpoints.load import load
 
-        model.attach_clip(load(model.config.clip_path))  # a captioner with the CLIP it reads
+        model.attach_clip(load(model.config.clip_path))  # a captioner or generator with the CLIP it reads
     return model

@@ -1,0 +1,98 @@
+"""Configuration of ``clipforge generate train`` (see :mod:`clipforge.config` for loading and overrides)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from clipforge.config import apply_overrides, build_config, opt, read_config_file
+from clipforge.engine.budget import MINUTES_HELP
+from clipforge.engine.loop import Precision, Schedule
+from clipforge.errors import ConfigError
+
+Method = Literal["ddpm", "unclip"]
+
+
+@dataclass
+class UNetOptions:
+    channels: list[int] = opt([32, 64, 64], "channels per resolution (each level halves the side)")
+    layers_per_block: int = opt(1, "residual blocks per resolution")
+    attention_levels: list[int] = opt([1, 2], "resolutions (indices into channels) with self-attention")
+    norm_groups: int = opt(8, "GroupNorm groups")
+    head_dim: int = opt(32, "attention head width")
+
+
+@dataclass
+class ScheduleOptions:
+    timesteps: int = opt(1000, "diffusion steps T (DDPM: 1000)")
+    kind: Literal["linear", "cosine"] = opt("linear", "beta schedule: linear 1e-4..0.02 (DDPM) or cosine (Nichol & "
+                                                      "Dhariwal)")
+    beta_start: float = opt(1e-4, "linear schedule: first beta")
+    beta_end: float = opt(0.02, "linear schedule: last beta")
+
+
+@dataclass
+class PriorOptions:
+    width: int = opt(256, "unclip: the prior's hidden width")
+    layers: int = opt(4, "unclip: the prior's residual MLP blocks")
+    timesteps: int = opt(1000, "unclip: the prior's diffusion steps")
+    epochs_share: float = opt(0.25, "unclip: share of the budget (epochs or minutes) the prior trains for")
+
+
+@dataclass
+class GenerationTrainConfig:
+    method: Method = opt("ddpm", "ddpm (a UNet conditioned on the caption's CLIP text embedding) or unclip (a "
+                                 "decoder conditioned on the CLIP image embedding, and a prior mapping text "
+                                 "embeddings to image embeddings)")
+    clip: str = opt("", "the CLIP whose embeddings condition the model (any model clipforge.load reads; frozen)")
+    data: str = opt("", "training pairs: a CSV image,caption or a captioned folder")
+    image_column: str = opt("image", "CSV column of image paths")
+    caption_column: str = opt("caption", "CSV column of captions")
+    image_size: int = opt(32, "side of the generated images (the training images are resized and centre-cropped)")
+    cond_drop: float = opt(0.1, "probability the condition is dropped in training (classifier-free guidance)")
+    unet: UNetOptions = field(default_factory=UNetOptions)
+    schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
+    prior: PriorOptions = field(default_factory=PriorOptions)
+    epochs: int = opt(20, "passes over the training pairs")
+    minutes: float | None = opt(None, MINUTES_HELP)
+    batch_size: int = opt(64, "images per step")
+    micro_batch_size: int | None = opt(None, "split each step into micro-batches of this many images")
+    lr: float = opt(2e-4, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    warmup_steps: int = opt(100, "linear warm-up steps")
+    schedule_lr: Schedule = opt("cosine", "'cosine' or 'constant' learning rate after warm-up")
+    ema: float = opt(0.999, "decay of the exponential moving average of the weights that is saved (0: none)")
+    precision: Precision = opt("fp32", "fp32, bf16 (autocast) or fp16 (CUDA only)")
+    out_dir: str = opt("runs/generator", "run folder; the generator is saved to OUT_DIR/model")
+    seed: int = opt(0, "random seed")
+    log_every_steps: int = opt(20, "steps between log lines")
+    save_every_minutes: float = opt(10.0, "checkpoint when this many minutes passed since the last one")
+    tensorboard: bool = opt(True, "write TensorBoard logs")
+    device: str = opt("", "cpu, cuda, cuda:N (default: CUDA when present)")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "image_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ConfigError(f"minutes must be positive, got {self.minutes}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
+        if not 0 < self.prior.epochs_share < 1:
+            raise ConfigError(f"prior.epochs_share must be in (0, 1), got {self.prior.epochs_share}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GenerationTrainConfig:
+        return build_config(cls, d, "")
+
+    @classmethod
+    def load(cls, path: str | None, overrides: list[str]) -> GenerationTrainConfig:
+        d = read_config_file(path) if path else {}
+        return cls.from_dict(apply_overrides(d, overrides))
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))

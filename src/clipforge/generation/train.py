@@ -1,0 +1,229 @@
+"""``clipforge generate train``: diffusion generators as tasks of the engine.
+
+The CLIP is frozen, so its embeddings (of the captions for ``ddpm``, of the images for unCLIP's
+decoder, both for its prior) are computed once, and the training images are read once into a
+uint8 tensor at the model's side. A step is then the denoiser's loss on a batch; the weights'
+exponential moving average (what diffusion models sample with) is kept by the task and saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from clipforge.data.sampler import epoch_batches
+from clipforge.engine import distributed as D
+from clipforge.engine.loop import EngineConfig, fit
+from clipforge.engine.schedule import param_groups
+from clipforge.engine.task import Task
+from clipforge.errors import ConfigError, DataError
+from clipforge.generation.config import GenerationTrainConfig
+from clipforge.generation.diffusion import CLIPDiffusion, DiffusionConfig, training_draws
+from clipforge.generation.prior import PriorConfig
+from clipforge.generation.schedule import ScheduleConfig
+from clipforge.generation.unclip import UnCLIP, UnCLIPConfig
+from clipforge.generation.unet import UNetConfig
+
+log = logging.getLogger(__name__)
+
+
+class _EmbeddingBatches(Task):
+    """Rows held in memory (images and/or embeddings), batched by the engine's sampler; the model's
+    EMA is updated after each step and is what :meth:`final_weights` gives."""
+
+    def __init__(self, model: torch.nn.Module, rows: dict[str, torch.Tensor], cfg: GenerationTrainConfig,
+                 info: D.DistInfo, device: torch.device, ema: float) -> None:
+        self.model, self.rows, self.cfg, self.info, self.device = model, rows, cfg, info, device
+        self.n = len(next(iter(rows.values())))
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        self.ema_decay = ema
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if ema else None
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"main": self.optimizer}
+
+    def steps_per_epoch(self) -> int:
+        return self.n // self.cfg.batch_size
+
+    def batches(self, epoch: int, start: int):
+        for rows in epoch_batches(self.n, self.cfg.batch_size, self.cfg.seed, epoch, self.info.rank,
+                                  self.info.world_size, start=start):
+            idx = torch.as_tensor(rows)
+            yield {k: v[idx].to(self.device) for k, v in self.rows.items()}
+
+    def batch_len(self, batch: dict[str, torch.Tensor]) -> int:
+        return len(next(iter(batch.values())))
+
+    def split(self, batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+        keys = list(batch)
+        return [dict(zip(keys, parts)) for parts in zip(*(batch[k].split(size) for k in keys))]
+
+    def skipped(self, batch: Any) -> list:
+        return []
+
+    def seeds(self, batch: dict[str, torch.Tensor], step: int) -> list[int]:
+        """One seed per sample, from the run's seed, the step and the sample's row."""
+        return [(self.cfg.seed * 1_000_003 + step * 100_003 + int(r)) % 2**62 for r in batch["row"].tolist()]
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
+        if self.ema is not None:
+            # The usual warm-up of the decay (min(decay, (1 + step) / (10 + step))): early weights fade fast.
+            d = min(self.ema_decay, (1 + step) / (10 + step))
+            for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                e.lerp_(p.detach(), 1 - d)
+        return {}
+
+    def final_weights(self) -> torch.nn.Module:
+        return self.ema if self.ema is not None else self.model
+
+    def save_state(self, folder: Path) -> None:
+        super().save_state(folder)
+        if self.ema is not None:
+            save_file({k: v.contiguous().cpu() for k, v in self.ema.state_dict().items()},
+                      str(folder / "ema.safetensors"))
+
+    def load_state(self, folder: Path) -> None:
+        super().load_state(folder)
+        if self.ema is not None:
+            self.ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+
+
+class DiffusionTask(_EmbeddingBatches):
+    """The denoiser's L_simple on (image, condition) rows."""
+
+    def training_step(self, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
+        x0 = batch["images"].float() / 127.5 - 1
+        draws = training_draws(len(x0), x0.shape[1:], self.model.schedule.timesteps,
+                               self.seeds(batch, ctx.step), self.device)
+        with ctx.autocast():
+            loss = self.model.loss(x0, batch.get("cond"), draws)
+        return {"loss": loss}
+
+
+class PriorTask(_EmbeddingBatches):
+    """unCLIP's prior on (image embedding, text embedding) rows."""
+
+    def training_step(self, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
+        emb = batch["image_emb"]
+        draws = training_draws(len(emb), emb.shape[1:], self.model.schedule.timesteps,
+                               self.seeds(batch, ctx.step), self.device)
+        with ctx.autocast():
+            loss = self.model.loss(emb, batch["text_emb"], draws)
+        return {"loss": loss}
+
+
+def _engine(cfg: GenerationTrainConfig, out_dir: Path, epochs: int, minutes: float | None,
+            label: str) -> EngineConfig:
+    return EngineConfig(out_dir=str(out_dir), epochs=epochs, minutes=minutes, warmup_steps=cfg.warmup_steps,
+                        schedule=cfg.schedule_lr, precision=cfg.precision, micro_batch_size=cfg.micro_batch_size,
+                        log_every_steps=cfg.log_every_steps, save_every_minutes=cfg.save_every_minutes,
+                        save_each_epoch=False, eval_every_epochs=0, tensorboard=cfg.tensorboard, label=label)
+
+
+def read_training_images(paths: list[str], size: int, progress: bool) -> tuple[torch.Tensor, list[int], list]:
+    """uint8 [N, 3, size, size] of the readable images, their row indices and the unreadable ones."""
+    from torch.utils.data import DataLoader
+
+    from clipforge.data.images import ImageDataset, Uint8Crop, collate_images
+    from clipforge.utils.progress import progress_bar
+
+    chunks, keep, bad = [], [], []
+    loader = DataLoader(ImageDataset(paths, Uint8Crop(size)), batch_size=256, collate_fn=collate_images)
+    with progress_bar("read images", total=len(loader), enabled=progress) as bar:
+        for batch in loader:
+            bad += batch.skipped
+            if len(batch.indices):
+                chunks.append(batch.images)
+                keep += batch.indices.tolist()
+            bar.advance()
+    if not chunks:
+        raise DataError("no readable training image")
+    return torch.cat(chunks), keep, bad
+
+
+def train_generator(cfg: GenerationTrainConfig, resume: str | None = None,
+                    progress: bool = True) -> CLIPDiffusion | UnCLIP:
+    """Train the generator ``cfg`` describes; it is saved to ``OUT_DIR/model`` and returned."""
+    from clipforge.checkpoints import load
+    from clipforge.checkpoints.native import save
+    from clipforge.data.pairs import read_pairs
+    from clipforge.evaluation.cache import model_fingerprint
+    from clipforge.evaluation.embed import embed_images, embed_texts
+
+    if not cfg.clip:
+        raise ConfigError("clip: give the CLIP whose embeddings condition the generator (clip=PATH)")
+    if not cfg.data:
+        raise ConfigError("data: give the training pairs (data=train.csv)")
+    info = D.init_distributed()
+    device = D.default_device(info, cfg.device or None)
+    out = Path(cfg.out_dir)
+    clip = load(cfg.clip).to(device).eval()
+    pairs, _ = read_pairs(cfg.data, cfg.image_column, cfg.caption_column)
+    images, keep, bad = read_training_images([p.image for p in pairs], cfg.image_size, progress and info.is_main)
+    if bad:
+        log.warning(f"{len(bad)} unreadable image(s) left out, e.g. {bad[0].source}")
+    pairs = [pairs[i] for i in keep]
+    if len(pairs) < cfg.batch_size:
+        raise DataError(f"{cfg.data}: {len(pairs)} readable pairs, fewer than batch_size={cfg.batch_size}")
+    text_emb = embed_texts(clip, [p.caption for p in pairs]).cpu()
+    unet = UNetConfig(channels=tuple(cfg.unet.channels), layers_per_block=cfg.unet.layers_per_block,
+                      attention_levels=tuple(cfg.unet.attention_levels), norm_groups=cfg.unet.norm_groups,
+                      head_dim=cfg.unet.head_dim)
+    schedule = ScheduleConfig(timesteps=cfg.schedule.timesteps, kind=cfg.schedule.kind,
+                              beta_start=cfg.schedule.beta_start, beta_end=cfg.schedule.beta_end)
+    link = {"clip_path": str(Path(cfg.clip).resolve()), "clip_fingerprint": model_fingerprint(clip)}
+    dim = text_emb.shape[1]
+    rows = {"images": images, "row": torch.arange(len(pairs))}
+    torch.manual_seed(cfg.seed)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "generate_config.json")
+    if cfg.method == "ddpm":
+        model: Any = CLIPDiffusion(DiffusionConfig(image_size=cfg.image_size, condition="text", clip_dim=dim,
+                                                   cond_drop=cfg.cond_drop, unet=unet, schedule=schedule, **link))
+        decoder, cond = model, text_emb
+        epochs, minutes = cfg.epochs, cfg.minutes
+    else:
+        image_emb, idx, _ = embed_images(clip, [p.image for p in pairs], progress=progress and info.is_main,
+                                         label="embed images")
+        if len(idx) != len(pairs):
+            raise DataError(f"{cfg.data}: {len(pairs) - len(idx)} images could be read at {cfg.image_size} px but "
+                            "not by the CLIP")
+        prior_cfg = PriorConfig(dim=dim, width=cfg.prior.width, layers=cfg.prior.layers, cond_drop=cfg.cond_drop,
+                                schedule=ScheduleConfig(timesteps=cfg.prior.timesteps))
+        model = UnCLIP(UnCLIPConfig(decoder=DiffusionConfig(image_size=cfg.image_size, condition="image",
+                                                            clip_dim=dim, cond_drop=cfg.cond_drop, unet=unet,
+                                                            schedule=schedule, **link),
+                                    prior=prior_cfg, clip_dim=dim, **link))
+        share = cfg.prior.epochs_share
+        prior_epochs = max(1, round(cfg.epochs * share))
+        model.prior.to(device)
+        prior_task = PriorTask(model.prior, {"image_emb": image_emb.cpu(), "text_emb": text_emb,
+                                             "row": torch.arange(len(pairs))}, cfg, info, device, cfg.ema)
+        fit(prior_task, _engine(cfg, out / "prior", prior_epochs, cfg.minutes * share if cfg.minutes else None,
+                                "unclip prior"), info, device,
+            resume=resume if resume and (out / "prior").exists() else None, progress=progress)
+        model.prior.load_state_dict(prior_task.final_weights().state_dict())
+        decoder, cond = model.decoder, image_emb.cpu()
+        epochs = max(1, cfg.epochs - prior_epochs)
+        minutes = cfg.minutes * (1 - share) if cfg.minutes else None
+    rows["cond"] = cond
+    decoder.to(device)
+    D.broadcast_parameters(decoder, info)
+    task = DiffusionTask(decoder, rows, cfg, info, device, cfg.ema)
+
+    def save_final(run_dir: Path) -> Path:
+        decoder.load_state_dict(task.final_weights().state_dict())
+        return save(model, run_dir / "model")
+
+    task.save_final = save_final  # type: ignore[method-assign]
+    fit(task, _engine(cfg, out, epochs, minutes, f"generate {cfg.method}"), info, device, resume=resume,
+        progress=progress)
+    model.attach_clip(clip)
+    return model
