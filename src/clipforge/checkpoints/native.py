@@ -33,7 +33,9 @@ from clipforge.models.config import CLIPConfig
 ARCHS = {"clip": (CLIPConfig, CLIP), "coca": (CoCaConfig, CoCa)}
 #: Archs of the task families (above this floor): module and class names, imported when loaded.
 FAMILY_ARCHS = {"prefix_captioner": ("clipforge.captioning.prefix", "PrefixConfig", "PrefixCaptioner"),
-                "iterative_captioner": ("clipforge.captioning.iterative", "IterativeConfig", "IterativeCaptioner")}
+                "iterative_captioner": ("clipforge.captioning.iterative", "IterativeConfig", "IterativeCaptioner"),
+                "clip_diffusion": ("clipforge.generation.diffusion", "DiffusionConfig", "CLIPDiffusion"),
+                "unclip": ("clipforge.generation.unclip", "UnCLIPConfig", "UnCLIP")}
 FORMAT = "clipforge"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

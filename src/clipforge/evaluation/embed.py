@@ -96,3 +96,17 @@ def _gather(feats: torch.Tensor, idx: torch.Tensor, batch_skips: list[list[Skipp
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+@torch.no_grad()
+def embed_pixels(model: CLIP, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Normalised image features [N, D] of uint8 images [N, 3, H, W] held in memory (generated
+    images): each goes through the model's own preprocessing, as a file would."""
+    from PIL import Image
+
+    out = []
+    for i in range(0, len(images), batch_size):
+        pil = [Image.fromarray(im.permute(1, 2, 0).cpu().numpy()) for im in images[i : i + batch_size]]
+        x = model.preprocess.batch(pil).to(_device(model))
+        out.append(model.encode_image(x, normalize=True).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, model.config.embed_dim)

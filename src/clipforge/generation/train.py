@@ -98,7 +98,7 @@ class DiffusionTask(_EmbeddingBatches):
     """The denoiser's L_simple on (image, condition) rows."""
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
-        x0 = batch["images"].float() / 127.5 - 1
+        x0 = batch["images"].to(next(self.model.parameters()).dtype) / 127.5 - 1
         draws = training_draws(len(x0), x0.shape[1:], self.model.schedule.timesteps,
                                self.seeds(batch, ctx.step), self.device)
         with ctx.autocast():

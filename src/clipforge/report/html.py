@@ -46,6 +46,15 @@ def image_tag(path: str | Path, alt: str = "", css: str = "", size: int = 96) ->
             f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">')
 
 
+def pil_tag(img: Image.Image, alt: str = "", css: str = "") -> str:
+    """An image held in memory (a generated grid), inlined at its own size."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    cls = f' class="{css}"' if css else ""
+    return (f'<img{cls} alt="{html.escape(alt)}" title="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">')
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join(

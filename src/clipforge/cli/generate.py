@@ -1,0 +1,153 @@
+"""``clipforge generate train | sample | variations``: images from text through a CLIP's joint space."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", type=int, default=4, help="images per prompt (default: 4)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: 50; ddpm uses all T)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--guidance", type=float, default=3.0,
+                   help="classifier-free guidance scale s (0: unconditional, 1: no guidance; default: 3)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
+    p.add_argument("--scale", type=int, default=4, help="enlarge each image this many times in the grid")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.cli.options import add_run_options
+    from clipforge.config import choices
+    from clipforge.generation.config import GenerationTrainConfig
+
+    p = sub.add_parser("generate", help="text-to-image diffusion through a CLIP: train, sample, variations")
+    gsub = p.add_subparsers(dest="generate_command", required=True, metavar="GENERATE_COMMAND")
+
+    t = gsub.add_parser("train", help="train a diffusion generator (ddpm: text-conditioned; unclip: prior + decoder)",
+                        description="Options from --config (YAML/JSON) and key=value overrides; --help-config lists "
+                        "them. The generator is saved to OUT_DIR/model.")
+    t.add_argument("--method", choices=choices(GenerationTrainConfig, "method"), default=None)
+    t.add_argument("--clip", default=None, help="the CLIP whose embeddings condition the generator")
+    t.add_argument("--data", default=None, help="training pairs (CSV image,caption or a captioned folder)")
+    add_run_options(t)
+    t.set_defaults(func=run_train)
+
+    s = gsub.add_parser("sample", help="images for prompts, as a PNG grid (a row per prompt)")
+    s.add_argument("--model", required=True, help="a generator folder (clipforge generate train)")
+    s.add_argument("prompts", nargs="+", help="one or more text prompts")
+    _sampling(s)
+    s.add_argument("--rerank", type=int, default=1,
+                   help="draw this many times n images and keep the n the CLIP ranks closest to the prompt")
+    s.add_argument("--rerank-clip", default=None, help="the CLIP that re-ranks (default: the generator's own)")
+    s.add_argument("--no-prior", action="store_true", help="unclip: decode the text embedding itself, not the "
+                   "prior's image embedding")
+    s.add_argument("--out", default="samples.png", help="the grid PNG (default: samples.png)")
+    s.set_defaults(func=run_sample)
+
+    v = gsub.add_parser("variations", help="unclip: images decoded from the CLIP embedding of existing images")
+    v.add_argument("--model", required=True, help="an unclip generator folder")
+    v.add_argument("images", nargs="+", help="image files")
+    _sampling(v)
+    v.add_argument("--out", default="variations.png", help="the grid PNG (a row per image, the original first)")
+    v.set_defaults(func=run_variations)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from clipforge.cli.options import overrides_with_flags, print_config_help
+    from clipforge.generation.config import GenerationTrainConfig
+
+    if args.help_config:
+        return print_config_help(GenerationTrainConfig)
+    cfg = GenerationTrainConfig.load(args.config, overrides_with_flags(args, ("method", "clip", "data")))
+    from clipforge.generation.train import train_generator
+
+    train_generator(cfg, resume=args.resume, progress=not args.no_progress)
+    print(f"generator saved to {cfg.out_dir}/model")
+    return 0
+
+
+def _load_generator(path: str, device: str | None):
+    from clipforge.checkpoints import load
+    from clipforge.engine.distributed import DistInfo, default_device
+    from clipforge.errors import ConfigError
+
+    model = load(path).to(default_device(DistInfo(), device))
+    if getattr(model, "arch", "") not in ("clip_diffusion", "unclip"):
+        raise ConfigError(f"--model {path}: a {getattr(model, 'arch', type(model).__name__)}, not a generator "
+                          "(clipforge generate train makes one)")
+    if model.clip is None:
+        raise ConfigError(f"--model {path}: its CLIP ({model.config.clip_path}) is not found; it is needed to embed "
+                          "the prompts")
+    return model
+
+
+def _options(args: argparse.Namespace, rerank: int = 1, use_prior: bool = True):
+    from clipforge.errors import ConfigError
+    from clipforge.generation.sample import SampleOptions
+
+    if args.n < 1 or args.batch_size < 1:
+        raise ConfigError(f"-n and --batch-size must be at least 1, got {args.n} and {args.batch_size}")
+    return SampleOptions(n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance, eta=args.eta,
+                         rerank=rerank, use_prior=use_prior, seed=args.seed, batch_size=args.batch_size)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from clipforge.checkpoints import load
+    from clipforge.generation.sample import sample_prompts
+    from clipforge.images.grid import image_grid
+
+    model = _load_generator(args.model, args.device)
+    options = _options(args, args.rerank, not args.no_prior)
+    rerank_clip = load(args.rerank_clip) if args.rerank_clip else None
+    out = sample_prompts(model, list(args.prompts), options, rerank_clip=rerank_clip, progress=True)
+    grid = image_grid(out["images"].flatten(0, 1), columns=options.n, scale=args.scale)
+    _save_png(grid, args.out)
+    print(f"{len(args.prompts)} prompt(s) x {options.n} image(s): {args.out}")
+    return 0
+
+
+def run_variations(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from clipforge.data.images import ImageDataset, collate_images
+    from clipforge.errors import ConfigError
+    from clipforge.generation.diffusion import to_uint8
+    from clipforge.images.decode import open_image
+    from clipforge.images.grid import image_grid
+
+    model = _load_generator(args.model, args.device)
+    if model.arch != "unclip":
+        raise ConfigError(f"--model {args.model}: variations need an unclip generator (a decoder of image "
+                          "embeddings)")
+    batch = collate_images([ImageDataset(args.images, model.preprocess)[i] for i in range(len(args.images))])
+    for s in batch.skipped:
+        raise ConfigError(f"{s.source}: cannot read the image ({s.detail or s.reason})")
+    o = _options(args)
+    out = model.variations(batch.images, n=o.n, generator=torch.Generator().manual_seed(o.seed), steps=o.steps,
+                           sampler=o.sampler, guidance=o.guidance, eta=o.eta)
+    size = model.decoder.config.image_size
+    originals = []
+    for path in args.images:
+        img = open_image(path).resize((size, size))
+        originals.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+    rows = []
+    for i, original in enumerate(originals):
+        rows += [original, *to_uint8(out[i * o.n:(i + 1) * o.n]).cpu()]
+    _save_png(image_grid(torch.stack(rows), columns=o.n + 1, scale=args.scale), args.out)
+    print(f"{len(args.images)} image(s) x {o.n} variation(s): {args.out} (the original first in each row)")
+    return 0
+
+
+def _save_png(img, path: str) -> None:
+    import os
+    from pathlib import Path
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, out)
