@@ -193,6 +193,11 @@ def test_ddpm_trains_samples_and_is_judged_from_the_cli(setup, tmp_path, capsys)
                          (["a", "--steps", "0"], "steps")):
         assert main(["generate", "sample", "--model", str(out / "model"), *bad, "--out", str(grid)]) == 2
         assert message in capsys.readouterr().err
+    strip = tmp_path / "i.png"
+    for extra in ([], ["--to", "a blue square"]):  # between two noises; between two prompts
+        assert main(["generate", "interpolate", "--model", str(out / "model"), "a red circle", *extra, "--frames", "4",
+                     "--steps", "3", "--scale", "1", "--out", str(strip)]) == 0
+        assert Image.open(strip).size == (4 * (16 + 2) + 2, 16 + 4)
     assert main(["eval", "generation", "--model", str(out / "model"), "--judge", str(root / "clip"),
                  "--dataset", str(data)]) == 2
     assert "the judge is the CLIP this generator is conditioned on" in capsys.readouterr().err

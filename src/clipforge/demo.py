@@ -108,6 +108,52 @@ def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 12
     return results
 
 
+def run_generation_demo(out: str | Path, minutes: float = 10.0, judge_epochs: int = 6, progress: bool = True,
+                        synth: SynthConfig | None = None) -> dict[str, Any]:
+    """``clipforge demo --generation``: a text-to-image DDPM over the demo's CLIP, judged by a
+    separate CLIP. Reuses the demo's data and CLIP when ``make demo`` made them (otherwise trains
+    them first); the judge is the demo's ViT variant with another seed."""
+    import dataclasses
+
+    from clipforge.captioning.evaluate import load_judge
+    from clipforge.engine.distributed import DistInfo, default_device
+    from clipforge.generation.config import GenerationTrainConfig
+    from clipforge.generation.evaluate import evaluate_generator
+    from clipforge.generation.sample import SampleOptions
+    from clipforge.generation.train import train_generator
+    from clipforge.training.trainer import train
+
+    out = Path(out)
+    synth = synth or SynthConfig()
+    data_dir = out / "data"
+    meta = data_dir / "meta.json"
+    if not (meta.is_file() and json.loads(meta.read_text()).get("config") == asdict(synth)):
+        log.info(f"[1/4] generating the synthetic dataset in {data_dir}")
+        write_dataset(data_dir, synth, progress=progress)
+    clip_dir = out / "run" / "model"
+    if not (clip_dir / "config.json").is_file():
+        log.info("[1/4] training the demo's CLIP first (make demo does the same)")
+        train(demo_config(data_dir, out / "run"), progress=progress)
+    judge_dir = out / "judge" / "model"
+    if not (judge_dir / "config.json").is_file():
+        log.info(f"[2/4] training the judge: the demo's ViT variant, seed 1, {judge_epochs} epochs")
+        d = dataclasses.asdict(demo_config(data_dir, out / "judge", judge_epochs, DEMO_MODELS["vit"]))
+        d.update(seed=1, eval_every_epochs=judge_epochs)
+        train(TrainConfig.from_dict(d), progress=progress)
+    log.info(f"[3/4] training a text-conditioned DDPM over the demo's CLIP for {minutes:g} minutes")
+    gen_dir = out / "generator"
+    cfg = GenerationTrainConfig.from_dict({"method": "ddpm", "clip": str(clip_dir), "data": str(data_dir / "train.csv"),
+                                           "out_dir": str(gen_dir), "epochs": 1000, "minutes": minutes,
+                                           "batch_size": 64, "lr": 5e-4, "tensorboard": False})
+    model = train_generator(cfg, progress=progress)
+    log.info("[4/4] judging it and writing the report")
+    judge = load_judge(judge_dir, default_device(DistInfo()))
+    metrics = evaluate_generator(model, data_dir, judge, SampleOptions(n=4, guidance=3.0), out_dir=out / "generation",
+                                 progress=progress)
+    metrics["report"] = str((out / "generation" / "report.html").resolve())
+    return metrics
+
+
 def demo_summary(results: dict[str, Any]) -> str:
     """The lines ``clipforge demo`` prints at the end."""
     zs_h, zs_s, ret = results["zeroshot_heldout"], results["zeroshot_seen"], results["retrieval_val"]

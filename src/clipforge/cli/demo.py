@@ -17,6 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the small modified ResNet (default) or a small ViT (64 px, 8 px patches)")
     p.add_argument("--caption-epochs", type=int, default=2,
                    help="epochs of the ClipCap captioner whose captions the report shows (0: none; default: 2)")
+    p.add_argument("--generation", action="store_true",
+                   help="instead: text-to-image over the demo's CLIP (reused when make demo made it): a DDPM "
+                        "trained for --generation-minutes, judged by a separate CLIP, with an HTML report")
+    p.add_argument("--generation-minutes", type=float, default=10.0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -27,6 +31,16 @@ def run(args: argparse.Namespace) -> int:
 
     synth = SynthConfig(seed=args.seed, n_train=args.train, n_val=args.val,
                         n_zeroshot_per_class=args.zeroshot_per_class)
+    if args.generation:
+        from clipforge.demo import run_generation_demo
+
+        m = run_generation_demo(args.out, args.generation_minutes, progress=not args.no_progress, synth=synth)
+        for split in ("seen", "heldout"):
+            print(f"{split}: CLIP-score {m[split]['clip_score']:.1f} (real {m['ceiling'][split]['clip_score']:.1f}), "
+                  f"R-precision {m[split]['r_precision']:.1%}, colour+shape read back "
+                  f"{m[split]['colour_and_shape_acc']:.1%} (real {m['ceiling'][split]['colour_and_shape_acc']:.1%})")
+        print(f"report: {m['report']}")
+        return 0
     results = run_demo(args.out, synth, epochs=args.epochs, progress=not args.no_progress,
                        model=DEMO_MODELS[args.image_tower], caption_epochs=args.caption_epochs)
     print()

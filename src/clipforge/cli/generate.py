@@ -47,6 +47,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default="samples.png", help="the grid PNG (default: samples.png)")
     s.set_defaults(func=run_sample)
 
+    i = gsub.add_parser("interpolate", help="a strip of images between two noises for a prompt, or between two "
+                        "prompts from one noise (DDIM, deterministic)")
+    i.add_argument("--model", required=True, help="a generator folder")
+    i.add_argument("prompt")
+    i.add_argument("--to", default=None, help="a second prompt: interpolate the embeddings instead of the noise")
+    i.add_argument("--frames", type=int, default=8)
+    _sampling(i)
+    i.add_argument("--out", default="interpolation.png")
+    i.set_defaults(func=run_interpolate)
+
     v = gsub.add_parser("variations", help="unclip: images decoded from the CLIP embedding of existing images")
     v.add_argument("--model", required=True, help="an unclip generator folder")
     v.add_argument("images", nargs="+", help="image files")
@@ -106,6 +116,25 @@ def run_sample(args: argparse.Namespace) -> int:
     grid = image_grid(out["images"].flatten(0, 1), columns=options.n, scale=args.scale)
     _save_png(grid, args.out)
     print(f"{len(args.prompts)} prompt(s) x {options.n} image(s): {args.out}")
+    return 0
+
+
+def run_interpolate(args: argparse.Namespace) -> int:
+    from clipforge.errors import ConfigError
+    from clipforge.generation.diffusion import to_uint8
+    from clipforge.generation.interpolate import interpolate
+    from clipforge.generation.sample import check_prompts
+    from clipforge.images.grid import image_grid
+
+    model = _load_generator(args.model, args.device)
+    if args.frames < 2:
+        raise ConfigError(f"--frames must be at least 2, got {args.frames}")
+    prompts = check_prompts(model, [args.prompt] + ([args.to] if args.to is not None else []))
+    o = _options(args)
+    images = interpolate(model, prompts[0], prompts[1] if args.to is not None else None, args.frames, o.steps,
+                         o.guidance, o.seed)
+    _save_png(image_grid(to_uint8(images).cpu(), columns=args.frames, scale=args.scale), args.out)
+    print(f"{args.frames} frames: {args.out}")
     return 0
 
 

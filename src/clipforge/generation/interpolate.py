@@ -1,0 +1,39 @@
+"""Interpolations with a deterministic (DDIM, eta = 0) sampler: between two starting noises for one
+prompt (the DDPM/DDIM papers' latent interpolation, spherical because x_T is Gaussian), or between
+two prompts' CLIP embeddings from one noise (unCLIP's text diffs; through the prior for unCLIP)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from clipforge.generation.diffusion import slerp
+
+
+def _decoder_and_condition(model: Any, prompt: str, generator: torch.Generator) -> tuple[Any, torch.Tensor]:
+    text = model.text_features([prompt])
+    if getattr(model, "arch", "") == "unclip":
+        return model.decoder, model.prior.sample(text, generator=generator)
+    return model, text
+
+
+@torch.no_grad()
+def interpolate(model: Any, prompt: str, to: str | None = None, frames: int = 8, steps: int = 50,
+                guidance: float = 3.0, seed: int = 0) -> torch.Tensor:
+    """``frames`` images [-1, 1]: from one noise to another for ``prompt``, or (``to`` given) from
+    ``prompt``'s embedding to ``to``'s with one noise."""
+    g = torch.Generator().manual_seed(seed)
+    decoder, a = _decoder_and_condition(model, prompt, g)
+    size, ch = decoder.config.image_size, decoder.config.unet.in_channels
+    n1, n2 = torch.randn((2, 1, ch, size, size), generator=g)
+    ws = torch.linspace(0, 1, frames).tolist()
+    if to is None:
+        noise = torch.cat([slerp(n1, n2, w) for w in ws])
+        cond = a.expand(frames, -1)
+    else:
+        _, b = _decoder_and_condition(model, to, g)
+        noise = n1.expand(frames, -1, -1, -1)
+        cond = torch.cat([F.normalize(slerp(a, b, w), dim=-1) for w in ws])
+    return decoder.sample(cond, steps=steps, guidance=guidance, noise=noise)
