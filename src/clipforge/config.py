@@ -183,3 +183,22 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a mapping of options at the top level")
     return d
+
+
+class TaskOptions:
+    """Mixin of a command's option dataclass (``caption train``, ``generate train``, ``ssl train``):
+    built from a mapping, loaded from a config file plus ``key=value`` overrides, saved as JSON."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return build_config(cls, d, "")
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: list[str]) -> Any:
+        return cls.from_dict(apply_overrides(read_config_file(path) if path else {}, overrides))
+
+    def save(self, path: str | Path) -> None:
+        import json
+        from dataclasses import asdict
+
+        Path(path).write_text(json.dumps(asdict(self), indent=2))  # type: ignore[call-overload]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
-from clipforge.config import apply_overrides, build_config, opt, read_config_file
+from clipforge.config import TaskOptions, opt
 from clipforge.engine.budget import MINUTES_HELP
 from clipforge.engine.loop import Precision, Schedule
 from clipforge.errors import ConfigError
@@ -32,7 +30,7 @@ class LMOptions:
 
 
 @dataclass
-class CaptionTrainConfig:
+class CaptionTrainConfig(TaskOptions):
     method: TrainMethod = opt("clipcap", "clipcap (MLP mapper, LM fine-tuned), clipcap-frozen (transformer mapper, "
                                          "LM frozen), capdec (text-only, noise), decap (text-only, memory "
                                          "projection), iterative (an LM on the captions, steered by CLIP)")
@@ -83,14 +81,5 @@ class CaptionTrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CaptionTrainConfig:
-        return build_config(cls, d, "")
 
-    @classmethod
-    def load(cls, path: str | None, overrides: list[str]) -> CaptionTrainConfig:
-        d = read_config_file(path) if path else {}
-        return cls.from_dict(apply_overrides(d, overrides))
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
-from clipforge.config import apply_overrides, build_config, opt, read_config_file
+from clipforge.config import TaskOptions, opt
 from clipforge.engine.budget import MINUTES_HELP
 from clipforge.engine.loop import Precision, Schedule
 from clipforge.errors import ConfigError
@@ -42,7 +40,7 @@ class PriorOptions:
 
 
 @dataclass
-class GenerationTrainConfig:
+class GenerationTrainConfig(TaskOptions):
     method: Method = opt("ddpm", "ddpm (a UNet conditioned on the caption's CLIP text embedding) or unclip (a "
                                  "decoder conditioned on the CLIP image embedding, and a prior mapping text "
                                  "embeddings to image embeddings)")
@@ -85,14 +83,5 @@ class GenerationTrainConfig:
         if not 0 < self.prior.epochs_share < 1:
             raise ConfigError(f"prior.epochs_share must be in (0, 1), got {self.prior.epochs_share}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GenerationTrainConfig:
-        return build_config(cls, d, "")
 
-    @classmethod
-    def load(cls, path: str | None, overrides: list[str]) -> GenerationTrainConfig:
-        d = read_config_file(path) if path else {}
-        return cls.from_dict(apply_overrides(d, overrides))
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal, get_args
 
-from clipforge.config import apply_overrides, build_config, opt, read_config_file
+from clipforge.config import TaskOptions, opt
 from clipforge.engine.budget import MINUTES_HELP
 from clipforge.engine.loop import Precision
 from clipforge.errors import ConfigError
@@ -31,7 +29,7 @@ class SSLAugment:
 
 
 @dataclass
-class SSLConfig:
+class SSLConfig(TaskOptions):
     method: Method = opt("simclr", "simclr, byol or simsiam")
     data: str = opt("synthetic", "unlabelled images: a folder (searched recursively), webdataset shards, or a "
                     "built-in name, which means its training split (digits = digits:train, 1,257 images; "
@@ -84,13 +82,5 @@ class SSLConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SSLConfig:
-        return build_config(cls, d, "")
 
-    @classmethod
-    def load(cls, path: str | Path | None, overrides: list[str]) -> SSLConfig:
-        return cls.from_dict(apply_overrides(read_config_file(path) if path else {}, overrides))
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
