@@ -62,9 +62,10 @@ def main() -> None:
 
     import clipforge
     from clipforge.captioning.config import CaptionTrainConfig
-    from clipforge.captioning.evaluate import evaluate_captioner, load_judge
+    from clipforge.captioning.evaluate import evaluate_captioner
     from clipforge.captioning.train import train_captioner
     from clipforge.demo import DEMO_MODELS
+    from clipforge.evaluation.judge import load_judge
     from clipforge.models.generation import GenerationConfig
     from common import machine, markdown_table
 

@@ -27,7 +27,7 @@ def main() -> None:
     import torch
 
     import clipforge
-    from clipforge.captioning.evaluate import load_judge
+    from clipforge.evaluation.judge import load_judge
     from clipforge.generation.config import GenerationTrainConfig
     from clipforge.generation.evaluate import evaluate_generator
     from clipforge.generation.sample import SampleOptions

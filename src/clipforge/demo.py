@@ -115,8 +115,8 @@ def run_generation_demo(out: str | Path, minutes: float = 10.0, judge_epochs: in
     them first); the judge is the demo's ViT variant with another seed."""
     import dataclasses
 
-    from clipforge.captioning.evaluate import load_judge
     from clipforge.engine.distributed import DistInfo, default_device
+    from clipforge.evaluation.judge import load_judge
     from clipforge.generation.config import GenerationTrainConfig
     from clipforge.generation.evaluate import evaluate_generator
     from clipforge.generation.sample import SampleOptions

@@ -99,12 +99,3 @@ def _scene_attributes(model: Any, config: GenerationConfig | None, per_split: in
         out[f"{name}/n_images"] = len(keep)
     return out
 
-
-def load_judge(path: str | Path, device: torch.device):
-    from clipforge.checkpoints import load
-
-    judge = load(path).to(device)
-    judge.source = str(path)
-    if judge.tokenizer is None:
-        raise ConfigError(f"--judge {path}: the judge CLIP has no tokenizer to embed captions with")
-    return judge

@@ -213,9 +213,10 @@ def run_zeroshot(args: argparse.Namespace) -> int:
 
 
 def run_captioning(args: argparse.Namespace) -> int:
-    from clipforge.captioning.evaluate import evaluate_captioner, load_judge
+    from clipforge.captioning.evaluate import evaluate_captioner
     from clipforge.checkpoints import load
     from clipforge.engine.distributed import DistInfo, default_device
+    from clipforge.evaluation.judge import load_judge
     from clipforge.models.generation import GenerationConfig
 
     _at_least(args.batch_size, 1, "--batch-size")
@@ -234,9 +235,9 @@ def run_captioning(args: argparse.Namespace) -> int:
 
 
 def run_generation(args: argparse.Namespace) -> int:
-    from clipforge.captioning.evaluate import load_judge
     from clipforge.cli.generate import _load_generator
     from clipforge.engine.distributed import DistInfo, default_device
+    from clipforge.evaluation.judge import load_judge
     from clipforge.generation.evaluate import evaluate_generator
     from clipforge.generation.sample import SampleOptions
 
