@@ -27,3 +27,16 @@ def test_demo_writes_report(tmp_path, capsys) -> None:
     # Re-running reuses the dataset.
     run_demo(tmp_path / "demo", synth, epochs=1, progress=False, command="test", caption_epochs=0)
     assert "reusing the synthetic dataset" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generation_demo_reuses_the_demo_and_writes_a_judged_report(tmp_path) -> None:
+    from clipforge.demo import run_generation_demo
+    from clipforge.generation.sample import SampleOptions
+
+    synth = SynthConfig(seed=0, image_size=64, n_train=256, n_val=32, n_zeroshot_per_class=1)
+    m = run_generation_demo(tmp_path / "demo", minutes=0.05, judge_epochs=1, progress=False, synth=synth,
+                            samples=SampleOptions(n=1, steps=2))
+    for folder in ("run/model", "judge/model", "generator/model", "generation/report.html"):
+        assert (tmp_path / "demo" / folder).exists(), folder
+    assert 0 <= m["heldout"]["colour_and_shape_acc"] <= 1 and m["report"].endswith("report.html")

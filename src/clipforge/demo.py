@@ -109,7 +109,7 @@ def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 12
 
 
 def run_generation_demo(out: str | Path, minutes: float = 10.0, judge_epochs: int = 6, progress: bool = True,
-                        synth: SynthConfig | None = None) -> dict[str, Any]:
+                        synth: SynthConfig | None = None, samples: Any = None) -> dict[str, Any]:
     """``clipforge demo --generation``: a text-to-image DDPM over the demo's CLIP, judged by a
     separate CLIP. Reuses the demo's data and CLIP when ``make demo`` made them (otherwise trains
     them first); the judge is the demo's ViT variant with another seed."""
@@ -148,8 +148,8 @@ def run_generation_demo(out: str | Path, minutes: float = 10.0, judge_epochs: in
     model = train_generator(cfg, progress=progress)
     log.info("[4/4] judging it and writing the report")
     judge = load_judge(judge_dir, default_device(DistInfo()))
-    metrics = evaluate_generator(model, data_dir, judge, SampleOptions(n=4, guidance=3.0), out_dir=out / "generation",
-                                 progress=progress)
+    metrics = evaluate_generator(model, data_dir, judge, samples or SampleOptions(n=4, guidance=3.0),
+                                 out_dir=out / "generation", progress=progress)
     metrics["report"] = str((out / "generation" / "report.html").resolve())
     return metrics
 
