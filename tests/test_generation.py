@@ -235,3 +235,18 @@ def test_unclip_trains_its_prior_and_decoder_and_makes_variations(setup, tmp_pat
     from PIL import Image
 
     assert Image.open(grid).size == (3 * (16 + 2) + 2, 2 * (16 + 2) + 2)
+
+
+def test_the_attribute_reader_cannot_see_hue_when_it_reads_shape() -> None:
+    """Held-out (colour, shape) pairs never appear in training: shape, size and position are read by
+    a trunk whose logits are averaged over every channel order, so recolouring cannot change them."""
+    from clipforge.evaluation.scene_attributes import AttributeClassifier, read_attributes
+
+    torch.manual_seed(0)
+    model = AttributeClassifier(width=8).eval()
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    a, b = model(x), model(x[:, [2, 0, 1]])
+    for k in ("shape", "size", "position"):
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a["colour"], b["colour"])  # colour does see it
+    assert set(read_attributes(model, x)) == {"colour", "shape", "size", "position"}

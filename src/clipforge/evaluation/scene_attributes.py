@@ -2,14 +2,18 @@
 
 A small CNN with four heads (colour, shape, size, position) is trained on *real* single-object
 scenes of the training split, at the generator's resolution, with the ground truth
-:func:`clipforge.data.synthetic.scene_objects` gives. Colour and shape have separate heads, so it
-reads held-out (colour, shape) combinations although no training image shows them; its accuracy on
-the real held-out zero-shot images is reported beside the generators' as the ceiling. It never
-sees a generated image in training, and no generator is trained with it.
+:func:`clipforge.data.synthetic.scene_objects` gives. Held-out (colour, shape) combinations never
+appear in training, so a network that reads shape from the same features as colour learns "a pink
+object is not a triangle". Shape, size and position are therefore read by a second trunk that
+cannot see hue: it is trained on images whose RGB channels are permuted at random, and at
+inference its logits are averaged over all six permutations, which makes it exactly invariant to
+them. Its accuracy on the real held-out zero-shot images is reported beside the generators' as the
+ceiling. It never sees a generated image in training, and no generator is trained with it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -25,24 +29,45 @@ log = logging.getLogger(__name__)
 HEADS = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES), "position": list(POSITIONS)}
 
 
+PERMUTATIONS = list(itertools.permutations(range(3)))
+VERSION = 2  # in cache file names: a classifier saved by another version is not read
+
+
+def _trunk(width: int) -> nn.Sequential:
+    """Four conv blocks (GroupNorm, SiLU, stride 2), pooled to a 3x3 grid (position needs where)."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for cout in (width, 2 * width, 2 * width, 4 * width):
+        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
+        cin = cout
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(3), nn.Flatten())
+
+
 class AttributeClassifier(nn.Module):
-    """Four conv blocks (GroupNorm, SiLU, stride 2), global average pool, one linear head per attribute."""
+    """A colour trunk and a hue-blind form trunk (shape, size, position); see the module docstring."""
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
-        layers, cin = [], 3
-        for cout in (width, 2 * width, 2 * width, 4 * width):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
-            cin = cout
-        self.features = nn.Sequential(*layers)
-        # Position needs where the object is: the pooled map keeps a coarse 3x3 grid.
-        self.pool = nn.AdaptiveAvgPool2d(3)
-        self.heads = nn.ModuleDict({k: nn.Linear(cin * 9, len(v)) for k, v in HEADS.items()})
+        self.colour_net, self.form_net = _trunk(width), _trunk(width)
+        self.heads = nn.ModuleDict({k: nn.Linear(4 * width * 9, len(v)) for k, v in HEADS.items()})
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits per attribute for images in [-1, 1]."""
-        h = self.pool(self.features(images)).flatten(1)
-        return {k: head(h) for k, head in self.heads.items()}
+        """Logits (log-probabilities for the form heads at inference) per attribute, images in [-1, 1]."""
+        out = {"colour": self.heads["colour"](self.colour_net(images))}
+        form = ("shape", "size", "position")
+        if self.training:  # each image with its channels in a random order
+            perm = torch.stack([torch.tensor(PERMUTATIONS[int(i)]) for i in torch.randint(6, (len(images),))])
+            shuffled = torch.gather(images, 1, perm[:, :, None, None].expand_as(images).to(images.device))
+            h = self.form_net(shuffled)
+            out.update({k: self.heads[k](h) for k in form})
+            return out
+        logps = {k: [] for k in form}
+        for p in PERMUTATIONS:
+            h = self.form_net(images[:, list(p)])
+            for k in form:
+                logps[k].append(torch.log_softmax(self.heads[k](h), dim=-1))
+        out.update({k: torch.stack(v).mean(0) for k, v in logps.items()})
+        return out
 
 
 def _labels(objs: list[SceneObject]) -> dict[str, int]:
@@ -78,8 +103,11 @@ def train_attribute_classifier(data_dir: Path, size: int, epochs: int = 8, seed:
 
     model = AttributeClassifier()
     if cache is not None and cache.is_file():
-        model.load_state_dict(load_file(str(cache)))
-        return model.eval()
+        try:
+            model.load_state_dict(load_file(str(cache)))
+            return model.eval()
+        except (RuntimeError, OSError) as e:  # another version's or a damaged file: train again
+            log.warning(f"{cache}: not this classifier's weights ({str(e).splitlines()[0][:80]}); training it again")
     images, labels = single_object_images(data_dir, "train", size)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

@@ -31,6 +31,9 @@ from clipforge.evaluation.scene_attributes import (
     single_object_images,
     train_attribute_classifier,
 )
+from clipforge.evaluation.scene_attributes import (
+    VERSION as CLASSIFIER_VERSION,
+)
 from clipforge.generation.sample import SampleOptions, sample_prompts
 
 log = logging.getLogger(__name__)
@@ -89,7 +92,8 @@ def evaluate_generator(model: Any, data_dir: str | Path, judge: Any, options: Sa
     all_texts = embed_texts(judge, texts + val_captions)
     gen_feats = embed_pixels(judge, flat)
     prompt_idx = torch.arange(len(texts)).repeat_interleave(n)
-    cache = Path(classifier_cache) if classifier_cache else data_dir / f".attribute_classifier_{size}px.safetensors"
+    cache = Path(classifier_cache) if classifier_cache else \
+        data_dir / f".attribute_classifier_v{CLASSIFIER_VERSION}_{size}px.safetensors"
     classifier = train_attribute_classifier(data_dir, size, cache=cache)
     predicted = read_attributes(classifier, flat.float() / 127.5 - 1)
     targets = {k: torch.tensor([p["target"][k] for p in prompts]).repeat_interleave(n) for k in HEADS}
