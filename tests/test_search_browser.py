@@ -113,6 +113,8 @@ def test_search_page_in_headless_chromium(server, tmp_path) -> None:
         page.fill("#k", "500")
         page.press("#q", "Enter")
         page.wait_for_function("document.getElementById('notice').textContent.includes('limited to 200')")
+        # The notice can come before the list is drawn again (a loaded machine): wait for the list.
+        page.wait_for_function("document.querySelectorAll('#results .hit').length === 12")
         assert page.input_value("#k") == "200" and len(_ids(page)) == 12
         # A failed upload: an error, no half-shown query image, no stale results.
         (tmp_path / "notes.png").write_bytes(b"these are notes, not an image")
