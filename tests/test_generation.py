@@ -30,6 +30,31 @@ def test_schedule_and_updates_match_diffusers(kind: str) -> None:
         torch.testing.assert_close(s.ddim_step(eps, t, x, steps=50), ref[f"{kind}/ddim/{t}"], rtol=1e-5, atol=1e-6)
 
 
+def test_v_prediction_matches_diffusers() -> None:
+    """The output read as v (Salimans & Ho): diffusers' velocity target and both updates."""
+    ref = load_file(str(FIXTURE / "values.safetensors"))
+    s = NoiseSchedule(ScheduleConfig(prediction="v"))
+    x, out = ref["x"], ref["eps"]
+    torch.testing.assert_close(s.target(x, out, torch.tensor([999, 500])), ref["v/velocity"], rtol=1e-5, atol=1e-6)
+    for t in (999, 500, 0):
+        got = s.ddpm_step(out, t, x, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(got, ref[f"v/ddpm/{t}"], rtol=1e-5, atol=1e-6)
+    for t in (980, 500, 0):
+        torch.testing.assert_close(s.ddim_step(out, t, x, steps=50), ref[f"v/ddim/{t}"], rtol=1e-5, atol=1e-6)
+
+
+def test_min_snr_weights() -> None:
+    """min(SNR, gamma) / SNR for eps, / (SNR + 1) for v (Hang et al. 2023, eq. 9-10); 1 when off."""
+    t = torch.tensor([0, 100, 500, 999])
+    for prediction in ("epsilon", "v"):
+        s = NoiseSchedule(ScheduleConfig(prediction=prediction))
+        abar = s.alphas_cumprod[t].double()
+        snr = abar / (1 - abar)
+        want = [min(float(r), 5.0) / (float(r) + (prediction == "v")) for r in snr]
+        torch.testing.assert_close(s.loss_weight(t, 5.0).double(), torch.tensor(want, dtype=torch.float64))
+        assert torch.equal(s.loss_weight(t, 0.0), torch.ones(4))
+
+
 # --- the denoiser, diffusers' layout -----------------------------------------------------------------
 
 def _tiny_diffusion(condition: str = "text", clip_dim: int = 8, **kw):
@@ -55,14 +80,14 @@ def test_the_unet_is_diffusers_unet2dmodel_and_exports_to_a_diffusers_folder(tmp
     g = torch.Generator().manual_seed(0)
     x, t, cond = torch.randn(3, 3, 8, 8, generator=g), torch.tensor([0, 10, 49]), torch.randn(3, 8, generator=g)
     with torch.no_grad():
-        ours = model.eps(x, t, cond)
+        ours = model.predict(x, t, cond)
         proj = model.cond_proj(torch.nn.functional.normalize(cond, dim=-1))
         theirs = unet(x, t, class_labels=proj).sample
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     back = load_diffusers(tmp_path / "d")
     assert back.config == model.config
     with torch.no_grad():
-        torch.testing.assert_close(back.eps(x, t, cond), ours)
+        torch.testing.assert_close(back.predict(x, t, cond), ours)
 
 
 def test_guidance_doubles_the_batch_not_the_calls() -> None:

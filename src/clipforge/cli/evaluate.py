@@ -31,7 +31,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--image-column", default="image")
     z.add_argument("--label-column", default="label")
     z.add_argument("--confusion", default=None, help="write the confusion matrix to this PNG")
+    z.add_argument("--ablate-prompts", action="store_true", help="the CLIP paper's prompt ablation: the bare class "
+                   "name, one template and the ensemble, and each template alone (JSON, plot and Markdown in --out)")
+    z.add_argument("--one-template", default=None, help="--ablate-prompts: the single template (default: the set's "
+                   "first)")
     z.set_defaults(func=run_zeroshot)
+
+    from clipforge.cli.analysis import add_typographic
+
+    add_typographic(esub, common, data_help)
 
     r = esub.add_parser("retrieval", help="image-text retrieval recall@k")
     common(r, "CSV of image,caption pairs (an image may have several rows), a captioned folder, or synthetic")
@@ -200,6 +208,14 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     ds = load_classification(args.dataset, args.split, args.image_column, args.label_column, classes)
     warn_missing(ds)
     templates = per_class or _templates(args.templates, args.dataset)
+    if args.ablate_prompts:
+        from clipforge.cli.analysis import run_prompt_ablation
+
+        if per_class is not None:
+            from clipforge.errors import ClipforgeError
+
+            raise ClipforgeError("--ablate-prompts needs class names and templates, not per-class prompts (--classes)")
+        return run_prompt_ablation(args, model, ds, templates)
     metrics, logits, targets, skipped = zero_shot_task(model, ds, templates, args.batch_size,
                                                        use_cache=not args.no_cache, progress=True)
     warn_skipped(skipped, ds.name)
@@ -351,6 +367,13 @@ def run_overlap(args: argparse.Namespace) -> int:
                   (" (try --features pixels)" if args.features == "model" else ""))
     metrics = overlap_report(xte, xtr, correct, threshold)
     pairs = metrics.pop("pairs")
+    if "acc1_overlap_minus_clean" in metrics:
+        m = metrics
+        print(f"overlapping images are right {100 * m['acc1_overlap_minus_clean']:+.1f} points more often than clean "
+              f"ones ({100 * m['ci_confidence']:g}% CI {100 * m['overlap_minus_clean_ci_low']:+.1f} to "
+              f"{100 * m['overlap_minus_clean_ci_high']:+.1f}; one-sided binomial p = "
+              f"{m['p_value_overlap_higher']:.3g}); "
+              f"all minus clean: {100 * m['acc1_all_minus_clean']:+.2f} points")
     _save(args, "overlap", test.name, metrics, {"threshold": threshold, **settings, "flagged_pairs": pairs[:1000]})
     return 0
 

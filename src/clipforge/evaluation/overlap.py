@@ -46,7 +46,26 @@ def overlap_report(test_features: torch.Tensor, train_features: torch.Tensor, co
         "acc1_overlap": float(correct[flagged].float().mean()) if flagged.any() else None,
         "pairs": [(int(i), int(j), float(s)) for i, (j, s) in enumerate(zip(idx, sims)) if s >= threshold],
     }
+    if out["acc1_clean"] is not None and out["acc1_overlap"] is not None:
+        out.update(overlap_effect(int(correct[flagged].sum()), int(flagged.sum()), out["acc1_clean"]))
+    if out["acc1_clean"] is not None:
+        out["acc1_all_minus_clean"] = out["acc1_all"] - out["acc1_clean"]
     return out
+
+
+def overlap_effect(k: int, n: int, clean_accuracy: float, confidence: float = 0.995) -> dict[str, float]:
+    """The CLIP paper's test of the overlap (section 5, Figure 17): ``k`` of the ``n`` overlapping
+    images are right; the overlap's accuracy minus the clean accuracy with a Clopper-Pearson interval
+    (the clean accuracy, from the much larger subset, taken as exact) and the one-sided binomial
+    test's p-value that the overlap is right more often than clean images are."""
+    from scipy.stats import binomtest
+
+    test = binomtest(k, n, p=min(max(clean_accuracy, 1e-12), 1 - 1e-12), alternative="greater")
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")  # two-sided
+    return {"acc1_overlap_minus_clean": k / n - clean_accuracy,
+            "overlap_minus_clean_ci_low": ci.low - clean_accuracy,
+            "overlap_minus_clean_ci_high": ci.high - clean_accuracy,
+            "ci_confidence": confidence, "p_value_overlap_higher": float(test.pvalue)}
 
 
 def pixel_signatures(images: list[str], size: int = 16) -> torch.Tensor:

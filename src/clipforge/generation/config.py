@@ -29,6 +29,11 @@ class ScheduleOptions:
                                                       "Dhariwal)")
     beta_start: float = opt(1e-4, "linear schedule: first beta")
     beta_end: float = opt(0.02, "linear schedule: last beta")
+    prediction: Literal["epsilon", "v"] = opt("v", "what the UNet predicts: v (Salimans & Ho's velocity; its early "
+                                                   "x0 guesses stay images on short budgets) or epsilon (the "
+                                                   "noise, as in DDPM)")
+    snr_gamma: float = opt(5.0, "min-SNR-gamma loss weighting (Hang et al. 2023, their gamma = 5); 0: off (the plain "
+                                "MSE, DDPM's L_simple)")
 
 
 @dataclass
@@ -80,6 +85,8 @@ class GenerationTrainConfig(TaskOptions):
             raise ConfigError(f"minutes must be positive, got {self.minutes}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
+        if self.schedule.snr_gamma < 0:
+            raise ConfigError(f"schedule.snr_gamma must be at least 0, got {self.schedule.snr_gamma}")
         if not 0 < self.prior.epochs_share < 1:
             raise ConfigError(f"prior.epochs_share must be in (0, 1), got {self.prior.epochs_share}")
 

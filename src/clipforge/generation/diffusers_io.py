@@ -11,7 +11,7 @@ embedding into the timestep embedding and which CLIP it reads, goes to
     scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
     class_labels = condition @ W.T + b   # W, b from clipforge_condition.safetensors ("weight", "bias");
                                          # condition: the unit CLIP embedding (zeros: unconditional)
-    eps = unet(x, t, class_labels=class_labels).sample
+    out = unet(x, t, class_labels=class_labels).sample   # eps, or v (the scheduler's prediction_type)
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def load_diffusers(folder: str | Path) -> CLIPDiffusion:
         schedule=ScheduleConfig(timesteps=sched.get("num_train_timesteps", 1000),
                                 beta_start=sched.get("beta_start", 1e-4), beta_end=sched.get("beta_end", 0.02),
                                 kind="cosine" if sched.get("beta_schedule") == "squaredcos_cap_v2" else "linear",
-                                clip_sample=sched.get("clip_sample", True)),
+                                clip_sample=sched.get("clip_sample", True),
+                                prediction=_prediction(sched, folder)),
         **{"image_size": unet.get("sample_size", 2 ** n * 4), **extra})
     model = CLIPDiffusion(config)
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
@@ -80,6 +81,13 @@ def load_diffusers(folder: str | Path) -> CLIPDiffusion:
         cond = folder / "clipforge_condition.safetensors"
         load_strict(model.cond_proj, read_state_dict(cond), str(cond))
     return model
+
+
+def _prediction(sched: dict[str, Any], folder: Path) -> str:
+    kind = sched.get("prediction_type", "epsilon")
+    if kind not in ("epsilon", "v_prediction"):
+        raise CheckpointError(f"{folder}/scheduler: prediction_type={kind!r}; clipforge reads epsilon or v_prediction")
+    return "epsilon" if kind == "epsilon" else "v"
 
 
 def _check(unet: dict[str, Any], folder: Path) -> None:

@@ -71,9 +71,10 @@ class CLIPDiffusion(ClipLinked):
         self.cond_proj = nn.Linear(config.clip_dim, config.unet.time_dim) if config.condition != "none" else None
         self.schedule = NoiseSchedule(config.schedule)
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
+    def predict(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
             keep: torch.Tensor | None = None) -> torch.Tensor:
-        """The predicted noise; ``keep`` [B] (bool) zeroes the condition of the rows it leaves out."""
+        """The network's output: the predicted noise (or v, per ``schedule.prediction``); ``keep`` [B]
+        (bool) zeroes the condition of the rows it leaves out."""
         emb = None
         if cond is not None and self.cond_proj is not None:
             emb = self.cond_proj(F.normalize(cond.float(), dim=-1).to(x.dtype))
@@ -82,16 +83,20 @@ class CLIPDiffusion(ClipLinked):
         return self.unet(x, t, emb)
 
     def loss(self, x0: torch.Tensor, cond: torch.Tensor | None, draws: dict[str, torch.Tensor] | None = None,
-             reduction: str = "mean") -> torch.Tensor:
-        """L_simple on images ``x0`` in [-1, 1]: a random t, noise and condition drop per image, or
-        those of ``draws`` (``t``, ``noise``, ``u`` uniform in [0, 1); see :func:`training_draws`)."""
+             reduction: str = "mean", snr_gamma: float = 0.0) -> torch.Tensor:
+        """L_simple on images ``x0`` in [-1, 1] (the MSE to the noise, or to v under
+        ``schedule.prediction="v"``): a random t, noise and condition drop per image, or those of
+        ``draws`` (``t``, ``noise``, ``u`` uniform in [0, 1); see :func:`training_draws`).
+        ``snr_gamma`` > 0 weights each sample by min-SNR-gamma (see :mod:`~clipforge.generation.schedule`)."""
         draws = draws or training_draws(len(x0), x0.shape[1:], self.schedule.timesteps, device=x0.device)
         t, noise = draws["t"], draws["noise"].to(x0.dtype)
         keep = None
         if cond is not None and self.config.cond_drop > 0:
             keep = draws["u"] >= self.config.cond_drop
-        pred = self.eps(self.schedule.add_noise(x0, noise, t), t, cond, keep)
-        per = F.mse_loss(pred.float(), noise.float(), reduction="none").flatten(1).mean(1)
+        pred = self.predict(self.schedule.add_noise(x0, noise, t), t, cond, keep)
+        target = self.schedule.target(x0, noise, t)
+        per = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)
+        per = per * self.schedule.loss_weight(t, snr_gamma)
         return per.mean() if reduction == "mean" else per.sum()
 
     @torch.no_grad()
@@ -121,15 +126,15 @@ class CLIPDiffusion(ClipLinked):
                 if guided:  # conditional and unconditional halves in one forward
                     keep = torch.cat([torch.ones(count, dtype=torch.bool, device=device),
                                       torch.zeros(count, dtype=torch.bool, device=device)])
-                    both = self.eps(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, cond]), keep)
-                    e_cond, e_unc = both.chunk(2)
-                    eps = e_unc + guidance * (e_cond - e_unc)
+                    both = self.predict(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, cond]), keep)
+                    o_cond, o_unc = both.chunk(2)
+                    out = o_unc + guidance * (o_cond - o_unc)  # linear, so the same for eps and for v
                 else:
-                    eps = self.eps(x, tt, cond)
+                    out = self.predict(x, tt, cond)
                 if sampler == "ddpm":
-                    x = self.schedule.ddpm_step(eps, t, x, generator=_cpu_draws(generator, x))
+                    x = self.schedule.ddpm_step(out, t, x, generator=_cpu_draws(generator, x))
                 else:
-                    x = self.schedule.ddim_step(eps, t, x, steps, eta=eta, generator=_cpu_draws(generator, x))
+                    x = self.schedule.ddim_step(out, t, x, steps, eta=eta, generator=_cpu_draws(generator, x))
                 bar.advance()
         return x.clamp(-1, 1)
 

@@ -16,6 +16,14 @@ Reverse updates from a noise prediction eps:
   deterministic. Its timesteps are T/n apart, "leading" (0, T/n, 2T/n, ...), and the step after the
   last goes to abar = 1.
 
+The network predicts the noise eps (``prediction="epsilon"``, Ho et al.) or the velocity
+v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (``prediction="v"``, Salimans & Ho 2022, section 4), from
+which x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v and eps = sqrt(abar_t) v + sqrt(1 - abar_t) x_t. Why v:
+at large t, x0 from an eps prediction divides its error by sqrt(abar_t) (about 0.02 at t = 900), so
+an undertrained eps model's early x0 guesses are noise that the later steps keep as texture; v's x0
+carries no such factor. Min-SNR-gamma (Hang et al. 2023) weights each timestep's loss by
+min(SNR_t, gamma) / SNR_t (eps) or / (SNR_t + 1) (v), SNR_t = abar_t / (1 - abar_t).
+
 These are the numbers of diffusers' ``DDPMScheduler`` and ``DDIMScheduler`` with their defaults
 (float32 betas and cumulative products, ``clip_sample``, ``fixed_small``, ``leading`` spacing,
 ``set_alpha_to_one``): ``tests/test_generation.py`` checks them against values recorded from
@@ -41,10 +49,13 @@ class ScheduleConfig:
     beta_end: float = 0.02
     kind: Literal["linear", "cosine"] = "linear"
     clip_sample: bool = True  # clip the predicted x0 to [-1, 1] (images live there)
+    prediction: Literal["epsilon", "v"] = "epsilon"  # what the network predicts (diffusers' prediction_type)
 
     def __post_init__(self) -> None:
         if self.timesteps < 2:
             raise ConfigError(f"schedule.timesteps must be at least 2, got {self.timesteps}")
+        if self.prediction not in ("epsilon", "v"):
+            raise ConfigError(f"schedule.prediction must be epsilon or v, got {self.prediction!r}")
         if self.kind == "linear" and not 0 < self.beta_start < self.beta_end < 1:
             raise ConfigError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
 
@@ -55,7 +66,9 @@ class ScheduleConfig:
         """The same schedule as diffusers' scheduler config (``scheduler_config.json``)."""
         return {"num_train_timesteps": self.timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end,
                 "beta_schedule": "linear" if self.kind == "linear" else "squaredcos_cap_v2",
-                "clip_sample": self.clip_sample, "prediction_type": "epsilon", "variance_type": "fixed_small",
+                "clip_sample": self.clip_sample,
+                "prediction_type": "epsilon" if self.prediction == "epsilon" else "v_prediction",
+                "variance_type": "fixed_small",
                 "timestep_spacing": "leading", "steps_offset": 0, "set_alpha_to_one": True}
 
 
@@ -90,25 +103,51 @@ class NoiseSchedule:
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t ~ q(x_t | x_0) for a batch of timesteps ``t`` [B]."""
-        abar = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
-        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        a, b = self._coef(t, x0)
+        return a * x0 + b * noise
+
+    def _coef(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        abar = self.alphas_cumprod.to(like.device)[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+        return abar.sqrt(), (1 - abar).sqrt()
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network learns to output for x_t made from ``x0`` and ``noise``: eps, or v."""
+        if self.config.prediction == "epsilon":
+            return noise
+        a, b = self._coef(t, x0)
+        return a * noise - b * x0
+
+    def loss_weight(self, t: torch.Tensor, snr_gamma: float) -> torch.Tensor:
+        """Per-sample weights [B] of the training loss: 1, or min-SNR-gamma's when ``snr_gamma`` > 0."""
+        if snr_gamma <= 0:
+            return torch.ones(t.shape, device=t.device)
+        abar = self.alphas_cumprod.to(t.device)[t]
+        snr = abar / (1 - abar)
+        return snr.clamp(max=snr_gamma) / (snr if self.config.prediction == "epsilon" else snr + 1)
+
+    def split(self, out: torch.Tensor, t: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) from the network's output at timestep ``t``; x0 clipped when ``clip_sample``
+        (eps is not re-derived from the clipped x0, as in diffusers)."""
+        abar = self._abar(t)
+        if self.config.prediction == "epsilon":
+            eps = out
+            x0 = (x - (1 - abar) ** 0.5 * eps) / abar ** 0.5
+        else:
+            x0 = abar ** 0.5 * x - (1 - abar) ** 0.5 * out
+            eps = abar ** 0.5 * out + (1 - abar) ** 0.5 * x
+        return (x0.clamp(-1, 1) if self.config.clip_sample else x0), eps
 
     def posterior_variance(self, t: int) -> torch.Tensor:
         """The DDPM step's noise variance ("fixed small"): (1 - abar_prev) / (1 - abar_t) * beta_t."""
         abar_t, abar_prev = self._abar(t), self._abar(t - 1)
         return torch.clamp((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev), min=1e-20)
 
-    def predict_x0(self, eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
-        abar = self._abar(t)
-        x0 = (x - (1 - abar) ** 0.5 * eps) / abar ** 0.5
-        return x0.clamp(-1, 1) if self.config.clip_sample else x0
-
-    def ddpm_step(self, eps: torch.Tensor, t: int, x: torch.Tensor,
+    def ddpm_step(self, out: torch.Tensor, t: int, x: torch.Tensor,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-        """x_{t-1} from x_t and the predicted noise (ancestral sampling)."""
+        """x_{t-1} from x_t and the network's output ``out`` (ancestral sampling)."""
         abar_t, abar_prev = self._abar(t), self._abar(t - 1)
         alpha_t = abar_t / abar_prev
-        x0 = self.predict_x0(eps, t, x)
+        x0, _ = self.split(out, t, x)
         coef_x0 = abar_prev ** 0.5 * (1 - alpha_t) / (1 - abar_t)
         coef_xt = alpha_t ** 0.5 * (1 - abar_prev) / (1 - abar_t)
         mean = coef_x0 * x0 + coef_xt * x
@@ -124,12 +163,12 @@ class NoiseSchedule:
         ratio = self.timesteps // steps
         return [i * ratio for i in range(steps)][::-1]
 
-    def ddim_step(self, eps: torch.Tensor, t: int, x: torch.Tensor, steps: int, eta: float = 0.0,
+    def ddim_step(self, out: torch.Tensor, t: int, x: torch.Tensor, steps: int, eta: float = 0.0,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-        """x at the previous of ``steps`` DDIM timesteps, from x_t and the predicted noise."""
+        """x at the previous of ``steps`` DDIM timesteps, from x_t and the network's output ``out``."""
         prev = t - self.timesteps // steps
         abar_t, abar_prev = self._abar(t), self._abar(prev)
-        x0 = self.predict_x0(eps, t, x)
+        x0, eps = self.split(out, t, x)
         variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
         sigma = eta * variance ** 0.5
         out = abar_prev ** 0.5 * x0 + (1 - abar_prev - sigma ** 2) ** 0.5 * eps

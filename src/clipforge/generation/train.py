@@ -102,7 +102,7 @@ class DiffusionTask(_EmbeddingBatches):
         draws = training_draws(len(x0), x0.shape[1:], self.model.schedule.timesteps,
                                self.seeds(batch, ctx.step), self.device)
         with ctx.autocast():
-            loss = self.model.loss(x0, batch.get("cond"), draws)
+            loss = self.model.loss(x0, batch.get("cond"), draws, snr_gamma=self.cfg.schedule.snr_gamma)
         return {"loss": loss}
 
 
@@ -176,7 +176,8 @@ def train_generator(cfg: GenerationTrainConfig, resume: str | None = None,
                       attention_levels=tuple(cfg.unet.attention_levels), norm_groups=cfg.unet.norm_groups,
                       head_dim=cfg.unet.head_dim)
     schedule = ScheduleConfig(timesteps=cfg.schedule.timesteps, kind=cfg.schedule.kind,
-                              beta_start=cfg.schedule.beta_start, beta_end=cfg.schedule.beta_end)
+                              beta_start=cfg.schedule.beta_start, beta_end=cfg.schedule.beta_end,
+                              prediction=cfg.schedule.prediction)
     link = {"clip_path": str(Path(cfg.clip).resolve()), "clip_fingerprint": model_fingerprint(clip)}
     dim = text_emb.shape[1]
     rows = {"images": images, "row": torch.arange(len(pairs))}

@@ -55,6 +55,10 @@ def pil_tag(img: Image.Image, alt: str = "", css: str = "") -> str:
             f'src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">')
 
 
+class Raw(str):
+    """A table cell that is already HTML (an image tag): written as it is, not escaped."""
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join(
@@ -64,6 +68,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _cell(c: object) -> str:
+    if isinstance(c, Raw):
+        return f"<td>{c}</td>"
     if isinstance(c, float):
         return f'<td class="num">{c:.3f}</td>'
     if isinstance(c, int):

@@ -1,0 +1,105 @@
+"""``clipforge eval zeroshot --ablate-prompts`` and ``clipforge eval typographic``: thin wrappers over
+:mod:`clipforge.analysis`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+
+def add_typographic(esub: argparse._SubParsersAction, common: Callable, data_help: str) -> None:
+    t = esub.add_parser("typographic", help="typographic attack: a wrong class name written on each image; accuracy "
+                        "drop and attack success against a nonsense-word control")
+    common(t, data_help)
+    t.add_argument("--split", default="test", help="split of a built-in dataset (default: test)")
+    t.add_argument("--classes", default=None, help="class names: 'a,b,c' or a .txt/.json/.csv file")
+    t.add_argument("--templates", default=None, help="template set, file or one template (default: the dataset's)")
+    t.add_argument("--image-column", default="image")
+    t.add_argument("--label-column", default="label")
+    t.add_argument("--font", default="DejaVuSans-Bold", help="a .ttf/.otf file or a font name under the system's "
+                   "font folders (default: DejaVuSans-Bold; Pillow's own font when not found)")
+    t.add_argument("--text-size", type=float, default=0.22, help="text height as a fraction of the image side")
+    t.add_argument("--position", choices=("centre", "top", "bottom", "random"), default="centre")
+    t.add_argument("--opacity", type=float, default=1.0, help="0 (invisible) to 1")
+    t.add_argument("--colour", default="white", help="text colour (outlined in black)")
+    t.add_argument("--limit", type=int, default=None, help="attack at most this many images")
+    t.add_argument("--seed", type=int, default=0, help="which wrong class each image gets")
+    t.set_defaults(func=run_typographic)
+
+
+def model_label(path: str) -> str:
+    """A short name for titles and file names: ``runs/mine/model`` -> ``mine``."""
+    p = Path(path)
+    return p.parent.name if p.name == "model" and p.parent.name else p.name
+
+
+def dataset_label(name: str) -> str:
+    """``/data/scenes`` -> ``scenes``; ``synthetic/test`` -> ``synthetic_test``."""
+    p = Path(name)
+    return p.name if p.exists() else name.replace("/", "_")
+
+
+def run_prompt_ablation(args: argparse.Namespace, model, ds, templates: list[str]) -> int:
+    import torch
+
+    from clipforge.analysis.prompts import ablation_markdown, ablation_plot, ablation_summary, prompt_ablation
+    from clipforge.cli.evaluate import _save
+    from clipforge.evaluation.cache import image_features
+    from clipforge.evaluation.probe_data import warn_skipped
+    from clipforge.evaluation.tasks import _require_images, _require_readable
+    from clipforge.io import atomic_write_text
+
+    _require_images(ds.name, len(ds.images))
+    feats, idx, skipped = image_features(model, ds.images, args.batch_size, use_cache=not args.no_cache,
+                                         progress=True, label="embed images")
+    _require_readable(ds.name, len(ds.images), len(idx), skipped)
+    warn_skipped(skipped, ds.name)
+    targets = torch.tensor(ds.labels, dtype=torch.long)[idx]
+    result = prompt_ablation(model, feats, targets, ds.classes, templates, one=args.one_template)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"prompt_ablation__{model_label(args.model)}__{dataset_label(ds.name)}"
+    ablation_plot(result, out / f"{stem}.png", f"{model_label(args.model)} on {ds.name}")
+    atomic_write_text(ablation_markdown(result, ds.name, args.model), out / f"{stem}.md")
+    print(ablation_markdown(result, ds.name, args.model).split("\n\n| template alone")[0])
+    _save(args, "prompt_ablation", ds.name, ablation_summary(result),
+          {"one_template": result["one"], "templates": templates, "single": result["single"],
+           "rows": {k: result[k] for k in ("bare", "one_template", "ensemble")}, "n_images": len(targets)})
+    print(f"plot and summary: {out / stem}.png, .md")
+    return 0
+
+
+def run_typographic(args: argparse.Namespace) -> int:
+    from clipforge.analysis.typographic import TextStyle, attack_report, typographic_attack
+    from clipforge.cli.evaluate import _at_least, _load, _save, _templates, _text_needed
+    from clipforge.data.datasets import load_classification
+    from clipforge.evaluation.probe_data import warn_missing
+    from clipforge.evaluation.templates import load_classnames
+
+    _text_needed(args.model)
+    _at_least(args.batch_size, 1, "--batch-size")
+    if args.limit is not None:
+        _at_least(args.limit, 1, "--limit")
+    style = TextStyle(font=args.font, size=args.text_size, position=args.position, opacity=args.opacity,
+                      colour=args.colour)
+    model = _load(args.model, args.device)
+    classes, per_class = load_classnames(args.classes) if args.classes else (None, None)
+    ds = load_classification(args.dataset, args.split, args.image_column, args.label_column, classes)
+    warn_missing(ds)
+    templates = per_class or _templates(args.templates, args.dataset)
+    n = min(len(ds.images), args.limit or len(ds.images))
+    result = typographic_attack(model, ds.images[:n], ds.labels[:n], ds.classes, templates, style, seed=args.seed,
+                                batch_size=args.batch_size, progress=True)
+    if result["skipped"]:
+        print(f"warning: {len(result['skipped'])} unreadable image(s) left out, e.g. {result['skipped'][0]}")
+    out = Path(args.out) / f"typographic__{model_label(args.model)}__{dataset_label(ds.name)}"
+    files = attack_report(result, out, f"{model_label(args.model)} on {ds.name}")
+    m = result["metrics"]
+    print(f"acc1 {m['acc1_clean']:.1%} without text, {m['acc1_control']:.1%} with a nonsense word, "
+          f"{m['acc1_attacked']:.1%} with a wrong class name; the prediction became the written class for "
+          f"{m['attack_success']:.1%} (nonsense word: {m['control_success']:.1%})")
+    _save(args, "typographic_attack", ds.name, m, {"style": style.to_dict(), "seed": args.seed,
+                                                   "n_skipped": len(result["skipped"])})
+    print(f"report: {files['html']} (attacked examples in {out / 'attacked'})")
+    return 0

@@ -1,0 +1,167 @@
+"""The CLIP paper's analyses: prompt ablation, typographic attacks, the overlap effect's statistics."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import clipforge
+from clipforge.analysis.prompts import prompt_ablation
+from clipforge.analysis.typographic import (
+    TextStyle,
+    attack_metrics,
+    attack_plan,
+    nonsense_word,
+    render_text,
+    typographic_attack,
+)
+from clipforge.cli.main import main
+from clipforge.errors import ConfigError
+from clipforge.evaluation.overlap import overlap_effect
+from clipforge.evaluation.zero_shot import classification_metrics, zero_shot_logits
+
+# --- typographic attacks -----------------------------------------------------------------------
+
+
+def _grey(size: int = 64) -> Image.Image:
+    return Image.new("RGB", (size, size), (100, 120, 140))
+
+
+def test_render_text_draws_where_asked_and_opacity_zero_draws_nothing() -> None:
+    img = _grey()
+    changed = lambda out: np.abs(np.asarray(out, dtype=int) - np.asarray(img, dtype=int)).sum(-1) > 0  # noqa: E731
+    assert not changed(render_text(img, "dog", TextStyle(opacity=0.0))).any()
+    for position, rows in (("top", slice(0, 24)), ("bottom", slice(40, 64)), ("centre", slice(18, 46))):
+        mask = changed(render_text(img, "dog", TextStyle(position=position)))
+        assert mask.sum() > 50, position
+        inside = mask[rows].sum()
+        assert inside / mask.sum() > 0.95, (position, inside, mask.sum())
+    # Half opacity moves pixels half way (the fill is white, the outline black).
+    full = np.asarray(render_text(img, "dog", TextStyle(outline="")), dtype=float)
+    half = np.asarray(render_text(img, "dog", TextStyle(outline="", opacity=0.5)), dtype=float)
+    base = np.asarray(img, dtype=float)
+    m = changed(Image.fromarray(full.astype(np.uint8)))
+    np.testing.assert_allclose((half - base)[m], 0.5 * (full - base)[m], atol=1.5)
+
+
+def test_render_text_shrinks_a_long_name_to_fit_and_falls_back_to_pillows_font() -> None:
+    img = _grey(48)
+    out = render_text(img, "a very long class name indeed", TextStyle(size=0.5))
+    diff = np.abs(np.asarray(out, dtype=int) - np.asarray(img, dtype=int)).sum(-1) > 0
+    cols = np.where(diff.any(0))[0]
+    assert cols.min() >= 0 and cols.max() < 48 and diff.sum() > 20
+    # No such font: Pillow's own font, still drawn; a missing font *file* is an error.
+    assert (np.asarray(render_text(img, "cat", TextStyle(font="no-such-font"))) != np.asarray(img)).any()
+    with pytest.raises(ConfigError, match="missing.ttf"):
+        render_text(img, "cat", TextStyle(font="/nope/missing.ttf"))
+    with pytest.raises(ConfigError, match="opacity"):
+        TextStyle(opacity=2.0)
+
+
+def test_attack_plan_writes_a_wrong_class_and_a_word_that_is_no_class() -> None:
+    classes = ["cat", "dog", "bird", "fish"]
+    targets = [0, 1, 2, 3] * 25
+    plan = attack_plan(targets, classes, seed=3)
+    assert plan == attack_plan(targets, classes, seed=3)
+    assert all(w != t for (w, _), t in zip(plan, targets))
+    assert {w for w, _ in plan} == {0, 1, 2, 3}
+    assert all(word not in classes and len(word) == max(3, len(classes[w])) for w, word in plan)
+    assert nonsense_word(3, random.Random(0), avoid=["abc"]) != "abc"
+    with pytest.raises(ConfigError, match="two classes"):
+        attack_plan([0], ["cat"])
+
+
+def test_attack_metrics_on_known_numbers() -> None:
+    t = torch.tensor([0, 1, 2, 3])
+    m = attack_metrics(pred_clean=torch.tensor([0, 1, 2, 0]), pred_attack=torch.tensor([3, 1, 0, 0]),
+                       pred_control=torch.tensor([0, 1, 2, 1]), targets=t, written=torch.tensor([3, 0, 0, 1]))
+    assert m["acc1_clean"] == 0.75 and m["acc1_attacked"] == 0.25 and m["acc1_control"] == 0.75
+    assert m["drop"] == 0.5 and m["drop_control"] == 0.0
+    assert m["attack_success"] == 0.5  # images 0 and 2 flipped to the written class
+    assert m["attack_success_on_correct"] == pytest.approx(2 / 3)  # of the three right without text
+    assert m["control_success"] == 0.25  # image 3 lands on class 1 anyway
+
+
+def test_typographic_attack_end_to_end_skips_a_bad_file(tmp_path, capsys) -> None:
+    model = clipforge.build("tiny-vit-32")
+    clipforge.save(model, tmp_path / "m")
+    for c, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), colour).save(tmp_path / "data" / c / f"{i}.png")
+    (tmp_path / "data" / "red" / "bad.png").write_bytes(b"not a png")
+    r = typographic_attack(model, [str(p) for p in sorted((tmp_path / "data").rglob("*.png"))],
+                           [1, 1, 1, 1, 0, 0, 0][:7], ["blue", "red"], ["a {c} square"], keep=2)
+    assert r["metrics"]["n_images"] == 6 and len(r["skipped"]) == 1 and len(r["examples"]) == 2
+    assert all(e["written"] != e["label"] for e in r["examples"])
+    code = main(["eval", "typographic", "--model", str(tmp_path / "m"), "--dataset", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "out"), "--position", "top", "--no-cache"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "unreadable image(s) left out" in out and "nonsense word" in out
+    doc = json.loads(next((tmp_path / "out").glob("typographic_attack__*.json")).read_text())
+    assert doc["metrics"]["n_images"] == 6 and doc["settings"]["style"]["position"] == "top"
+    report = next((tmp_path / "out").glob("typographic__*"))
+    assert (report / "typographic.png").is_file() and (report / "typographic.md").is_file()
+    assert len(list((report / "attacked").glob("*.png"))) == 6
+    assert "data:image/png;base64" in (report / "typographic.html").read_text()
+    assert main(["eval", "typographic", "--model", str(tmp_path / "m"), "--dataset", str(tmp_path / "data"),
+                 "--opacity", "3"]) == 2
+    assert "opacity must be in [0, 1]" in capsys.readouterr().err
+
+
+# --- prompt ablation ---------------------------------------------------------------------------
+
+
+def test_prompt_ablation_equals_zero_shot_with_each_prompt_set() -> None:
+    """Every row against the zero-shot classifier built the slow way for that prompt set."""
+    model = clipforge.build("tiny-vit-32")
+    classes, templates = ["cat", "dog", "bird"], ["a photo of a {c}.", "a {c}", "{c}!"]
+    feats = torch.nn.functional.normalize(torch.randn(30, model.config.embed_dim,
+                                                      generator=torch.Generator().manual_seed(0)), dim=-1)
+    targets = torch.arange(30) % 3
+    r = prompt_ablation(model, feats, targets, classes, templates, one="a {c}")
+
+    def slow(ts):
+        return classification_metrics(zero_shot_logits(model, feats, classes, ts), targets)
+
+    assert r["bare"] == slow(["{c}"]) and r["one_template"] == slow(["a {c}"]) and r["ensemble"] == slow(templates)
+    assert [s["template"] for s in r["single"]] == templates
+    assert all({k: v for k, v in s.items() if k != "template"} == slow([s["template"]]) for s in r["single"])
+
+
+def test_ablate_prompts_cli_writes_json_plot_and_summary(tmp_path, capsys) -> None:
+    model = clipforge.build("tiny-vit-32")
+    clipforge.save(model, tmp_path / "run" / "model")
+    for c, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        Image.new("RGB", (40, 40), colour).save(tmp_path / "data" / c / "0.png")
+    assert main(["eval", "zeroshot", "--ablate-prompts", "--model", str(tmp_path / "run" / "model"),
+                 "--dataset", str(tmp_path / "data"), "--templates", "imagenet1k", "--out", str(tmp_path / "o"),
+                 "--no-cache"]) == 0
+    assert "ensemble of 80 templates" in capsys.readouterr().out
+    doc = json.loads(next((tmp_path / "o").glob("prompt_ablation__*.json")).read_text())
+    assert set(doc["metrics"]) >= {"bare", "one_template", "ensemble", "gain_total", "single_min"}
+    assert len(doc["settings"]["single"]) == 80
+    assert (tmp_path / "o" / "prompt_ablation__run__data.png").is_file()
+
+
+# --- the overlap effect ------------------------------------------------------------------------
+
+
+def test_overlap_effect_interval_and_test_on_closed_forms() -> None:
+    """Clopper-Pearson's ends have closed forms at k = 0 and k = n; the one-sided binomial p-value
+    at k = n is p0^n."""
+    n, a = 10, 0.005
+    e = overlap_effect(0, n, clean_accuracy=0.2)
+    assert e["overlap_minus_clean_ci_low"] == pytest.approx(-0.2)
+    assert e["overlap_minus_clean_ci_high"] == pytest.approx(1 - (a / 2) ** (1 / n) - 0.2, rel=1e-6)
+    e = overlap_effect(n, n, clean_accuracy=0.6)
+    assert e["overlap_minus_clean_ci_low"] == pytest.approx((a / 2) ** (1 / n) - 0.6, rel=1e-6)
+    assert e["p_value_overlap_higher"] == pytest.approx(0.6 ** n)
+    assert e["acc1_overlap_minus_clean"] == pytest.approx(0.4)
