@@ -57,7 +57,7 @@ def test_min_snr_weights() -> None:
 
 # --- the denoiser, diffusers' layout -----------------------------------------------------------------
 
-def _tiny_diffusion(condition: str = "text", clip_dim: int = 8, **kw):
+def _tiny_diffusion(condition: str = "text", clip_dim: int = 8, prediction: str = "epsilon", **kw):
     from clipforge.generation.diffusion import CLIPDiffusion, DiffusionConfig
     from clipforge.generation.unet import UNetConfig
 
@@ -65,14 +65,15 @@ def _tiny_diffusion(condition: str = "text", clip_dim: int = 8, **kw):
     return CLIPDiffusion(DiffusionConfig(image_size=8, condition=condition, clip_dim=clip_dim, cond_drop=0.2,
                                          unet=UNetConfig(channels=(16, 32), attention_levels=(1,), norm_groups=4,
                                                          head_dim=8),
-                                         schedule=ScheduleConfig(timesteps=50), **kw))
+                                         schedule=ScheduleConfig(timesteps=50, prediction=prediction), **kw))
 
 
-def test_the_unet_is_diffusers_unet2dmodel_and_exports_to_a_diffusers_folder(tmp_path) -> None:
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_the_unet_is_diffusers_unet2dmodel_and_exports_to_a_diffusers_folder(tmp_path, prediction: str) -> None:
     diffusers = pytest.importorskip("diffusers")
     from clipforge.generation.diffusers_io import export_diffusers, load_diffusers
 
-    model = _tiny_diffusion().eval()
+    model = _tiny_diffusion(prediction=prediction).eval()
     export_diffusers(model, tmp_path / "d")
     unet = diffusers.UNet2DModel.from_pretrained(str(tmp_path / "d"), subfolder="unet").eval()
     scheduler = diffusers.DDIMScheduler.from_pretrained(str(tmp_path / "d"), subfolder="scheduler")
@@ -88,6 +89,15 @@ def test_the_unet_is_diffusers_unet2dmodel_and_exports_to_a_diffusers_folder(tmp
     assert back.config == model.config
     with torch.no_grad():
         torch.testing.assert_close(back.predict(x, t, cond), ours)
+    # A whole DDIM chain under diffusers' own scheduler and UNet equals clipforge's sampler.
+    assert scheduler.config.prediction_type == {"epsilon": "epsilon", "v": "v_prediction"}[prediction]
+    scheduler.set_timesteps(5)
+    y = x.clone()
+    with torch.no_grad():
+        for step in scheduler.timesteps:
+            y = scheduler.step(unet(y, step, class_labels=proj).sample, step, y).prev_sample
+    torch.testing.assert_close(model.sample(cond, steps=5, guidance=1.0, noise=x), y.clamp(-1, 1),
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_guidance_doubles_the_batch_not_the_calls() -> None:
