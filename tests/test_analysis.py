@@ -165,3 +165,51 @@ def test_overlap_effect_interval_and_test_on_closed_forms() -> None:
     assert e["overlap_minus_clean_ci_low"] == pytest.approx((a / 2) ** (1 / n) - 0.6, rel=1e-6)
     assert e["p_value_overlap_higher"] == pytest.approx(0.6 ** n)
     assert e["acc1_overlap_minus_clean"] == pytest.approx(0.4)
+
+
+# --- class-design audit ------------------------------------------------------------------------
+
+
+def test_class_audit_counts_and_chi_square_by_hand() -> None:
+    from clipforge.analysis.class_audit import class_audit
+
+    # One-hot features: image i points at axis k; classes 0, 1 are axes 0, 1, the added class axis 2.
+    axes = [0, 0, 2, 2, 1, 1, 1, 2]
+    feats = torch.eye(3)[axes]
+    targets = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    groups = ["a", "a", "b", "b", "a", "a", "b", "b"]
+    r = class_audit(feats, targets, torch.eye(3)[:2], torch.eye(3)[2:], ["cat", "dog"], ["thing"], groups)
+    # Before, images on the added axis score 0 for both classes and go to the first (cat): 7 of 8
+    # right (the dog on axis 2 is wrong). After, the added class takes all three: 5 of 8.
+    assert r["acc1_before"] == pytest.approx(7 / 8) and r["acc1_after"] == pytest.approx(5 / 8)
+    assert r["absorbed"] == {"cat": {"thing": 2}, "dog": {"thing": 1}} and r["absorbed_fraction"] == 3 / 8
+    assert r["groups"]["a"]["absorbed_fraction"] == 0 and r["groups"]["b"]["absorbed_fraction"] == 0.75
+    # Pearson's chi-square on [[0, 4], [3, 1]] (absorbed, not) by hand.
+    obs = np.array([[0, 4], [3, 1]], dtype=float)
+    exp = obs.sum(1, keepdims=True) * obs.sum(0, keepdims=True) / obs.sum()
+    assert r["chi_square"]["chi2"] == pytest.approx(((obs - exp) ** 2 / exp).sum())
+    assert r["chi_square"]["dof"] == 1
+    none = class_audit(feats[:2], targets[:2], torch.eye(3)[:2], torch.eye(3)[2:], ["cat", "dog"], ["thing"],
+                       ["a", "b"])
+    assert none["chi_square"]["p_value"] is None and "no image absorbed" in none["chi_square"]["why"]
+
+
+def test_audit_cli_groups_from_the_csv(tmp_path, capsys) -> None:
+    model = clipforge.build("tiny-vit-32")
+    clipforge.save(model, tmp_path / "m")
+    rows = ["image,label,size"]
+    for i, (colour, label, size) in enumerate([((220, 20, 20), "red", "small"), ((20, 20, 220), "blue", "large")] * 3):
+        Image.new("RGB", (40, 40), colour).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label},{size}")
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    args = ["eval", "audit", "--model", str(tmp_path / "m"), "--dataset", str(tmp_path / "d.csv"), "--add", "green",
+            "--group-column", "size", "--templates", "a {c} square", "--out", str(tmp_path / "o"), "--no-cache"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| size | images |" in out and "| large | 3 |" in out
+    doc = json.loads(next((tmp_path / "o").glob("class_audit__*.json")).read_text())
+    assert doc["settings"]["added"] == ["green"] and set(doc["settings"]["groups"]) == {"small", "large"}
+    assert main([a if a != "size" else "colour" for a in args]) == 2
+    assert "no column 'colour' for --group-column" in capsys.readouterr().err
+    assert main([a if a != "green" else "red" for a in args]) == 2
+    assert "already classes of the label set" in capsys.readouterr().err

@@ -103,3 +103,97 @@ def run_typographic(args: argparse.Namespace) -> int:
                                                    "n_skipped": len(result["skipped"])})
     print(f"report: {files['html']} (attacked examples in {out / 'attacked'})")
     return 0
+
+
+def add_audit(esub: argparse._SubParsersAction, common: Callable) -> None:
+    a = esub.add_parser("audit", help="class-design audit: what added candidate classes absorb, per true class and "
+                        "per group, with a chi-square test")
+    common(a, "CSV with image and label columns (and the --group-column), a folder of class sub-folders, or a "
+           "built-in name")
+    a.add_argument("--add", required=True, help="candidate classes to add: 'a,b,c' or a .txt/.json/.csv file")
+    a.add_argument("--group-column", default=None, help="a column of the dataset's CSV whose values are the groups "
+                   "(e.g. size, background, age)")
+    a.add_argument("--split", default="test", help="split of a built-in dataset (default: test)")
+    a.add_argument("--classes", default=None, help="the label set (default: the dataset's)")
+    a.add_argument("--templates", default=None, help="template set, file or one template (default: the dataset's)")
+    a.add_argument("--image-column", default="image")
+    a.add_argument("--label-column", default="label")
+    a.set_defaults(func=run_audit)
+
+
+def _group_values(dataset: str, images: list[str], column: str, image_column: str) -> list[str]:
+    """The ``column`` value of each image, read from the dataset's CSV."""
+    import csv
+
+    from clipforge.errors import DataError
+
+    path = Path(dataset)
+    if path.suffix.lower() not in (".csv", ".tsv") or not path.is_file():
+        raise DataError(f"--group-column needs the dataset as a CSV file; {dataset} is not one")
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        if column not in (reader.fieldnames or []):
+            raise DataError(f"{path}: no column {column!r} for --group-column; the header has {reader.fieldnames}")
+        value = {}
+        for r in reader:
+            img = Path(r[image_column])
+            value[str(img if img.is_absolute() else path.parent / img)] = (r[column] or "").strip() or "(empty)"
+    return [value[p] for p in images]
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from clipforge.analysis.class_audit import audit_markdown, audit_plot, class_audit
+    from clipforge.cli.evaluate import _at_least, _load, _save, _templates, _text_needed
+    from clipforge.data.datasets import load_classification
+    from clipforge.errors import ClipforgeError
+    from clipforge.evaluation.cache import image_features
+    from clipforge.evaluation.probe_data import warn_missing, warn_skipped
+    from clipforge.evaluation.tasks import _require_images, _require_readable
+    from clipforge.evaluation.templates import get_templates, load_classnames
+    from clipforge.evaluation.zero_shot import zero_shot_classifier
+    from clipforge.io import atomic_write_text
+
+    _text_needed(args.model)
+    _at_least(args.batch_size, 1, "--batch-size")
+    added, added_prompts = load_classnames(args.add)
+    model = _load(args.model, args.device)
+    classes, per_class = load_classnames(args.classes) if args.classes else (None, None)
+    ds = load_classification(args.dataset, args.split, args.image_column, args.label_column, classes)
+    warn_missing(ds)
+    clash = sorted(set(added) & set(ds.classes))
+    if clash:
+        raise ClipforgeError(f"--add: {clash[:5]} are already classes of the label set")
+    templates = per_class or _templates(args.templates, args.dataset)
+    if per_class is not None and added_prompts is None:
+        raise ClipforgeError("the label set has per-class prompts; give the added classes theirs too (a .json/.csv)")
+    _require_images(ds.name, len(ds.images))
+    feats, idx, skipped = image_features(model, ds.images, args.batch_size, use_cache=not args.no_cache,
+                                         progress=True, label="embed images")
+    _require_readable(ds.name, len(ds.images), len(idx), skipped)
+    warn_skipped(skipped, ds.name)
+    import torch
+
+    targets = torch.tensor(ds.labels, dtype=torch.long)[idx]
+    groups = None
+    if args.group_column:
+        values = _group_values(args.dataset, ds.images, args.group_column, args.image_column)
+        groups = [values[i] for i in idx.tolist()]
+    weights = zero_shot_classifier(model, ds.classes, templates)
+    extra = zero_shot_classifier(model, added, added_prompts or (templates if per_class is None
+                                                                 else get_templates("a photo of a {c}.")))
+    result = class_audit(feats, targets, weights, extra, ds.classes, added, groups)
+    title = f"{model_label(args.model)} on {dataset_label(ds.name)}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"audit__{model_label(args.model)}__{dataset_label(ds.name)}"
+    md = audit_markdown(result, title, args.group_column)
+    atomic_write_text(md, out / f"{stem}.md")
+    print(md)
+    if groups is not None:
+        audit_plot(result, out / f"{stem}.png", title, args.group_column)
+    metrics = {k: result[k] for k in ("acc1_before", "acc1_after", "absorbed_fraction")}
+    if groups is not None and result["chi_square"]["p_value"] is not None:
+        metrics["chi_square_p_value"] = result["chi_square"]["p_value"]
+    _save(args, "class_audit", ds.name, metrics, {"added": added, "group_column": args.group_column, **result})
+    print(f"summary: {out / stem}.md" + (f", plot: {out / stem}.png" if groups is not None else ""))
+    return 0

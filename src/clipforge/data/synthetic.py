@@ -12,7 +12,8 @@ Splits written by :func:`write_dataset`:
 * ``train.csv`` -- scenes without held-out combinations;
 * ``val.csv`` -- scenes from the same distribution, for retrieval recall;
 * ``zeroshot_seen.csv`` / ``zeroshot_heldout.csv`` -- single-object images with a ``label``
-  column (``"red circle"``) of seen / held-out combinations, for zero-shot classification.
+  column (``"red circle"``) of seen / held-out combinations, for zero-shot classification, and the
+  object's ``size`` and ``position`` (groups for ``clipforge eval audit``).
 """
 
 from __future__ import annotations
@@ -241,13 +242,17 @@ def write_dataset(out_dir: str | Path, config: SynthConfig | None = None, progre
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         rows = []
+        single = split.startswith("zeroshot")
+        objects = scene_objects(split, config) if single else []
         with progress_bar(f"synth {split}", total=_split_size(split, config), enabled=progress) as bar:
             for i, (img, caption, label) in enumerate(generate(split, config)):
                 rel = f"images/{split}/{i:06d}.png"
                 img.save(out / rel, optimize=False, compress_level=1)
                 rows.append({"image": rel, "caption": caption, "label": label})
+                if single:  # the object's other attributes: groups for analyses (eval audit --group-column)
+                    rows[-1].update(size=objects[i][0].size, position=objects[i][0].position)
                 bar.advance()
-        fields = ["image", "caption", "label"] if split.startswith("zeroshot") else ["image", "caption"]
+        fields = ["image", "caption", "label", "size", "position"] if single else ["image", "caption"]
         tmp = out / f".{split}.csv.tmp"
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
