@@ -213,3 +213,47 @@ def test_audit_cli_groups_from_the_csv(tmp_path, capsys) -> None:
     assert "no column 'colour' for --group-column" in capsys.readouterr().err
     assert main([a if a != "green" else "red" for a in args]) == 2
     assert "already classes of the label set" in capsys.readouterr().err
+
+
+# --- concept composition (sparse probe) --------------------------------------------------------
+
+
+def test_sparse_concept_probe_recovers_each_class_as_its_two_concepts(tmp_path, capsys) -> None:
+    from clipforge.analysis.concepts import composition_hits, sparse_concept_probe
+
+    concepts = ["red", "blue", "green", "circle", "square", "star", "noise1", "noise2"]
+    classes = ["red circle", "blue square", "green star", "red star"]
+    parts = [(0, 3), (1, 4), (2, 5), (0, 5)]
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        y = np.arange(n) % len(classes)
+        x = rng.normal(size=(n, len(concepts)))
+        for i, c in enumerate(y):
+            x[i, list(parts[c])] += 3.0
+        return x, y
+
+    (xtr, ytr), (xte, yte) = draw(400), draw(200)
+    r = sparse_concept_probe(xtr, ytr, xte, yte, concepts, classes)
+    assert r["chosen"]["acc1"] > 0.9
+    assert composition_hits(r["composition"]) == 1.0  # each class's top two concepts are its name's words
+    assert all(not any(c.startswith("noise") for c, _ in p[:2]) for p in r["composition"].values())
+    per_class = [p["concepts_per_class"] for p in r["curve"]]
+    assert per_class[0] <= per_class[-1] and per_class[0] < 2  # a strong penalty keeps few concepts
+
+
+def test_concepts_cli_splits_in_halves_and_writes_the_trade_off(tmp_path, capsys) -> None:
+    model = clipforge.build("tiny-vit-32")
+    clipforge.save(model, tmp_path / "m")
+    for c, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 40), tuple(v + 5 * i for v in colour)).save(tmp_path / "data" / c / f"{i}.png")
+    assert main(["eval", "concepts", "--model", str(tmp_path / "m"), "--dataset", str(tmp_path / "data"),
+                 "--concepts", "red,blue,dark", "--out", str(tmp_path / "o"), "--no-cache"]) == 0
+    doc = json.loads(next((tmp_path / "o").glob("concept_probe__*.json")).read_text())
+    assert doc["settings"]["n_train"] == 4 and doc["settings"]["n_test"] == 4
+    assert len(doc["settings"]["curve"]) >= 5 and (tmp_path / "o" / "concepts__m__data.png").is_file()
+    assert main(["eval", "concepts", "--model", str(tmp_path / "m"), "--dataset", str(tmp_path / "data"),
+                 "--concepts", "red"]) == 2
+    assert "at least two concepts" in capsys.readouterr().err

@@ -197,3 +197,91 @@ def run_audit(args: argparse.Namespace) -> int:
     _save(args, "class_audit", ds.name, metrics, {"added": added, "group_column": args.group_column, **result})
     print(f"summary: {out / stem}.md" + (f", plot: {out / stem}.png" if groups is not None else ""))
     return 0
+
+
+def add_concepts(esub: argparse._SubParsersAction, common: Callable) -> None:
+    c = esub.add_parser("concepts", help="how each class is composed of concepts: a sparse (L1) probe from concept "
+                        "scores to classes, the sparsity/accuracy trade-off")
+    common(c, "labelled images (built-in name, class folders, CSV); split in halves unless --test is given")
+    c.add_argument("--concepts", required=True, help="the concept vocabulary: 'red,circle,striped' or a "
+                   ".txt/.json/.csv file")
+    c.add_argument("--concept-template", default="{c}", help="how a concept becomes a prompt (default: '{c}')")
+    c.add_argument("--test", default=None, help="test set (same classes); default: half of --dataset, per class")
+    c.add_argument("--split", default="test", help="split of a built-in dataset (default: test)")
+    c.add_argument("--image-column", default="image")
+    c.add_argument("--label-column", default="label")
+    c.add_argument("--seed", type=int, default=0, help="the half split")
+    c.set_defaults(func=run_concepts)
+
+
+def stratified_halves(labels: list[int], seed: int = 0) -> tuple[list[int], list[int]]:
+    """Indices of two halves with every class split evenly (odd counts: the extra one to the first)."""
+    import random
+
+    rng = random.Random(seed)
+    first, second = [], []
+    for c in sorted(set(labels)):
+        rows = [i for i, y in enumerate(labels) if y == c]
+        rng.shuffle(rows)
+        half = (len(rows) + 1) // 2
+        first += rows[:half]
+        second += rows[half:]
+    return sorted(first), sorted(second)
+
+
+def run_concepts(args: argparse.Namespace) -> int:
+    from clipforge.analysis.concepts import (
+        composition_hits,
+        concept_scores,
+        concepts_markdown,
+        concepts_plot,
+        sparse_concept_probe,
+    )
+    from clipforge.cli.evaluate import _at_least, _load, _save, _text_needed
+    from clipforge.data.datasets import load_classification
+    from clipforge.errors import ClipforgeError
+    from clipforge.evaluation.probe_data import labelled_features, warn_missing
+    from clipforge.evaluation.templates import load_classnames
+    from clipforge.evaluation.zero_shot import zero_shot_classifier
+    from clipforge.io import atomic_write_text
+
+    _text_needed(args.model)
+    _at_least(args.batch_size, 1, "--batch-size")
+    concepts, _ = load_classnames(args.concepts)
+    if len(concepts) < 2:
+        raise ClipforgeError("--concepts: give at least two concepts")
+    model = _load(args.model, args.device)
+    ds = load_classification(args.dataset, args.split, args.image_column, args.label_column)
+    warn_missing(ds)
+    x, y, _ = labelled_features(model, ds, args.batch_size, not args.no_cache, "embed images")
+    if args.test:
+        test = load_classification(args.test, image_column=args.image_column, label_column=args.label_column,
+                                   classes=ds.classes)
+        xte, yte, _ = labelled_features(model, test, args.batch_size, not args.no_cache, "embed test")
+        xtr, ytr = x, y
+    else:
+        a, b = stratified_halves(y.tolist(), args.seed)
+        xtr, ytr, xte, yte = x[a], y[a], x[b], y[b]
+    if len(set(ytr.tolist())) < 2:
+        raise ClipforgeError(f"{ds.name}: the training half holds fewer than two classes")
+    weights = zero_shot_classifier(model, concepts, [args.concept_template])
+    result = sparse_concept_probe(concept_scores(xtr, weights), ytr.numpy(), concept_scores(xte, weights),
+                                  yte.numpy(), concepts, ds.classes)
+    result["top2_are_the_name"] = composition_hits(result["composition"])
+    title = f"{model_label(args.model)} on {dataset_label(ds.name)}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"concepts__{model_label(args.model)}__{dataset_label(ds.name)}"
+    md = concepts_markdown(result, title)
+    atomic_write_text(md, out / f"{stem}.md")
+    concepts_plot(result, out / f"{stem}.png", title)
+    print(md.split("\n| class |")[0])
+    for name, parts in list(result["composition"].items())[:8]:
+        print(f"  {name} = " + " + ".join(f"{c} ({w:.2f})" for c, w in parts))
+    ch = result["chosen"]
+    _save(args, "concept_probe", ds.name, {"acc1": ch["acc1"], "concepts_per_class": ch["concepts_per_class"],
+                                            "top2_are_the_name": result["top2_are_the_name"]},
+          {"concepts": concepts, "concept_template": args.concept_template, "n_train": len(ytr),
+           "n_test": len(yte), **{k: v for k, v in result.items() if k != "top2_are_the_name"}})
+    print(f"summary: {out / stem}.md, plot: {out / stem}.png")
+    return 0
