@@ -257,3 +257,158 @@ def test_concepts_cli_splits_in_halves_and_writes_the_trade_off(tmp_path, capsys
     assert main(["eval", "concepts", "--model", str(tmp_path / "m"), "--dataset", str(tmp_path / "data"),
                  "--concepts", "red"]) == 2
     assert "at least two concepts" in capsys.readouterr().err
+
+
+# --- robustness and effective robustness -------------------------------------------------------
+
+
+def test_effective_robustness_on_known_numbers() -> None:
+    from clipforge.analysis.robustness import effective_robustness, fit_trend, logit, robustness_table, trend_at
+
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    # Baselines exactly on logit(shifted) = 0.5 logit(source) - 1.
+    source = np.array([0.3, 0.5, 0.7, 0.9])
+    shifted = sig(0.5 * logit(source) - 1)
+    slope, intercept = fit_trend(source, shifted)
+    assert slope == pytest.approx(0.5) and intercept == pytest.approx(-1.0)
+    # A model at source 0.8 with shifted 0.6: the trend predicts sig(0.5 logit(0.8) - 1).
+    want = 0.6 - sig(0.5 * np.log(4) - 1)
+    assert effective_robustness((slope, intercept), 0.8, 0.6) == pytest.approx(want)
+    assert trend_at((slope, intercept), 0.5) == pytest.approx(sig(-1))
+    points = {f"b{i}": {"source": s, "blur": float(t)} for i, (s, t) in enumerate(zip(source, shifted))}
+    points["zero-shot"] = {"source": 0.8, "blur": 0.6}
+    table = robustness_table(points, [f"b{i}" for i in range(4)], n=10_000)
+    assert table["blur"]["effective_robustness"]["zero-shot"] == pytest.approx(want, abs=1e-6)
+    assert abs(table["blur"]["effective_robustness"]["b2"]) < 1e-6
+    with pytest.raises(ValueError, match="two baselines"):
+        fit_trend([0.5, 0.5], [0.4, 0.3])
+
+
+def test_image_shifts_are_seeded_and_jitter_keeps_the_hue() -> None:
+    from clipforge.analysis.robustness import apply_shift
+
+    img = Image.new("RGB", (32, 32), (200, 40, 40))
+    for s in ("blur", "noise", "jitter"):
+        a, b = apply_shift([img, img], s, seed=1), apply_shift([img, img], s, seed=1)
+        assert all((np.asarray(x) == np.asarray(y)).all() for x, y in zip(a, b))
+    for out in apply_shift([img] * 8, "jitter", seed=2):
+        r, g, bl = np.asarray(out, dtype=int)[0, 0]
+        assert r > g and r > bl  # still red
+
+
+def test_shifted_scenes_keep_labels_and_font_digits_are_a_shift_of_the_same_task(tmp_path) -> None:
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from clipforge.data.font_digits import available_fonts, font_digits, render_digit
+    from clipforge.data.synthetic import SynthConfig, generate, shifted_split
+
+    cfg = SynthConfig(seed=3, image_size=32, n_train=1, n_val=1, n_zeroshot_per_class=1)
+    labels = [lab for _, _, lab in generate("zeroshot_heldout", cfg)]
+    for shift in ("background", "outline"):
+        out = list(shifted_split("zeroshot_heldout", cfg, shift))
+        assert [lab for _, lab in out] == labels and out[0][0].size == (32, 32)
+    if not available_fonts():
+        pytest.skip("no DejaVu or Liberation font on this machine")
+    arr = render_digit(7, available_fonts()[0], np.random.default_rng(0))
+    assert arr.shape == (8, 8) and arr.min() >= 0 and arr.max() <= 16 and arr.max() >= 12
+    ds = font_digits(tmp_path / "fonts", per_digit=10)
+    assert len(ds.images) == 100 and (tmp_path / "fonts" / "labels.csv").is_file()
+    # A classifier of the handwritten digits reads the typeset ones far above chance: the same task, shifted.
+    digits = load_digits()
+    clf = LogisticRegression(max_iter=2000).fit(digits.data, digits.target)
+    fonts, rng = available_fonts(), np.random.default_rng(0)
+    typeset = np.stack([render_digit(d, fonts[(d + i) % len(fonts)], rng).ravel() for d in range(10) for i in range(6)])
+    acc = (clf.predict(typeset) == np.repeat(np.arange(10), 6)).mean()
+    assert 0.4 < acc < 0.95, acc  # the same task (far above 10%), and a shift (not the same pixels)
+
+
+def test_robustness_cli_on_a_tiny_synthetic_set(tmp_path, capsys) -> None:
+    from clipforge.data.synthetic import SynthConfig, write_dataset
+
+    data = write_dataset(tmp_path / "d", SynthConfig(seed=1, image_size=32, n_train=1, n_val=1,
+                                                     n_zeroshot_per_class=2), progress=False)
+    model = clipforge.build("tiny-vit-32")
+    clipforge.save(model, tmp_path / "m")
+    assert main(["eval", "robustness", "--model", str(tmp_path / "m"), "--dataset", str(data / "zeroshot_seen.csv"),
+                 "--shifts", "blur,outline", "--out", str(tmp_path / "o"), "--no-cache"]) == 0
+    out = capsys.readouterr().out
+    assert "| **zero-shot** |" in out and "blur" in out and "outline" in out
+    doc = json.loads(next((tmp_path / "o").glob("robustness__*.json")).read_text())
+    assert doc["settings"]["n_test"] == 56 and set(doc["settings"]["table"]) == {"blur", "outline"}
+    assert (tmp_path / "o" / "robustness__m__zeroshot_seen.csv.png").is_file()
+    assert main(["eval", "robustness", "--model", str(tmp_path / "m"), "--dataset", str(data / "zeroshot_seen.csv"),
+                 "--shifts", "fonts"]) == 2
+    assert "do not apply" in capsys.readouterr().err
+
+
+# --- what a unit or a prompt responds to -------------------------------------------------------
+
+
+def test_unit_specs_and_channel_means() -> None:
+    from clipforge.analysis.neurons import Target, _channel_mean
+
+    assert Target.parse_unit("visual.layer4.0:5") == Target(module="visual.layer4.0", channel=5)
+    for bad in ("visual.layer4", "visual:x", ":3"):
+        with pytest.raises(ConfigError, match="MODULE:CHANNEL"):
+            Target.parse_unit(bad)
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    torch.testing.assert_close(_channel_mean(x, 1, 2), x[:, 1].mean(dim=(1, 2)))
+    tokens = torch.randn(5, 2, 8)  # [L, B, D]
+    torch.testing.assert_close(_channel_mean(tokens, 3, 2), tokens[..., 3].mean(0))
+    torch.testing.assert_close(_channel_mean(tokens.transpose(0, 1), 3, 2), tokens[..., 3].mean(0))
+    with pytest.raises(ConfigError, match="out of range"):
+        _channel_mean(x, 3, 2)
+
+
+def test_top_images_rank_by_the_units_own_activation(tmp_path) -> None:
+    from clipforge.analysis.neurons import Objective, Target, top_images
+
+    model = clipforge.build("tiny-vit-32").eval()
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"{i}.png"
+        Image.new("RGB", (32, 32), (40 * i, 255 - 40 * i, 100)).save(p)
+        paths.append(str(p))
+    (tmp_path / "bad.png").write_bytes(b"x")
+    target = Target(module="visual.transformer.resblocks.0", channel=3)
+    top, bad = top_images(model, target, [*paths, str(tmp_path / "bad.png")], k=3, batch_size=4)
+    assert bad == 1 and len(top) == 3
+    obj = Objective(model, target)
+    with torch.no_grad():  # one image at a time, the slow way
+        each = {p: float(obj(model.preprocess.batch([Image.open(p).convert("RGB")]))[0]) for p in paths}
+    obj.close()
+    want = sorted(each, key=lambda p: -each[p])[:3]
+    assert [p for p, _ in top] == want
+    assert all(v == pytest.approx(each[p], abs=1e-5) for p, v in top)
+
+
+@pytest.mark.parametrize("kind", ["unit", "prompt"])
+def test_a_feature_visualisation_raises_its_target(kind: str) -> None:
+    from clipforge.analysis.neurons import Target, visualise
+
+    model = clipforge.build("tiny-vit-32")
+    target = Target(module="visual.transformer.resblocks.1", channel=7) if kind == "unit" \
+        else Target(prompt="a red star")
+    vis = visualise(model, target, steps=24, lr=0.1, seed=0)
+    assert vis["history"][-1][1] > vis["history"][0][1] + 1e-3
+    assert vis["image"].shape == (3, 32, 32) and float(vis["image"].min()) >= 0 and float(vis["image"].max()) <= 1
+    assert all(p.grad is None for p in model.parameters())  # the model is left untouched
+
+
+def test_explain_cli(tmp_path, capsys) -> None:
+    model = clipforge.build("tiny-vit-32")
+    clipforge.save(model, tmp_path / "m")
+    (tmp_path / "imgs").mkdir()
+    for i in range(5):
+        Image.new("RGB", (32, 32), (50 * i, 30, 200 - 30 * i)).save(tmp_path / "imgs" / f"{i}.png")
+    assert main(["explain", "--model", str(tmp_path / "m"), "--list-units"]) == 0
+    assert "visual.transformer.resblocks.0" in capsys.readouterr().out
+    assert main(["explain", "--model", str(tmp_path / "m"), "--unit", "visual.transformer.resblocks.0:2",
+                 "--prompt", "a blue square", "--dataset", str(tmp_path / "imgs"), "-k", "3", "--steps", "4",
+                 "--out", str(tmp_path / "o")]) == 0
+    doc = json.loads((tmp_path / "o" / "explain.json").read_text())
+    assert [t["target"] for t in doc["targets"]] == ["visual.transformer.resblocks.0:2", '"a blue square"']
+    assert len(doc["targets"][0]["top"]) == 3 and len(list((tmp_path / "o").glob("*.png"))) == 4
+    assert main(["explain", "--model", str(tmp_path / "m"), "--unit", "visual.nope:1", "--steps", "1"]) == 2
+    assert "no module 'visual.nope'" in capsys.readouterr().err

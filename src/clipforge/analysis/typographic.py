@@ -15,7 +15,6 @@ import random
 import string
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +24,6 @@ from PIL import Image, ImageDraw, ImageFont
 from clipforge.errors import ConfigError
 
 Position = Literal["centre", "top", "bottom", "random"]
-FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", str(Path.home() / ".fonts"))
 
 
 @dataclass(frozen=True)
@@ -51,30 +49,15 @@ class TextStyle:
         return asdict(self)
 
 
-@lru_cache(maxsize=8)
-def font_file(name: str) -> str | None:
-    """The font file for ``name``: a path as given, else the first ``name.ttf``/``.otf`` under the
-    system's font folders (Debian's DejaVu: ``/usr/share/fonts/truetype/dejavu``); None if absent."""
-    if Path(name).is_file():
-        return name
-    stem = Path(name).stem.lower()
-    for root in FONT_DIRS:
-        base = Path(root)
-        if base.is_dir():
-            for p in sorted(base.rglob("*")):
-                if p.suffix.lower() in (".ttf", ".otf") and p.stem.lower() == stem:
-                    return str(p)
-    return None
-
-
 def load_font(name: str, pixels: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """``name`` at ``pixels`` high; Pillow's built-in font when no file is found (it scales too)."""
-    path = font_file(name)
-    if path is None:
-        if Path(name).suffix.lower() in (".ttf", ".otf"):
-            raise ConfigError(f"font {name}: file not found")
-        return ImageFont.load_default(size=pixels)
-    return ImageFont.truetype(path, pixels)
+    """A system font by name or path (:mod:`clipforge.images.fonts`); a missing font file is a
+    ConfigError, an unknown name falls back to Pillow's own font."""
+    from clipforge.images.fonts import load_font as load
+
+    try:
+        return load(name, pixels)
+    except FileNotFoundError:
+        raise ConfigError(f"font {name}: file not found") from None
 
 
 def render_text(image: Image.Image, text: str, style: TextStyle = TextStyle(),

@@ -285,3 +285,147 @@ def run_concepts(args: argparse.Namespace) -> int:
            "n_test": len(yte), **{k: v for k, v in result.items() if k != "top2_are_the_name"}})
     print(f"summary: {out / stem}.md, plot: {out / stem}.png")
     return 0
+
+
+def add_robustness(esub: argparse._SubParsersAction, common: Callable) -> None:
+    r = esub.add_parser("robustness", help="accuracy under distribution shifts: zero-shot against linear probes "
+                        "and supervised baselines, effective robustness")
+    common(r, "labelled images (built-in synthetic or digits, class folders, CSV); split in halves unless --test")
+    r.add_argument("--test", default=None, help="source test set (same classes); default: half of --dataset")
+    r.add_argument("--split", default="seen", help="split of a built-in dataset (synthetic: seen; digits: both "
+                   "train and test are used)")
+    r.add_argument("--shifts", default=None, help="comma-separated: blur, noise, jitter (any images); background, "
+                   "outline (synthetic scenes, re-rendered); fonts (digits typeset in system fonts). Default: all "
+                   "that apply")
+    r.add_argument("--shifted", action="append", default=[], metavar="NAME=CSV",
+                   help="a shifted test set of your own (same classes); repeatable")
+    r.add_argument("--templates", default=None, help="template set, file or one template (default: the dataset's)")
+    r.add_argument("--image-column", default="image")
+    r.add_argument("--label-column", default="label")
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=run_robustness)
+
+
+def _synthetic_source(dataset: str, split: str):
+    """(data folder, zero-shot split) when ``dataset`` is the synthetic scenes, else None."""
+    import json
+
+    from clipforge.data.datasets import synthetic_root
+
+    if dataset == "synthetic":
+        return synthetic_root(), {"seen": "zeroshot_seen", "train": "zeroshot_seen"}.get(split, "zeroshot_heldout")
+    p = Path(dataset)
+    meta = p.parent / "meta.json"
+    if p.suffix == ".csv" and p.stem.startswith("zeroshot") and meta.is_file() \
+            and json.loads(meta.read_text()).get("dataset") == "clipforge-synthetic-scenes":
+        return p.parent, p.stem
+    return None
+
+
+def _read(paths: list[str]) -> tuple[list, list[int], list[str]]:
+    from clipforge.images.decode import open_image
+
+    images, keep, bad = [], [], []
+    for i, p in enumerate(paths):
+        try:
+            images.append(open_image(p))
+            keep.append(i)
+        except Exception as e:  # a bad file is counted and left out
+            bad.append(f"{p}: {str(e).splitlines()[0][:100]}")
+    return images, keep, bad
+
+
+def run_robustness(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from clipforge.analysis.robustness import (
+        IMAGE_SHIFTS,
+        apply_shift,
+        robustness_experiment,
+        robustness_markdown,
+        robustness_plot,
+    )
+    from clipforge.cli.evaluate import _at_least, _load, _save, _templates, _text_needed
+    from clipforge.data.datasets import cache_dir, load_classification
+    from clipforge.errors import ClipforgeError
+    from clipforge.evaluation.probe_data import warn_missing
+    from clipforge.io import atomic_write_text
+
+    _text_needed(args.model)
+    _at_least(args.batch_size, 1, "--batch-size")
+    model = _load(args.model, args.device)
+    synth = _synthetic_source(args.dataset, args.split)
+    if args.dataset == "digits":
+        train_ds, test_ds = load_classification("digits", "train"), load_classification("digits", "test")
+    elif synth is not None and args.dataset == "synthetic":
+        train_ds = load_classification(str(synth[0] / f"{synth[1]}.csv"))
+        test_ds = None
+    else:
+        train_ds = load_classification(args.dataset, args.split, args.image_column, args.label_column)
+        test_ds = load_classification(args.test, image_column=args.image_column, label_column=args.label_column,
+                                      classes=train_ds.classes) if args.test else None
+    warn_missing(train_ds)
+    imgs, keep, bad = _read(train_ds.images)
+    labels = np.array(train_ds.labels)[keep]
+    if test_ds is None:  # halves of the one set, per class
+        a, b = stratified_halves(labels.tolist(), args.seed)
+        train = ([imgs[i] for i in a], labels[a])
+        test = ([imgs[i] for i in b], labels[b])
+        test_rows = [keep[i] for i in b]
+    else:
+        timgs, tkeep, tbad = _read(test_ds.images)
+        bad += tbad
+        train, test = (imgs, labels), (timgs, np.array(test_ds.labels)[tkeep])
+        test_rows = tkeep
+    if bad:
+        print(f"warning: {len(bad)} unreadable image(s) left out, e.g. {bad[0]}")
+    known = list(IMAGE_SHIFTS) + (["background", "outline"] if synth else []) + \
+        (["fonts"] if args.dataset == "digits" else [])
+    shifts = [s.strip() for s in args.shifts.split(",") if s.strip()] if args.shifts else known
+    unknown = [s for s in shifts if s not in known]
+    if unknown:
+        raise ClipforgeError(f"--shifts: {unknown} do not apply to {args.dataset}; these do: {', '.join(known)}")
+    shifted = {}
+    for s in shifts:
+        if s in IMAGE_SHIFTS:
+            shifted[s] = (apply_shift(test[0], s, args.seed), test[1])
+        elif s == "fonts":
+            from clipforge.data.font_digits import font_digits
+
+            fonts = font_digits(cache_dir() / "digits_fonts")
+            fimgs, fkeep, _ = _read(fonts.images)
+            shifted[s] = (fimgs, np.array(fonts.labels)[fkeep])
+        else:
+            from clipforge.data.synthetic import SynthConfig, shifted_split
+
+            meta = json.loads((synth[0] / "meta.json").read_text())
+            rendered = list(shifted_split(synth[1], SynthConfig(**meta["config"]), s))
+            if len(rendered) != len(train_ds.images) + len(train_ds.missing):
+                raise ClipforgeError(f"{args.dataset}: {len(rendered)} scenes re-rendered for {len(train_ds.images)} "
+                                     "rows; the CSV is not the generator's (re-make the data)")
+            shifted[s] = ([rendered[i][0] for i in test_rows], test[1])
+    for spec in args.shifted:
+        name, _, path = spec.partition("=")
+        if not path:
+            raise ClipforgeError(f"--shifted {spec!r}: expected NAME=CSV")
+        ds = load_classification(path, image_column=args.image_column, label_column=args.label_column,
+                                 classes=train_ds.classes)
+        simgs, skeep, sbad = _read(ds.images)
+        shifted[name] = (simgs, np.array(ds.labels)[skeep])
+    templates = _templates(args.templates, args.dataset)
+    result = robustness_experiment(model, train, test, shifted, train_ds.classes, templates, args.seed, progress=True)
+    title = f"{model_label(args.model)} on {dataset_label(train_ds.name)}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"robustness__{model_label(args.model)}__{dataset_label(train_ds.name)}"
+    md = robustness_markdown(result["points"], result["table"], title, ["zero-shot", "linear probe C=1"])
+    atomic_write_text(md, out / f"{stem}.md")
+    robustness_plot(result["points"], result["table"], result["baselines"], out / f"{stem}.png", title, result["n"])
+    print(md)
+    er = {f"zero_shot_er_{s}": v["effective_robustness"]["zero-shot"] for s, v in result["table"].items()}
+    _save(args, "robustness", train_ds.name, {"zero_shot_source": result["points"]["zero-shot"]["source"], **er},
+          {"shifts": list(shifted), "n_train": len(train[1]), "n_test": result["n"], **result})
+    print(f"summary: {out / stem}.md, plot: {out / stem}.png")
+    return 0

@@ -37,11 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "first)")
     z.set_defaults(func=run_zeroshot)
 
-    from clipforge.cli.analysis import add_audit, add_concepts, add_typographic
+    from clipforge.cli.analysis import add_audit, add_concepts, add_robustness, add_typographic
 
     add_typographic(esub, common, data_help)
     add_audit(esub, common)
     add_concepts(esub, common)
+    add_robustness(esub, common)
 
     r = esub.add_parser("retrieval", help="image-text retrieval recall@k")
     common(r, "CSV of image,caption pairs (an image may have several rows), a captioned folder, or synthetic")

@@ -12,7 +12,20 @@ import os
 import sys
 from collections.abc import Sequence
 
-from clipforge.cli import caption, convert, data, demo, evaluate, generate, info, search, ssl, train, word2vec
+from clipforge.cli import (
+    caption,
+    convert,
+    data,
+    demo,
+    evaluate,
+    explain,
+    generate,
+    info,
+    search,
+    ssl,
+    train,
+    word2vec,
+)
 
 
 def _set_threads() -> None:
@@ -33,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: $CLIPFORGE_THREADS or min(4, cores))")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, train, data, evaluate, caption, generate, ssl, search, convert, info, word2vec):
+    for module in (demo, train, data, evaluate, explain, caption, generate, ssl, search, convert, info, word2vec):
         module.add_parser(sub)
     return parser
 

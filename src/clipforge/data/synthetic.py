@@ -96,34 +96,45 @@ def _polygon(cx: float, cy: float, r: float, n: int, rotation: float) -> list[tu
             for k in range(n)]
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, size: int, rng: np.random.Generator) -> None:
+def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, size: int, rng: np.random.Generator,
+                 outline: bool = False) -> None:
+    """``outline``: the "outline" drawing style (a shift the training data never shows): each shape
+    drawn as its contour, the ring as a thin one."""
     cx, cy = _cell_centre(obj.position, size, rng)
     r = SIZES[obj.size] * size * rng.uniform(0.9, 1.1)
     rgb = tuple(int(np.clip(v + rng.integers(-15, 16), 0, 255)) for v in COLOURS[obj.colour])
     box = (cx - r, cy - r, cx + r, cy + r)
+    line = max(1, round(r * 0.22))
+    paint = {"outline": rgb, "width": line} if outline else {"fill": rgb}
     if obj.shape == "circle":
-        draw.ellipse(box, fill=rgb)
+        draw.ellipse(box, **paint)
     elif obj.shape == "ring":
-        draw.ellipse(box, outline=rgb, width=max(2, int(r * 0.4)))
+        draw.ellipse(box, outline=rgb, width=max(1, round(r * 0.12)) if outline else max(2, int(r * 0.4)))
     elif obj.shape == "square":
-        draw.polygon(_polygon(cx, cy, r * 1.15, 4, math.pi / 4), fill=rgb)
+        draw.polygon(_polygon(cx, cy, r * 1.15, 4, math.pi / 4), **paint)
     elif obj.shape == "diamond":
-        draw.polygon(_polygon(cx, cy, r * 1.1, 4, 0.0), fill=rgb)
+        draw.polygon(_polygon(cx, cy, r * 1.1, 4, 0.0), **paint)
     elif obj.shape == "triangle":
-        draw.polygon(_polygon(cx, cy + r * 0.15, r * 1.15, 3, -math.pi / 2), fill=rgb)
+        draw.polygon(_polygon(cx, cy + r * 0.15, r * 1.15, 3, -math.pi / 2), **paint)
     elif obj.shape == "hexagon":
-        draw.polygon(_polygon(cx, cy, r * 1.05, 6, 0.0), fill=rgb)
+        draw.polygon(_polygon(cx, cy, r * 1.05, 6, 0.0), **paint)
     elif obj.shape == "star":
         pts = []
         for k in range(10):
             rad = r * 1.2 if k % 2 == 0 else r * 0.5
             a = -math.pi / 2 + math.pi * k / 5
             pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
-        draw.polygon(pts, fill=rgb)
+        draw.polygon(pts, **paint)
     elif obj.shape == "cross":
         t = r * 0.38
-        draw.rectangle((cx - r, cy - t, cx + r, cy + t), fill=rgb)
-        draw.rectangle((cx - t, cy - r, cx + t, cy + r), fill=rgb)
+        if outline:
+            pts = [(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t),
+                   (cx + t, cy + t), (cx + t, cy + r), (cx - t, cy + r), (cx - t, cy + t), (cx - r, cy + t),
+                   (cx - r, cy - t), (cx - t, cy - t)]
+            draw.polygon(pts, **paint)
+        else:
+            draw.rectangle((cx - r, cy - t, cx + r, cy + t), fill=rgb)
+            draw.rectangle((cx - t, cy - r, cx + t, cy + r), fill=rgb)
     else:  # pragma: no cover - SHAPES is fixed
         raise ValueError(obj.shape)
 
@@ -186,12 +197,39 @@ def _sample_objects(rng: np.random.Generator, n: int, combos: list[tuple[str, st
     return objs
 
 
-def render(objs: list[SceneObject], size: int, rng: np.random.Generator) -> Image.Image:
-    img = _background(size, rng)
+def _dark_background(size: int, rng: np.random.Generator) -> Image.Image:
+    """The "background" shift: dark, high-contrast blotches (smooth noise), a texture the training
+    scenes never have."""
+    side = max(2, size // 8)
+    coarse = rng.normal(0, 1, size=(side, side, 1)) + 0.3 * rng.normal(0, 1, size=(side, side, 3))  # mostly grey
+    blotch = np.asarray(Image.fromarray(((coarse - coarse.min()) / (np.ptp(coarse) + 1e-8) * 255).astype(np.uint8))
+                        .resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+    arr = np.clip(rng.uniform(25, 55) + 0.35 * blotch + rng.normal(0, 6, size=(size, size, 3)), 0, 255)
+    return Image.fromarray(arr.astype(np.uint8))
+
+
+SHIFTS = ("background", "outline")  # re-rendered variants of the zero-shot splits (eval robustness)
+
+
+def render(objs: list[SceneObject], size: int, rng: np.random.Generator, shift: str | None = None) -> Image.Image:
+    """The scene; ``shift`` (one of :data:`SHIFTS`) draws it on a new background or in a new style."""
+    img = _dark_background(size, rng) if shift == "background" else _background(size, rng)
     draw = ImageDraw.Draw(img)
     for obj in objs:
-        _draw_object(draw, obj, size, rng)
+        _draw_object(draw, obj, size, rng, outline=shift == "outline")
     return img
+
+
+def shifted_split(split: str, config: SynthConfig, shift: str) -> Iterator[tuple[Image.Image, str]]:
+    """(image, label) of a zero-shot split's objects re-rendered under ``shift`` (same objects,
+    labels and order as :func:`generate`; the random draws of positions and textures differ)."""
+    if shift not in SHIFTS:
+        raise ValueError(f"unknown shift {shift!r}; known: {', '.join(SHIFTS)}")
+    if not split.startswith("zeroshot"):
+        raise ValueError(f"shifted variants exist for the zero-shot splits, not {split!r}")
+    for i, objs in enumerate(scene_objects(split, config)):
+        rng = np.random.default_rng([config.seed, SPLITS.index(split), i, 1 + SHIFTS.index(shift)])
+        yield render(objs, config.image_size, rng, shift), f"{objs[0].colour} {objs[0].shape}"
 
 
 def generate(split: str, config: SynthConfig) -> Iterator[tuple[Image.Image, str, str]]:

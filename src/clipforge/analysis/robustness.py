@@ -1,0 +1,233 @@
+"""Robustness to distribution shift and effective robustness (Radford et al. 2021, section 3.3;
+Taori et al. 2020).
+
+Classifiers fitted on a source set are scored on the source's test images and on shifted versions
+of them. Supervised baselines (logistic regressions and small MLPs on pixels, over a range of
+strengths) give the trend that the paper found for ImageNet models: shifted accuracy is close to a
+linear function of source accuracy once both are logit-transformed. A model's *effective
+robustness* is its shifted accuracy minus the trend's value at its source accuracy: above zero, it
+keeps more under the shift than its source accuracy predicts. The paper found zero-shot CLIP far
+above the trend, and a linear probe fitted on the source (ImageNet) pulled back towards it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+
+# --- the trend and effective robustness -----------------------------------------------------------
+
+
+def logit(p: np.ndarray | float, n: int | None = None) -> np.ndarray:
+    """log(p / (1 - p)), with p kept half a sample (or 1e-4) away from 0 and 1."""
+    eps = 0.5 / n if n else 1e-4
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return np.log(p / (1 - p))
+
+
+def fit_trend(source: Sequence[float], shifted: Sequence[float], n: int | None = None) -> tuple[float, float]:
+    """Least-squares line logit(shifted) = slope * logit(source) + intercept over the baselines."""
+    x, y = logit(np.asarray(source), n), logit(np.asarray(shifted), n)
+    if len(x) < 2 or np.ptp(x) < 1e-9:
+        raise ValueError("the trend needs at least two baselines with different source accuracies")
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope), float(intercept)
+
+
+def trend_at(trend: tuple[float, float], source: float, n: int | None = None) -> float:
+    z = trend[0] * float(logit(source, n)) + trend[1]
+    return float(1 / (1 + np.exp(-z)))
+
+
+def effective_robustness(trend: tuple[float, float], source: float, shifted: float, n: int | None = None) -> float:
+    """Shifted accuracy above what the baselines' trend predicts at this source accuracy."""
+    return shifted - trend_at(trend, source, n)
+
+
+# --- image shifts ---------------------------------------------------------------------------------
+
+
+def blur(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return img.filter(ImageFilter.GaussianBlur(radius=0.03 * min(img.size)))
+
+
+def noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 30, size=(img.size[1], img.size[0], 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def jitter(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Brightness, contrast and saturation in [0.5, 1.5]; never the hue (colour names stay true)."""
+    for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        img = enhance(img).enhance(float(rng.uniform(0.5, 1.5)))
+    return img
+
+
+IMAGE_SHIFTS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
+    "blur": blur, "noise": noise, "jitter": jitter}
+
+
+def apply_shift(images: Sequence[Image.Image], shift: str, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [IMAGE_SHIFTS[shift](img.convert("RGB"), rng) for img in images]
+
+
+# --- the classifiers --------------------------------------------------------------------------------
+
+
+def pixels(images: Sequence[Image.Image], size: int = 32) -> np.ndarray:
+    """Raw pixels in [0, 1] at ``size`` x ``size`` (the supervised baselines' input)."""
+    return np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC),
+                                dtype=np.float32).ravel() / 255 for im in images])
+
+
+def supervised_baselines(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Classifiers of a range of strengths on pixels: logistic regression at four C's and two MLPs."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
+
+    models: dict[str, Any] = {f"pixels LR C={c:g}": LogisticRegression(C=c, max_iter=500) for c in (1e-3, 1e-2, 0.1, 1)}
+    models |= {f"pixels MLP {it} it": MLPClassifier((128,), max_iter=it, random_state=seed) for it in (20, 200)}
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for m in models.values():
+            m.fit(x, y)
+    return models
+
+
+def linear_probes(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Logistic regressions on the model's features, fitted on the source (the paper's adaptation)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    models = {f"linear probe C={c:g}": LogisticRegression(C=c, max_iter=1000) for c in (0.1, 1, 10)}
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for m in models.values():
+            m.fit(x, y)
+    return models
+
+
+def robustness_table(points: dict[str, dict[str, float]], baselines: Sequence[str], n: int) -> dict[str, Any]:
+    """``points``: classifier -> {"source": acc, shift: acc, ...}. Per shift, the baselines' trend
+    and every classifier's effective robustness."""
+    shifts = [k for k in next(iter(points.values())) if k != "source"]
+    out: dict[str, Any] = {}
+    for s in shifts:
+        trend = fit_trend([points[b]["source"] for b in baselines], [points[b][s] for b in baselines], n)
+        out[s] = {"trend": {"slope": trend[0], "intercept": trend[1]},
+                  "effective_robustness": {k: effective_robustness(trend, p["source"], p[s], n)
+                                           for k, p in points.items()}}
+    return out
+
+
+def robustness_markdown(points: dict[str, dict[str, float]], table: dict[str, Any], title: str,
+                        highlight: Sequence[str]) -> str:
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    shifts = list(table)
+    lines = [f"# Robustness under distribution shift: {title}", "",
+             "Accuracy (%) on the source test images and under each shift; in brackets the effective robustness "
+             "(points above the trend of the supervised pixel baselines, fitted on logit scales).", "",
+             "| classifier | source | " + " | ".join(shifts) + " |", "|" + "---|" * (2 + len(shifts))]
+    for name, p in points.items():
+        bold = "**" if name in highlight else ""
+        cells = [f"{pct(p[s])} ({100 * table[s]['effective_robustness'][name]:+.1f})" for s in shifts]
+        lines.append(f"| {bold}{name}{bold} | {pct(p['source'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def robustness_plot(points: dict[str, dict[str, float]], table: dict[str, Any], baselines: Sequence[str],
+                    path: str | Path, title: str, n: int) -> None:
+    """The paper's Figure 13 style: shifted against source accuracy on logit axes, one panel per
+    shift; y = x dashed, the baselines' trend solid; zero-shot a star, linear probes diamonds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shifts = list(table)
+    cols = min(3, len(shifts))
+    rows = (len(shifts) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
+    ticks = np.array([0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99])
+    for ax, s in zip(axes.ravel(), shifts):
+        lo, hi = logit(0.02), logit(0.995)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
+        xs = np.linspace(lo, hi, 50)
+        tr = table[s]["trend"]
+        ax.plot(xs, tr["slope"] * xs + tr["intercept"], color="#888", lw=1.2, label="baselines' trend")
+        for name, p in points.items():
+            x, y = logit(p["source"], n), logit(p[s], n)
+            if name in baselines:
+                ax.scatter(x, y, color="#888", s=18)
+            elif name.startswith("zero-shot"):
+                ax.scatter(x, y, marker="*", s=180, color="#c33", label=name, zorder=3)
+            else:
+                ax.scatter(x, y, marker="D", s=30, color="#36a", label=name if "C=1" in name else None, zorder=3)
+        ax.set_xticks(logit(ticks), [f"{100 * t:g}" for t in ticks], fontsize=7)
+        ax.set_yticks(logit(ticks), [f"{100 * t:g}" for t in ticks], fontsize=7)
+        ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="source accuracy (%)", ylabel=f"{s} accuracy (%)", title=s)
+        ax.legend(fontsize=6, loc="upper left")
+    for ax in axes.ravel()[len(shifts):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+# --- the experiment -----------------------------------------------------------------------------------
+
+
+def embed_pil(model: Any, images: Sequence[Image.Image], batch_size: int = 128) -> np.ndarray:
+    """Normalised image features of PIL images, through the model's own preprocessing."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = model.preprocess.batch(list(images[i : i + batch_size])).to(device)
+            out.append(model.encode_image(x, normalize=True).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def robustness_experiment(model: Any, train: tuple[list[Image.Image], np.ndarray],
+                          test: tuple[list[Image.Image], np.ndarray],
+                          shifted: dict[str, tuple[list[Image.Image], np.ndarray]], classes: Sequence[str],
+                          templates: Sequence[str] | Sequence[Sequence[str]], seed: int = 0,
+                          progress: bool = False) -> dict[str, Any]:
+    """Zero-shot, linear probes on the model's features and the supervised pixel baselines, each
+    scored on the source test set and every shifted set. Returns ``points`` (classifier -> set ->
+    accuracy), ``table`` (:func:`robustness_table`), ``baselines`` and ``n`` (test images)."""
+    from clipforge.evaluation.zero_shot import zero_shot_classifier
+    from clipforge.utils.progress import progress_bar
+
+    sets = {"source": test, **shifted}
+    weights = zero_shot_classifier(model, classes, templates).numpy()
+    with progress_bar("robustness", total=2 + len(sets), enabled=progress) as bar:
+        xtr = embed_pil(model, train[0])
+        probes = linear_probes(xtr, train[1])
+        bar.advance()
+        base = supervised_baselines(pixels(train[0]), train[1], seed)
+        bar.advance()
+        points: dict[str, dict[str, float]] = {"zero-shot": {}, **{k: {} for k in probes}, **{k: {} for k in base}}
+        for name, (imgs, y) in sets.items():
+            feats, px = embed_pil(model, imgs), pixels(imgs)
+            points["zero-shot"][name] = float(((feats @ weights.T).argmax(1) == y).mean())
+            for k, m in probes.items():
+                points[k][name] = float((m.predict(feats) == y).mean())
+            for k, m in base.items():
+                points[k][name] = float((m.predict(px) == y).mean())
+            bar.advance()
+
+    n = len(test[1])
+    return {"points": points, "table": robustness_table(points, list(base), n), "baselines": list(base), "n": n}
