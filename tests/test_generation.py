@@ -285,3 +285,60 @@ def test_the_attribute_reader_cannot_see_hue_when_it_reads_shape() -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(a["colour"], b["colour"])  # colour does see it
     assert set(read_attributes(model, x)) == {"colour", "shape", "size", "position"}
+
+
+# --- the issue's closed forms and a tiny overfit run ----------------------------------------------
+
+def test_forward_process_closed_form_and_ddim_eta_one_is_ddpm() -> None:
+    """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) with abar_t = prod(1 - beta) (float64 here);
+    DDIM with eta = 1 over all T steps is DDPM's ancestral step (its sigma^2 is the posterior variance)."""
+    s = NoiseSchedule(ScheduleConfig(clip_sample=False))
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(1, 3, 4, 4, generator=g) * 2 - 1
+    noise = torch.randn(4000, 3, 4, 4, generator=g)
+    for t in (0, 250, 999):
+        xt = s.add_noise(x0.expand(4000, -1, -1, -1), noise, torch.full((4000,), t))
+        torch.testing.assert_close(xt.mean(0).double(), abar[t].sqrt() * x0[0].double(), atol=0.06, rtol=0)
+        torch.testing.assert_close(xt.var(0).double().mean(), 1 - abar[t], atol=0.03, rtol=0)
+    x, out = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    for t in (999, 500, 1):
+        ddim = s.ddim_step(out, t, x, steps=1000, eta=1.0, generator=torch.Generator().manual_seed(7))
+        ddpm = s.ddpm_step(out, t, x, generator=torch.Generator().manual_seed(7))
+        torch.testing.assert_close(ddim, ddpm, rtol=1e-4, atol=1e-5)
+
+
+def test_guidance_one_is_the_conditional_prediction() -> None:
+    model = _tiny_diffusion().eval()
+    cond = torch.randn(2, 8)
+    a = model.sample(cond, steps=4, guidance=1.0, generator=torch.Generator().manual_seed(0))
+    b = model.sample(cond, steps=4, guidance=1.0 + 1e-7, generator=torch.Generator().manual_seed(0))  # guided path
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_tiny_overfit_run_draws_the_colour_it_is_asked_for() -> None:
+    """Four solid colours, each with its own condition vector: after a short training the samples,
+    read by a nearest-colour judge that has nothing to do with the generator, are the asked colour."""
+    from clipforge.generation.diffusion import CLIPDiffusion, DiffusionConfig
+    from clipforge.generation.unet import UNetConfig
+
+    torch.manual_seed(0)
+    model = CLIPDiffusion(DiffusionConfig(image_size=8, condition="text", clip_dim=4, cond_drop=0.1,
+                                          unet=UNetConfig(channels=(16, 32), attention_levels=(), norm_groups=4,
+                                                          head_dim=8),
+                                          schedule=ScheduleConfig(timesteps=100, prediction="v")))
+    colours = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]])  # red, green, blue, yellow
+    cond = torch.eye(4)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        k = torch.randint(0, 4, (32,))
+        x0 = colours[k][:, :, None, None].expand(-1, -1, 8, 8)
+        loss = model.loss(x0, cond[k], snr_gamma=5.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    images = model.sample(cond.repeat(2, 1), steps=20, guidance=2.0, generator=torch.Generator().manual_seed(1))
+    read = torch.cdist(images.mean(dim=(2, 3)), colours).argmin(1)  # the judge: the nearest solid colour
+    assert (read == torch.arange(4).repeat(2)).float().mean() >= 0.75, read  # chance: 0.25
