@@ -40,22 +40,29 @@ def dataset_label(name: str) -> str:
     return p.name if p.exists() else name.replace("/", "_")
 
 
-def run_prompt_ablation(args: argparse.Namespace, model, ds, templates: list[str]) -> int:
+def labelled_image_features(args: argparse.Namespace, model, ds):
+    """(features, indices, targets) of the readable images of ``ds``; an unreadable set is refused."""
     import torch
 
-    from clipforge.analysis.prompts import ablation_markdown, ablation_plot, ablation_summary, prompt_ablation
-    from clipforge.cli.evaluate import _save
     from clipforge.evaluation.cache import image_features
     from clipforge.evaluation.probe_data import warn_skipped
     from clipforge.evaluation.tasks import _require_images, _require_readable
-    from clipforge.io import atomic_write_text
 
     _require_images(ds.name, len(ds.images))
     feats, idx, skipped = image_features(model, ds.images, args.batch_size, use_cache=not args.no_cache,
                                          progress=True, label="embed images")
     _require_readable(ds.name, len(ds.images), len(idx), skipped)
     warn_skipped(skipped, ds.name)
-    targets = torch.tensor(ds.labels, dtype=torch.long)[idx]
+    return feats, idx, torch.tensor(ds.labels, dtype=torch.long)[idx]
+
+
+def run_prompt_ablation(args: argparse.Namespace, model, ds, templates: list[str]) -> int:
+
+    from clipforge.analysis.prompts import ablation_markdown, ablation_plot, ablation_summary, prompt_ablation
+    from clipforge.cli.evaluate import _save
+    from clipforge.io import atomic_write_text
+
+    feats, _, targets = labelled_image_features(args, model, ds)
     result = prompt_ablation(model, feats, targets, ds.classes, templates, one=args.one_template)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,9 +153,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from clipforge.cli.evaluate import _at_least, _load, _save, _templates, _text_needed
     from clipforge.data.datasets import load_classification
     from clipforge.errors import ClipforgeError
-    from clipforge.evaluation.cache import image_features
-    from clipforge.evaluation.probe_data import warn_missing, warn_skipped
-    from clipforge.evaluation.tasks import _require_images, _require_readable
+    from clipforge.evaluation.probe_data import warn_missing
     from clipforge.evaluation.templates import get_templates, load_classnames
     from clipforge.evaluation.zero_shot import zero_shot_classifier
     from clipforge.io import atomic_write_text
@@ -166,14 +171,7 @@ def run_audit(args: argparse.Namespace) -> int:
     templates = per_class or _templates(args.templates, args.dataset)
     if per_class is not None and added_prompts is None:
         raise ClipforgeError("the label set has per-class prompts; give the added classes theirs too (a .json/.csv)")
-    _require_images(ds.name, len(ds.images))
-    feats, idx, skipped = image_features(model, ds.images, args.batch_size, use_cache=not args.no_cache,
-                                         progress=True, label="embed images")
-    _require_readable(ds.name, len(ds.images), len(idx), skipped)
-    warn_skipped(skipped, ds.name)
-    import torch
-
-    targets = torch.tensor(ds.labels, dtype=torch.long)[idx]
+    feats, idx, targets = labelled_image_features(args, model, ds)
     groups = None
     if args.group_column:
         values = _group_values(args.dataset, ds.images, args.group_column, args.image_column)
