@@ -62,7 +62,7 @@ class GenerationTrainConfig(TaskOptions):
     minutes: float | None = opt(None, MINUTES_HELP)
     batch_size: int = opt(64, "images per step")
     micro_batch_size: int | None = opt(None, "split each step into micro-batches of this many images")
-    lr: float = opt(2e-4, "peak learning rate (AdamW)")
+    lr: float = opt(5e-4, "peak learning rate (AdamW; 5e-4 is what docs/benchmarks.md measured at batch 64)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_steps: int = opt(100, "linear warm-up steps")
     schedule_lr: Schedule = opt("cosine", "'cosine' or 'constant' learning rate after warm-up")
