@@ -50,11 +50,13 @@ def test_render_text_draws_where_asked_and_opacity_zero_draws_nothing() -> None:
 
 
 def test_render_text_shrinks_a_long_name_to_fit_and_falls_back_to_pillows_font() -> None:
-    img = _grey(48)
-    out = render_text(img, "a very long class name indeed", TextStyle(size=0.5))
+    img = _grey(96)
+    out = render_text(img, "blue hexagon", TextStyle(size=0.5))
     diff = np.abs(np.asarray(out, dtype=int) - np.asarray(img, dtype=int)).sum(-1) > 0
     cols = np.where(diff.any(0))[0]
-    assert cols.min() >= 0 and cols.max() < 48 and diff.sum() > 20
+    # Unshrunk, 48 px text is about 370 px wide and would run off both sides; shrunk, it stays inside.
+    assert cols.min() > 0 and cols.max() < 95 and diff.sum() > 20
+    img = _grey(48)
     # No such font: Pillow's own font, still drawn; a missing font *file* is an error.
     assert (np.asarray(render_text(img, "cat", TextStyle(font="no-such-font"))) != np.asarray(img)).any()
     with pytest.raises(ConfigError, match="missing.ttf"):

@@ -88,18 +88,24 @@ def pixels(images: Sequence[Image.Image], size: int = 32) -> np.ndarray:
 
 def supervised_baselines(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """Classifiers of a range of strengths on pixels: logistic regression at four C's and two MLPs."""
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
 
     models: dict[str, Any] = {f"pixels LR C={c:g}": LogisticRegression(C=c, max_iter=500) for c in (1e-3, 1e-2, 0.1, 1)}
     # Standardised inputs: an MLP on raw [0, 1] pixels of textured scenes stays at chance.
     models |= {f"pixels MLP {it} it": make_pipeline(StandardScaler(), MLPClassifier((256,), max_iter=it,
                                                                                  random_state=seed))
                for it in (20, 200)}
+    return _fit_all(models, x, y)
+
+
+def _fit_all(models: dict[str, Any], x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Fit each scikit-learn model on one BLAS thread (reproducible across machines)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
+
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         for m in models.values():
@@ -109,16 +115,9 @@ def supervised_baselines(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[st
 
 def linear_probes(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Logistic regressions on the model's features, fitted on the source (the paper's adaptation)."""
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
 
-    models = {f"linear probe C={c:g}": LogisticRegression(C=c, max_iter=1000) for c in (0.1, 1, 10)}
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for m in models.values():
-            m.fit(x, y)
-    return models
+    return _fit_all({f"linear probe C={c:g}": LogisticRegression(C=c, max_iter=1000) for c in (0.1, 1, 10)}, x, y)
 
 
 def robustness_table(points: dict[str, dict[str, float]], baselines: Sequence[str], n: int) -> dict[str, Any]:
@@ -192,19 +191,6 @@ def robustness_plot(points: dict[str, dict[str, float]], table: dict[str, Any], 
 # --- the experiment -----------------------------------------------------------------------------------
 
 
-def embed_pil(model: Any, images: Sequence[Image.Image], batch_size: int = 128) -> np.ndarray:
-    """Normalised image features of PIL images, through the model's own preprocessing."""
-    import torch
-
-    device = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = model.preprocess.batch(list(images[i : i + batch_size])).to(device)
-            out.append(model.encode_image(x, normalize=True).float().cpu())
-    return torch.cat(out).numpy()
-
-
 def robustness_experiment(model: Any, train: tuple[list[Image.Image], np.ndarray],
                           test: tuple[list[Image.Image], np.ndarray],
                           shifted: dict[str, tuple[list[Image.Image], np.ndarray]], classes: Sequence[str],
@@ -213,20 +199,21 @@ def robustness_experiment(model: Any, train: tuple[list[Image.Image], np.ndarray
     """Zero-shot, linear probes on the model's features and the supervised pixel baselines, each
     scored on the source test set and every shifted set. Returns ``points`` (classifier -> set ->
     accuracy), ``table`` (:func:`robustness_table`), ``baselines`` and ``n`` (test images)."""
+    from clipforge.evaluation.embed import embed_pil
     from clipforge.evaluation.zero_shot import zero_shot_classifier
     from clipforge.utils.progress import progress_bar
 
     sets = {"source": test, **shifted}
     weights = zero_shot_classifier(model, classes, templates).numpy()
     with progress_bar("robustness", total=2 + len(sets), enabled=progress) as bar:
-        xtr = embed_pil(model, train[0])
+        xtr = embed_pil(model, train[0]).numpy()
         probes = linear_probes(xtr, train[1])
         bar.advance()
         base = supervised_baselines(pixels(train[0]), train[1], seed)
         bar.advance()
         points: dict[str, dict[str, float]] = {"zero-shot": {}, **{k: {} for k in probes}, **{k: {} for k in base}}
         for name, (imgs, y) in sets.items():
-            feats, px = embed_pil(model, imgs), pixels(imgs)
+            feats, px = embed_pil(model, imgs).numpy(), pixels(imgs)
             points["zero-shot"][name] = float(((feats @ weights.T).argmax(1) == y).mean())
             for k, m in probes.items():
                 points[k][name] = float((m.predict(feats) == y).mean())

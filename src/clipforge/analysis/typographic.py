@@ -63,7 +63,8 @@ def load_font(name: str, pixels: int) -> ImageFont.FreeTypeFont | ImageFont.Imag
 def render_text(image: Image.Image, text: str, style: TextStyle = TextStyle(),
                 rng: random.Random | None = None) -> Image.Image:
     """``image`` with ``text`` drawn on it (a new RGB image). The font shrinks until the text fits
-    in 95% of the width; ``random`` positions come from ``rng``."""
+    in 95% of the width, but not below 6 px (smaller is illegible): on a small image a long name
+    runs past the edges. ``random`` positions come from ``rng``."""
     img = image.convert("RGB")
     w, h = img.size
     px = max(6, round(style.size * min(w, h)))
@@ -142,18 +143,17 @@ def typographic_attack(model: Any, images: Sequence[str], targets: Sequence[int]
     and with a nonsense word instead. Returns ``metrics`` (:func:`attack_metrics`, plus ``n_images``),
     ``skipped`` (unreadable files, counted and left out) and ``examples``: the first ``keep``
     (clean, attacked, control) PIL images with their labels and predictions."""
+    from clipforge.evaluation.embed import embed_pil
     from clipforge.evaluation.zero_shot import zero_shot_classifier
     from clipforge.images.decode import open_image
     from clipforge.utils.progress import progress_bar
 
     weights = zero_shot_classifier(model, classes, templates)
-    device = next(model.parameters()).device
     plan = attack_plan(targets, classes, seed)
     rng = random.Random(seed + 1)
 
     def predict(pil: list[Image.Image]) -> torch.Tensor:
-        x = model.preprocess.batch(pil).to(device)
-        return (model.encode_image(x, normalize=True).float().cpu() @ weights.T).argmax(1)
+        return (embed_pil(model, pil, batch_size) @ weights.T).argmax(1)
 
     preds: dict[str, list[torch.Tensor]] = {"clean": [], "attack": [], "control": []}
     kept_targets, written, skipped, examples = [], [], [], []

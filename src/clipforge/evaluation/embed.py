@@ -99,14 +99,18 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def embed_pixels(model: CLIP, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Normalised image features [N, D] of uint8 images [N, 3, H, W] held in memory (generated
-    images): each goes through the model's own preprocessing, as a file would."""
-    from PIL import Image
-
+def embed_pil(model: CLIP, images: Sequence, batch_size: int = 256) -> torch.Tensor:
+    """Normalised image features [N, D] of PIL images held in memory (attacked, shifted or
+    generated images), each through the model's own preprocessing, as a file would be."""
     out = []
     for i in range(0, len(images), batch_size):
-        pil = [Image.fromarray(im.permute(1, 2, 0).cpu().numpy()) for im in images[i : i + batch_size]]
-        x = model.preprocess.batch(pil).to(_device(model))
+        x = model.preprocess.batch(list(images[i : i + batch_size])).to(_device(model))
         out.append(model.encode_image(x, normalize=True).float().cpu())
     return torch.cat(out) if out else torch.empty(0, model.config.embed_dim)
+
+
+def embed_pixels(model: CLIP, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """:func:`embed_pil` of uint8 images [N, 3, H, W] (generated images)."""
+    from PIL import Image
+
+    return embed_pil(model, [Image.fromarray(im.permute(1, 2, 0).cpu().numpy()) for im in images], batch_size)
