@@ -239,6 +239,9 @@ def test_sparse_concept_probe_recovers_each_class_as_its_two_concepts(tmp_path, 
     r = sparse_concept_probe(xtr, ytr, xte, yte, concepts, classes)
     assert r["chosen"]["acc1"] > 0.9
     assert composition_hits(r["composition"]) == 1.0  # each class's top two concepts are its name's words
+    # One-word names count by their top concept; names with words outside the vocabulary do not count.
+    assert composition_hits({"seven": [("seven", 0.9), ("loop", 0.1)], "one": [("line", 0.5), ("one", 0.4)],
+                             "a smudge": [("seven", 0.2)]}, ["seven", "one", "loop", "line"]) == 0.5
     assert all(not any(c.startswith("noise") for c, _ in p[:2]) for p in r["composition"].values())
     per_class = [p["concepts_per_class"] for p in r["curve"]]
     assert per_class[0] <= per_class[-1] and per_class[0] < 2  # a strong penalty keeps few concepts
@@ -284,6 +287,22 @@ def test_effective_robustness_on_known_numbers() -> None:
     assert abs(table["blur"]["effective_robustness"]["b2"]) < 1e-6
     with pytest.raises(ValueError, match="two baselines"):
         fit_trend([0.5, 0.5], [0.4, 0.3])
+    # One baseline that collapses under the shift leaves the line where the others put it.
+    outlier = fit_trend([*source, 0.8], [*shifted, 0.02])
+    assert outlier[0] == pytest.approx(0.5, abs=0.05) and outlier[1] == pytest.approx(-1.0, abs=0.1)
+
+
+def test_baseline_subsets_and_trend_caveats() -> None:
+    from clipforge.analysis.robustness import class_subset, robustness_table, trend_caveats
+
+    y = np.repeat(np.arange(4), [10, 20, 30, 1])
+    keep = class_subset(y, 0.1, seed=0)
+    assert np.bincount(y[keep]).tolist() == [1, 2, 3, 1] and len(set(keep.tolist())) == len(keep)
+    points = {"b1": {"source": 0.6, "s": 0.5}, "b2": {"source": 0.9, "s": 0.4}, "zero-shot": {"source": 0.99, "s": 0.7}}
+    table = robustness_table(points, ["b1", "b2"], 100)
+    assert table["s"]["baselines_source_range"] == [0.6, 0.9]
+    notes = trend_caveats(points, table, ["zero-shot"])
+    assert len(notes) == 2 and "outside" in notes[0] and "falls" in notes[1]  # beyond the range, falling trend
 
 
 def test_image_shifts_are_seeded_and_jitter_keeps_the_hue() -> None:
@@ -396,6 +415,40 @@ def test_a_feature_visualisation_raises_its_target(kind: str) -> None:
     assert vis["history"][-1][1] > vis["history"][0][1] + 1e-3
     assert vis["image"].shape == (3, 32, 32) and float(vis["image"].min()) >= 0 and float(vis["image"].max()) <= 1
     assert all(p.grad is None for p in model.parameters())  # the model is left untouched
+
+
+def test_a_unit_silent_on_noise_starts_from_the_fallback_image() -> None:
+    """A unit that is 0 (after a ReLU) on every noise image cannot be optimised from noise; the
+    visualisation then starts from the given image (the unit's top image) and raises it from there."""
+    from torch import nn
+
+    from clipforge.analysis.neurons import Target, fourier_image, image_to_spectrum, spectrum_to_image, visualise
+    from clipforge.images.preprocess import Preprocess
+
+    class Bright(nn.Module):  # fires only on images brighter than any noise start (mean over 0.8)
+        def forward(self, x):
+            return torch.relu(x.mean(dim=(1, 2, 3)) - 0.8)[:, None]
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = nn.Sequential(nn.Identity(), Bright())
+            self.scale = nn.Parameter(torch.ones(()))
+            self.preprocess = Preprocess(image_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+        def encode_image(self, x, normalize=False):
+            return self.visual(x) * self.scale
+
+    bright = torch.full((3, 16, 16), 0.9)
+    _, freq = fourier_image(16, torch.Generator())
+    torch.testing.assert_close(spectrum_to_image(image_to_spectrum(bright, freq), freq, 16)[0], bright, atol=1e-4,
+                               rtol=0)
+    target = Target(module="visual.1", channel=0)
+    silent = visualise(Model(), target, steps=8, lr=0.1)
+    assert silent["history"][-1][1] == 0.0 and silent["start"] == 1.0  # every noise scale tried, none moved it
+    vis = visualise(Model(), target, steps=8, lr=0.1, fallback=bright)
+    assert vis["start"] == "fallback" and vis["history"][0][1] == pytest.approx(0.1, abs=1e-3)
+    assert vis["history"][-1][1] > vis["history"][0][1] + 0.01
 
 
 def test_explain_cli(tmp_path, capsys) -> None:

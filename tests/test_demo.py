@@ -24,9 +24,24 @@ def test_demo_writes_report(tmp_path, capsys) -> None:
     assert 0 <= results["retrieval_val"]["image_retrieval_recall@10"] <= 1
     summary = demo_summary(results)
     assert "report:" in summary and "zero-shot acc1" in summary and "captions (ClipCap" in summary
+    assert results["zeroshot_heldout_last_epochs"]["values"] == [results["zeroshot_heldout"]["acc1"]]
     # Re-running reuses the dataset.
     run_demo(tmp_path / "demo", synth, epochs=1, progress=False, command="test", caption_epochs=0)
     assert "reusing the synthetic dataset" in capsys.readouterr().err
+
+
+def test_the_held_out_figure_comes_with_its_spread_over_the_last_epochs() -> None:
+    from clipforge.demo import last_epochs_spread
+
+    evals = [{"heldout/acc1": v, "seen/acc1": 0.9} for v in (0.1, 0.31, 0.65, 0.5)] + [{"seen/acc1": 0.9}]
+    s = last_epochs_spread(evals, "heldout/acc1")
+    assert s["values"] == [0.31, 0.65, 0.5] and s["mean"] == pytest.approx(0.4866667, rel=1e-6)
+    assert s["sd"] == pytest.approx(0.1703917, rel=1e-6)  # the sample standard deviation
+    results = {"report": "r", "zeroshot_seen": {"acc1": 0.9}, "zeroshot_heldout": {"acc1": 0.5},
+               "retrieval_val": {f"{d}_retrieval_recall@{k}": 0.5 for d in ("image", "text") for k in (1, 5, 10)},
+               "zeroshot_heldout_last_epochs": s, "train_seconds": 60, "captioner_train_seconds": 6,
+               "total_seconds": 90}
+    assert "held-out combinations 50.0% (last 3 epochs: 48.7% ± 17.0%)" in demo_summary(results)
 
 
 @pytest.mark.slow

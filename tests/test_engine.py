@@ -221,3 +221,22 @@ def test_the_linear_probe_does_not_depend_on_the_thread_count() -> None:
     torch.set_num_threads(before)
     assert runs[0]["lp_acc1"] == runs[1]["lp_acc1"] and runs[0]["C"] == runs[1]["C"]
     assert runs[0]["blas_threads"] == 1 and isinstance(runs[0]["converged"], bool)
+
+
+def test_evaluation_can_pause_the_time_budget(tmp_path) -> None:
+    """budget_counts_eval=False: runs compared at equal training time are not charged for evaluating."""
+    import time
+
+    class SlowEval(SlowRegression):
+        def evaluate(self, epoch, last):
+            time.sleep(0.5)
+            return {"x": 1.0}
+
+    start = time.perf_counter()
+    r = fit(SlowEval(n_batches=50), _config(tmp_path, epochs=1000, minutes=0.05, eval_every_epochs=0,
+                                            eval_every_steps=10, budget_counts_eval=False), DistInfo(), CPU,
+            progress=False)
+    elapsed = time.perf_counter() - start
+    paused = 0.5 * len(r.state.evals)
+    assert len(r.state.evals) >= 4 and 3.0 <= r.state.wall_seconds < 4.5  # the budget: training time only
+    assert elapsed >= r.state.wall_seconds + paused - 0.1

@@ -100,6 +100,7 @@ def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 12
     state: TrainState = result.state
     results = build_demo_report(model, data_dir, state, report_dir, TEMPLATES, command, captioner,
                                 str(caption_dir / "model"))
+    results["zeroshot_heldout_last_epochs"] = last_epochs_spread(state.evals, "heldout/acc1")
     results["train_seconds"] = round(train_s, 1)
     results["captioner_train_seconds"] = round(caption_s, 1)
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
@@ -154,12 +155,26 @@ def run_generation_demo(out: str | Path, minutes: float = 10.0, judge_epochs: in
     return metrics
 
 
+def last_epochs_spread(evals: list[dict[str, Any]], key: str, n: int = 3) -> dict[str, Any] | None:
+    """Mean and spread of ``key`` over the last ``n`` evaluations: the held-out figure moves by tens of
+    points from one epoch to the next, so one epoch's value is not the headline alone."""
+    values = [float(e[key]) for e in evals if key in e][-n:]
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return {"epochs": len(values), "values": values, "mean": mean, "sd": sd}
+
+
 def demo_summary(results: dict[str, Any]) -> str:
     """The lines ``clipforge demo`` prints at the end."""
     zs_h, zs_s, ret = results["zeroshot_heldout"], results["zeroshot_seen"], results["retrieval_val"]
+    spread = results.get("zeroshot_heldout_last_epochs")
+    last = (f" (last {spread['epochs']} epochs: {spread['mean']:.1%} ± {spread['sd']:.1%})"
+            if spread and spread["epochs"] > 1 else "")
     return "\n".join([
         f"report: {results['report']}",
-        f"zero-shot acc1 (64 classes): held-out combinations {zs_h['acc1']:.1%}, seen combinations "
+        f"zero-shot acc1 (64 classes): held-out combinations {zs_h['acc1']:.1%}{last}, seen combinations "
         f"{zs_s['acc1']:.1%}  (chance 1.6%)",
         f"retrieval R@1/5/10 text->image: {ret['image_retrieval_recall@1']:.1%} / "
         f"{ret['image_retrieval_recall@5']:.1%} / {ret['image_retrieval_recall@10']:.1%};  image->text: "

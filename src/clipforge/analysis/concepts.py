@@ -72,11 +72,13 @@ def _full_coef(clf: Any, n_classes: int) -> np.ndarray:
     return out
 
 
-def composition_hits(composition: dict[str, list[tuple[str, float]]], k: int = 2) -> float:
-    """Share of classes whose top ``k`` concepts are words of the class name (for names made of
-    concept words, as the scenes' "red circle": the probe found the algebra)."""
-    hits = [set(c for c, _ in parts[:k]) == set(name.split()) for name, parts in composition.items()
-            if len(name.split()) == k]
+def composition_hits(composition: dict[str, list[tuple[str, float]]], concepts: list[str] | None = None) -> float:
+    """Share of classes whose top n concepts are exactly the n words of the class name ("red circle" =
+    red + circle; "seven" = seven): the probe found the algebra. Only classes whose name words are all
+    in the vocabulary (``concepts``; default: every class) count; 0 when none does."""
+    vocab = set(concepts) if concepts is not None else None
+    hits = [set(c for c, _ in parts[: len(name.split())]) == set(name.split()) for name, parts in composition.items()
+            if vocab is None or set(name.split()) <= vocab]
     return float(np.mean(hits)) if hits else 0.0
 
 

@@ -142,27 +142,28 @@ def spectrum_to_image(spectrum: torch.Tensor, freq_scale: torch.Tensor, size: in
 
 
 def visualise(model: Any, target: Target, steps: int = 256, lr: float = 0.05, jitter: int | None = None,
-              seed: int = 0, snapshots: int = 4) -> dict[str, Any]:
+              seed: int = 0, snapshots: int = 4, fallback: torch.Tensor | None = None) -> dict[str, Any]:
     """An image optimised (Adam on its Fourier coefficients) to raise the target's activation.
 
-    Returns ``image`` [3, H, W] in [0, 1], ``history`` (the activation at each step, measured
-    without jitter every ``steps // 16`` steps) and ``snapshots`` (images along the way)."""
+    The start is random noise, stronger until the target has a gradient; when no noise does (a unit
+    silent on noise), ``fallback`` (an image [3, H, W] in [0, 1], e.g. the unit's top dataset image)
+    is the start. Returns ``image`` [3, H, W] in [0, 1], ``history`` (the activation at each step,
+    measured without jitter every ``steps // 16`` steps), ``snapshots`` (images along the way) and
+    ``start`` (the noise scale used, or ``"fallback"``)."""
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
     size = model.preprocess.image_size
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
-    spectrum, freq_scale = fourier_image(size, g)
-    spectrum = spectrum.to(device).requires_grad_(True)
-    freq_scale = freq_scale.to(device)
     mean = torch.tensor(model.preprocess.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(model.preprocess.std, device=device).view(1, 3, 1, 1)
     shift = jitter if jitter is not None else max(1, size // 16)
-    opt = torch.optim.Adam([spectrum], lr=lr)
     objective = Objective(model, target)
     was_training = model.training
     frozen = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)  # gradients flow to the image only
+    spectrum, freq_scale, start = _live_start(objective, size, g, mean, std, device, fallback)
+    opt = torch.optim.Adam([spectrum], lr=lr)
     history, shots = [], []
     every = max(1, steps // 16)
     shot_every = max(1, steps // max(1, snapshots))
@@ -187,4 +188,36 @@ def visualise(model: Any, target: Target, steps: int = 256, lr: float = 0.05, ji
         for p, flag in zip(model.parameters(), frozen):
             p.requires_grad_(flag)
     final = spectrum_to_image(spectrum, freq_scale, size)[0].detach().cpu()
-    return {"image": final, "history": history, "snapshots": [*shots, final]}
+    return {"image": final, "history": history, "snapshots": [*shots, final], "start": start}
+
+
+START_SCALES = (0.01, 0.05, 0.2, 0.5, 1.0)
+
+
+def _live_start(objective: Objective, size: int, g: torch.Generator, mean: torch.Tensor, std: torch.Tensor,
+                device: torch.device, fallback: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """A starting spectrum where the target has a gradient. A unit after a ReLU is often exactly 0 on a
+    near-grey image, and then no step can move it; stronger noise, or else ``fallback``, wakes it up."""
+
+    def live(spectrum: torch.Tensor, freq_scale: torch.Tensor) -> bool:
+        value = objective((spectrum_to_image(spectrum, freq_scale, size) - mean) / std).mean()
+        (grad,) = torch.autograd.grad(value, spectrum, allow_unused=True)
+        return grad is not None and bool(grad.abs().sum() > 0)
+
+    for scale in START_SCALES:
+        spectrum, freq_scale = fourier_image(size, g, scale)
+        spectrum, freq_scale = spectrum.to(device).requires_grad_(True), freq_scale.to(device)
+        if live(spectrum, freq_scale):
+            return spectrum, freq_scale, scale
+    if fallback is not None:
+        spectrum = image_to_spectrum(fallback.to(device), freq_scale).requires_grad_(True)
+        return spectrum, freq_scale, "fallback"
+    return spectrum, freq_scale, scale  # silent whatever the start: the history shows it
+
+
+def image_to_spectrum(image: torch.Tensor, freq_scale: torch.Tensor) -> torch.Tensor:
+    """The spectrum whose :func:`spectrum_to_image` is ``image`` [3, H, W] (values clamped off 0 and 1)."""
+    size = image.shape[-1]
+    logits = torch.logit(image.float().clamp(0.01, 0.99)) / 4
+    coeffs = torch.fft.rfft2(logits, s=(size, size), norm="ortho") / freq_scale
+    return torch.view_as_real(coeffs).contiguous()

@@ -3,8 +3,9 @@ Taori et al. 2020).
 
 Classifiers fitted on a source set are scored on the source's test images and on shifted versions
 of them. Supervised baselines (logistic regressions and small MLPs on pixels, over a range of
-strengths) give the trend that the paper found for ImageNet models: shifted accuracy is close to a
-linear function of source accuracy once both are logit-transformed. A model's *effective
+strengths and training-set sizes) give the trend that the paper found for ImageNet models: shifted
+accuracy is close to a linear function of source accuracy once both are logit-transformed (fitted
+here by Theil-Sen, robust to a baseline that collapses under one shift). A model's *effective
 robustness* is its shifted accuracy minus the trend's value at its source accuracy: above zero, it
 keeps more under the shift than its source accuracy predicts. The paper found zero-shot CLIP far
 above the trend, and a linear probe fitted on the source (ImageNet) pulled back towards it.
@@ -31,11 +32,15 @@ def logit(p: np.ndarray | float, n: int | None = None) -> np.ndarray:
 
 
 def fit_trend(source: Sequence[float], shifted: Sequence[float], n: int | None = None) -> tuple[float, float]:
-    """Least-squares line logit(shifted) = slope * logit(source) + intercept over the baselines."""
+    """The line logit(shifted) = slope * logit(source) + intercept through the baselines, by Theil-Sen
+    (the median of the pairwise slopes): one baseline that collapses under a shift (an MLP under
+    noise) does not tilt the line as it tilts a least-squares fit."""
+    from scipy.stats import theilslopes
+
     x, y = logit(np.asarray(source), n), logit(np.asarray(shifted), n)
     if len(x) < 2 or np.ptp(x) < 1e-9:
         raise ValueError("the trend needs at least two baselines with different source accuracies")
-    slope, intercept = np.polyfit(x, y, 1)
+    slope, intercept, _, _ = theilslopes(y, x, method="joint")  # intercept: median of y - slope x
     return float(slope), float(intercept)
 
 
@@ -86,8 +91,14 @@ def pixels(images: Sequence[Image.Image], size: int = 32) -> np.ndarray:
                                 dtype=np.float32).ravel() / 255 for im in images])
 
 
+SUBSET_FRACTIONS = (0.03, 0.1, 0.3)
+
+
 def supervised_baselines(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, Any]:
-    """Classifiers of a range of strengths on pixels: logistic regression at four C's and two MLPs."""
+    """Classifiers of a range of strengths on pixels: logistic regression at four C's, two MLPs, and
+    logistic regressions fitted on 3%, 10% and 30% of the training images (per class). The subsets
+    spread the baselines' source accuracies, so that the trend is fitted over a range rather than
+    extrapolated from a cluster (strong baselines on easy data all land within a few points)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
@@ -98,7 +109,25 @@ def supervised_baselines(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[st
     models |= {f"pixels MLP {it} it": make_pipeline(StandardScaler(), MLPClassifier((256,), max_iter=it,
                                                                                  random_state=seed))
                for it in (20, 200)}
-    return _fit_all(models, x, y)
+    fitted = _fit_all(models, x, y)
+    sizes = set()
+    for fraction in SUBSET_FRACTIONS:
+        keep = class_subset(y, fraction, seed)
+        if len(set(y[keep].tolist())) > 1 and len(keep) not in sizes:  # small classes: fractions can coincide
+            sizes.add(len(keep))
+            fitted |= _fit_all({f"pixels LR on {fraction:.0%}": LogisticRegression(C=1, max_iter=500)},
+                               x[keep], y[keep])
+    return fitted
+
+
+def class_subset(y: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Indices of ``fraction`` of each class's samples (at least one per class), drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        keep.extend(rng.choice(idx, size=max(1, round(fraction * len(idx))), replace=False).tolist())
+    return np.array(sorted(keep))
 
 
 def _fit_all(models: dict[str, Any], x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -108,6 +137,7 @@ def _fit_all(models: dict[str, Any], x: np.ndarray, y: np.ndarray) -> dict[str, 
 
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", message="The number of unique classes")  # the small subsets
         for m in models.values():
             m.fit(x, y)
     return models
@@ -124,13 +154,31 @@ def robustness_table(points: dict[str, dict[str, float]], baselines: Sequence[st
     """``points``: classifier -> {"source": acc, shift: acc, ...}. Per shift, the baselines' trend
     and every classifier's effective robustness."""
     shifts = [k for k in next(iter(points.values())) if k != "source"]
+    sources = [points[b]["source"] for b in baselines]
     out: dict[str, Any] = {}
     for s in shifts:
-        trend = fit_trend([points[b]["source"] for b in baselines], [points[b][s] for b in baselines], n)
+        trend = fit_trend(sources, [points[b][s] for b in baselines], n)
         out[s] = {"trend": {"slope": trend[0], "intercept": trend[1]},
+                  "baselines_source_range": [min(sources), max(sources)],
                   "effective_robustness": {k: effective_robustness(trend, p["source"], p[s], n)
                                            for k, p in points.items()}}
     return out
+
+
+def trend_caveats(points: dict[str, dict[str, float]], table: dict[str, Any], highlight: Sequence[str]) -> list[str]:
+    """Where an effective robustness is read off the trend beyond the baselines' source accuracies, or
+    off a trend that falls as source accuracy rises, it is an extrapolation: say so."""
+    notes = []
+    lo, hi = next(iter(table.values()))["baselines_source_range"]
+    outside = [k for k in highlight if k in points and not lo <= points[k]["source"] <= hi]
+    if outside:
+        notes.append(f"The baselines' source accuracies span {100 * lo:.1f}-{100 * hi:.1f}%; "
+                     f"{', '.join(outside)} lie outside it, so their effective robustness extrapolates the trend.")
+    falling = [s for s, t in table.items() if t["trend"]["slope"] < 0]
+    if falling:
+        notes.append(f"The trend falls with source accuracy under {', '.join(falling)}: the baselines do not follow "
+                     "a line there, and effective robustness against it is not meaningful.")
+    return notes
 
 
 def robustness_markdown(points: dict[str, dict[str, float]], table: dict[str, Any], title: str,
@@ -145,6 +193,9 @@ def robustness_markdown(points: dict[str, dict[str, float]], table: dict[str, An
         bold = "**" if name in highlight else ""
         cells = [f"{pct(p[s])} ({100 * table[s]['effective_robustness'][name]:+.1f})" for s in shifts]
         lines.append(f"| {bold}{name}{bold} | {pct(p['source'])} | " + " | ".join(cells) + " |")
+    notes = trend_caveats(points, table, highlight)
+    if notes:
+        lines += [""] + [f"Note: {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -162,8 +213,10 @@ def robustness_plot(points: dict[str, dict[str, float]], table: dict[str, Any], 
     rows = (len(shifts) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
     ticks = np.array([0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99])
+    # The axes reach every point (accuracies near 100% sit far out on a logit scale).
+    extreme = max(logit(v, n) for p in points.values() for v in p.values())
     for ax, s in zip(axes.ravel(), shifts):
-        lo, hi = logit(0.02), logit(0.995)
+        lo, hi = logit(0.02), max(logit(0.995), extreme + 0.3)
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
         xs = np.linspace(lo, hi, 50)
         tr = table[s]["trend"]

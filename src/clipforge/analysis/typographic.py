@@ -214,10 +214,10 @@ def attack_report(result: dict[str, Any], out_dir: str | Path, title: str) -> di
     m = result["metrics"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.4))
     acc = [100 * m[k] for k in ("acc1_clean", "acc1_control", "acc1_attacked")]
-    a.bar(["no text", "nonsense word", "wrong class name"], acc, color=["#8ab", "#bbb", "#c55"])
+    a.bar(["no text", "nonsense\nword", "wrong class\nname"], acc, color=["#8ab", "#bbb", "#c55"])
     a.set(ylabel="zero-shot acc1 (%)", ylim=(0, 100), title="accuracy")
     succ = [100 * m["control_success"], 100 * m["attack_success"]]
-    b.bar(["nonsense word", "wrong class name"], succ, color=["#bbb", "#c55"])
+    b.bar(["nonsense\nword", "wrong class\nname"], succ, color=["#bbb", "#c55"])
     b.set(ylabel="prediction = the written class (%)", ylim=(0, 100), title="attack success")
     for ax, vals in ((a, acc), (b, succ)):
         for i, v in enumerate(vals):

@@ -25,12 +25,13 @@ from clipforge.checkpoints.state_dict import (
 )
 from clipforge.errors import CheckpointError
 from clipforge.images.preprocess import Preprocess
+from clipforge.models.bag_of_words import BagOfWords, BagOfWordsConfig
 from clipforge.models.clip import CLIP
 from clipforge.models.coca import CoCa, CoCaConfig
 from clipforge.models.config import CLIPConfig
 
 #: Saved ``arch`` -> (config class, model class) of the models a clipforge folder may hold.
-ARCHS = {"clip": (CLIPConfig, CLIP), "coca": (CoCaConfig, CoCa)}
+ARCHS = {"clip": (CLIPConfig, CLIP), "coca": (CoCaConfig, CoCa), "bag_of_words": (BagOfWordsConfig, BagOfWords)}
 #: Archs of the task families (above this floor): module and class names, imported when loaded.
 FAMILY_ARCHS = {"prefix_captioner": ("clipforge.captioning.prefix", "PrefixConfig", "PrefixCaptioner"),
                 "iterative_captioner": ("clipforge.captioning.iterative", "IterativeConfig", "IterativeCaptioner"),

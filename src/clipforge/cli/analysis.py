@@ -265,7 +265,7 @@ def run_concepts(args: argparse.Namespace) -> int:
     weights = zero_shot_classifier(model, concepts, [args.concept_template])
     result = sparse_concept_probe(concept_scores(xtr, weights), ytr.numpy(), concept_scores(xte, weights),
                                   yte.numpy(), concepts, ds.classes)
-    result["top2_are_the_name"] = composition_hits(result["composition"])
+    result["top_concepts_are_the_name"] = composition_hits(result["composition"], concepts)
     title = f"{model_label(args.model)} on {dataset_label(ds.name)}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,9 +278,9 @@ def run_concepts(args: argparse.Namespace) -> int:
         print(f"  {name} = " + " + ".join(f"{c} ({w:.2f})" for c, w in parts))
     ch = result["chosen"]
     _save(args, "concept_probe", ds.name, {"acc1": ch["acc1"], "concepts_per_class": ch["concepts_per_class"],
-                                            "top2_are_the_name": result["top2_are_the_name"]},
+                                            "top_concepts_are_the_name": result["top_concepts_are_the_name"]},
           {"concepts": concepts, "concept_template": args.concept_template, "n_train": len(ytr),
-           "n_test": len(yte), **{k: v for k, v in result.items() if k != "top2_are_the_name"}})
+           "n_test": len(yte), **{k: v for k, v in result.items() if k != "top_concepts_are_the_name"}})
     print(f"summary: {out / stem}.md, plot: {out / stem}.png")
     return 0
 
@@ -414,16 +414,17 @@ def run_robustness(args: argparse.Namespace) -> int:
         shifted[name] = (simgs, np.array(ds.labels)[skeep])
     templates = _templates(args.templates, args.dataset)
     result = robustness_experiment(model, train, test, shifted, train_ds.classes, templates, args.seed, progress=True)
-    title = f"{model_label(args.model)} on {dataset_label(train_ds.name)}"
+    name = "digits" if args.dataset == "digits" else train_ds.name  # its train and test splits, not one of them
+    title = f"{model_label(args.model)} on {dataset_label(name)}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"robustness__{model_label(args.model)}__{dataset_label(train_ds.name)}"
+    stem = f"robustness__{model_label(args.model)}__{dataset_label(name)}"
     md = robustness_markdown(result["points"], result["table"], title, ["zero-shot", "linear probe C=1"])
     atomic_write_text(md, out / f"{stem}.md")
     robustness_plot(result["points"], result["table"], result["baselines"], out / f"{stem}.png", title, result["n"])
     print(md)
     er = {f"zero_shot_er_{s}": v["effective_robustness"]["zero-shot"] for s, v in result["table"].items()}
-    _save(args, "robustness", train_ds.name, {"zero_shot_source": result["points"]["zero-shot"]["source"], **er},
+    _save(args, "robustness", name, {"zero_shot_source": result["points"]["zero-shot"]["source"], **er},
           {"shifts": list(shifted), "n_train": len(train[1]), "n_test": result["n"], **result})
     print(f"summary: {out / stem}.md, plot: {out / stem}.png")
     return 0

@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     z.add_argument("--confusion", default=None, help="write the confusion matrix to this PNG")
     z.add_argument("--ablate-prompts", action="store_true", help="the CLIP paper's prompt ablation: the bare class "
                    "name, one template and the ensemble, and each template alone (JSON, plot and Markdown in --out)")
+    z.add_argument("--scoring", choices=("embedding", "likelihood"), default="embedding",
+                   help="embedding: cosine to the prompts' text embeddings; likelihood: each prompt's log-likelihood "
+                   "given the image (a CoCa's decoder; bag-of-words models always)")
     z.add_argument("--one-template", default=None, help="--ablate-prompts: the single template (default: the set's "
                    "first)")
     z.set_defaults(func=run_zeroshot)
@@ -133,19 +136,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_classify)
 
 
-def _load(model_path: str, device: str | None = None):
+def _load(model_path: str, device: str | None = None, text: bool = True):
+    """The model at ``model_path``, refused with one line when it cannot embed images (or, with
+    ``text``, texts) as the command needs."""
     from clipforge.checkpoints import load
     from clipforge.checkpoints.load import no_tokenizer_message
     from clipforge.engine.distributed import default_device, init_distributed
+    from clipforge.errors import ClipforgeError
 
     # Under torchrun the ranks share the feature extraction; rank 0 writes the result.
     info = init_distributed()
     if model_path == "pixels":
         return None  # raw pixels: only meaningful for linear probes
     model = load(model_path).to(default_device(info, device))
+    arch = getattr(model, "arch", "clip")
+    if not callable(getattr(model, "encode_image", None)):
+        raise ClipforgeError(f"{model_path}: a {arch} model does not embed images; this command needs a CLIP")
+    if text and not callable(getattr(model, "encode_text", None)):
+        raise ClipforgeError(f"{model_path}: a {arch} model has no text embedding, which this command needs "
+                             "(eval zeroshot scores its prompts by likelihood; linear probes use its image features)")
     if model.tokenizer is None:
-        from clipforge.errors import ClipforgeError
-
         raise ClipforgeError(f"{model_path}: {no_tokenizer_message(model)}")
     return model
 
@@ -177,7 +187,7 @@ def _probe_inputs(args: argparse.Namespace):
     from clipforge.evaluation.probe_data import labelled_features, train_test_sets
 
     _at_least(args.batch_size, 1, "--batch-size")
-    model = _load(args.model, args.device)
+    model = _load(args.model, args.device, text=bool(getattr(args, "zeroshot_init", False)))
     train, test = train_test_sets(args.dataset, args.test, getattr(args, "image_column", "image"),
                                   getattr(args, "label_column", "label"))
     xtr, ytr, _ = labelled_features(model, train, args.batch_size, not args.no_cache, "embed train")
@@ -200,13 +210,16 @@ def _save(args, task: str, dataset: str, metrics: dict, settings: dict, label: s
 def run_zeroshot(args: argparse.Namespace) -> int:
     _text_needed(args.model)
     from clipforge.data.datasets import load_classification
+    from clipforge.errors import ClipforgeError
+    from clipforge.evaluation.likelihood_zero_shot import likelihood_zero_shot_task, scores_likelihood
     from clipforge.evaluation.probe_data import warn_missing, warn_skipped
     from clipforge.evaluation.tasks import zero_shot_task
     from clipforge.evaluation.templates import load_classnames
     from clipforge.evaluation.zero_shot import confusion_matrix_png
 
     _at_least(args.batch_size, 1, "--batch-size")
-    model = _load(args.model, args.device)
+    model = _load(args.model, args.device, text=False)
+    by_likelihood = args.scoring == "likelihood" or not callable(getattr(model, "encode_text", None))
     classes, per_class = load_classnames(args.classes) if args.classes else (None, None)
     ds = load_classification(args.dataset, args.split, args.image_column, args.label_column, classes)
     warn_missing(ds)
@@ -215,19 +228,27 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         from clipforge.cli.analysis import run_prompt_ablation
 
         if per_class is not None:
-            from clipforge.errors import ClipforgeError
-
             raise ClipforgeError("--ablate-prompts needs class names and templates, not per-class prompts (--classes)")
+        if by_likelihood:
+            raise ClipforgeError("--ablate-prompts compares prompt embeddings; this model scores by likelihood")
         return run_prompt_ablation(args, model, ds, templates)
-    metrics, logits, targets, skipped = zero_shot_task(model, ds, templates, args.batch_size,
-                                                       use_cache=not args.no_cache, progress=True)
+    if by_likelihood:
+        if not scores_likelihood(model) or per_class is not None:
+            raise ClipforgeError(f"--scoring likelihood: {args.model} cannot score prompts by likelihood"
+                                 if per_class is None else "--scoring likelihood takes class names and templates, "
+                                 "not per-class prompts (--classes)")
+        metrics, logits, targets, skipped = likelihood_zero_shot_task(model, ds, templates, args.batch_size,
+                                                                      progress=True)
+    else:
+        metrics, logits, targets, skipped = zero_shot_task(model, ds, templates, args.batch_size,
+                                                           use_cache=not args.no_cache, progress=True)
     warn_skipped(skipped, ds.name)
     if args.confusion:
         confusion_matrix_png(targets, logits.argmax(1), ds.classes, args.confusion)
         print(f"confusion matrix written to {args.confusion}")
     _save(args, "zeroshot_classification", ds.name, metrics,
           {"templates": templates if per_class is None else "per-class prompts", "n_classes": len(ds.classes),
-           "n_images": len(targets)})
+           "n_images": len(targets), "scoring": "likelihood" if by_likelihood else "embedding"})
     return 0
 
 

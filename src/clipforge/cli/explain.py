@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
             grid.save(out / f"{name}_top.png")
             md += [f"## {target.label}", "", f"![top images]({name}_top.png)", ""]
         if args.steps:
-            vis = visualise(model, target, steps=args.steps, lr=args.lr, seed=args.seed)
+            fallback = _start_image(entry["top"][0]["image"], model) if paths and entry["top"] else None
+            vis = visualise(model, target, steps=args.steps, lr=args.lr, seed=args.seed, fallback=fallback)
             shots = [Image.fromarray((s.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).resize(
                 (128, 128), Image.Resampling.NEAREST) for s in vis["snapshots"]]
             strip = Image.new("RGB", (132 * len(shots), 128), "white")
@@ -101,12 +102,16 @@ def run(args: argparse.Namespace) -> int:
                 strip.paste(s, (132 * i, 0))
             strip.save(out / f"{name}_visualisation.png")
             first, last = vis["history"][0][1], vis["history"][-1][1]
-            entry["visualisation"] = {"history": vis["history"], "start": first, "end": last}
+            entry["visualisation"] = {"history": vis["history"], "start": first, "end": last,
+                                      "started_from": "the top image" if vis["start"] == "fallback" else
+                                      f"Fourier noise (scale {vis['start']:g})"}
             if not paths:
                 md += [f"## {target.label}", ""]
-            md += [f"Optimised image (snapshots left to right; the activation went from {first:.3f} to {last:.3f} "
-                   f"in {args.steps} steps):", "", f"![visualisation]({name}_visualisation.png)", ""]
-            print(f"{target.label}: visualisation activation {first:.3f} -> {last:.3f}")
+            md += [f"Optimised image from {entry['visualisation']['started_from']} (snapshots left to right; the "
+                   f"activation went from {first:.3f} to {last:.3f} in {args.steps} steps):", "",
+                   f"![visualisation]({name}_visualisation.png)", ""]
+            print(f"{target.label}: visualisation from {entry['visualisation']['started_from']}, activation "
+                  f"{first:.3f} -> {last:.3f}")
         if paths:
             print(f"{target.label}: top image {entry['top'][0]['image']} ({entry['top'][0]['activation']:.3f})")
         summary.append(entry)
@@ -114,3 +119,11 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text("\n".join(md), out / "explain.md")
     print(f"written to {out} (explain.md, explain.json, PNGs)")
     return 0
+
+
+def _start_image(path: str, model):
+    """The image at ``path`` as the model sees it (resized and centre-cropped, not normalised): [3, H, W] in [0, 1]."""
+    from clipforge.data.images import Uint8Crop
+    from clipforge.images.decode import open_image
+
+    return Uint8Crop(model.preprocess.image_size)(open_image(path)).float() / 255.0

@@ -18,6 +18,7 @@ from clipforge.cli import (
     data,
     demo,
     evaluate,
+    experiment,
     explain,
     generate,
     info,
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: $CLIPFORGE_THREADS or min(4, cores))")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, train, data, evaluate, explain, caption, generate, ssl, search, convert, info, word2vec):
+    for module in (demo, train, data, evaluate, experiment, explain, caption, generate, ssl, search, convert, info,
+                   word2vec):
         module.add_parser(sub)
     return parser
 

@@ -73,6 +73,10 @@ class TimeBudget:
             log.info(f"time budget {self.seconds / 60:g} min: {per_step:.2f} s a step, the schedule is sized to "
                      f"about {self.total_steps} steps{short}")
 
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` just spent (an evaluation) out of the run's budgeted time."""
+        self.start += seconds
+
     @property
     def over(self) -> bool:
         return self.active and self.now >= self.seconds

@@ -57,6 +57,7 @@ class EngineConfig:
     keep_checkpoints: int = 3
     eval_every_epochs: int = 1
     eval_every_steps: int = 0  # also evaluate every N steps (small data: epochs of a few steps)
+    budget_counts_eval: bool = True  # False: evaluations pause the minutes= clock (equal training time)
     max_nonfinite_steps: int = 5
     tensorboard: bool = True
     label: str = "train"
@@ -100,7 +101,10 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
     last_save = time.perf_counter()
 
     def evaluate(last: bool) -> None:
+        start = time.perf_counter()
         metrics = task.evaluate(state.epoch, last)
+        if not config.budget_counts_eval:
+            budget.exclude(time.perf_counter() - start)
         if metrics:
             metrics.update(step=state.step, epoch=state.epoch)
             state.evals.append(metrics)

@@ -261,6 +261,31 @@ class CoCa(TwoTowers):
         self.text.set_grad_checkpointing(enable)
 
     @torch.no_grad()
+    def text_log_likelihood(self, images: torch.Tensor, tokens: torch.Tensor,
+                            max_pairs: int = 2048) -> torch.Tensor:
+        """[N_images, N_texts]: each text's teacher-forced log-likelihood given each image, the sum of
+        log p(token_t | tokens_<t, image) over its tokens after the start token (padding left out);
+        how a captioner classifies zero-shot. ``max_pairs``: (image, text) pairs decoded at once."""
+        tokens = tokens.to(images.device)
+        length = int((tokens != self.config.pad_id).sum(dim=1).max())  # right padding: trimming is exact
+        tokens = tokens[:, : max(length, 2)]
+        image = self.visual.forward_tokens(images)["tokens"]
+        text = self.text.forward_tokens(tokens)["tokens"][:, :-1]  # the same for every image
+        labels = tokens[:, 1:]
+        keep = labels != self.config.pad_id
+        n_texts = tokens.shape[0]
+        chunk = max(1, max_pairs // n_texts)
+        out = []
+        for start in range(0, image.shape[0], chunk):
+            ctx = image[start : start + chunk]
+            n = ctx.shape[0]
+            logits = self.text_decoder(ctx.repeat_interleave(n_texts, dim=0), text.repeat(n, 1, 1))
+            logits = logits if logits.dtype == torch.float64 else logits.float()
+            picked = logits.log_softmax(-1).gather(-1, labels.repeat(n, 1)[..., None])[..., 0]
+            out.append((picked * keep.repeat(n, 1)).sum(dim=1).view(n, n_texts))
+        return torch.cat(out)
+
+    @torch.no_grad()
     def generate(self, images: torch.Tensor, config: GenerationConfig | None = None, use_cache: bool = True,
                  prompt: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:

@@ -26,7 +26,8 @@ class CoCaStep(ContrastiveStep):
         text = self.model.text.forward_tokens(tokens)
         out = {"image": at_least_fp32(F.normalize(image["pooled"], dim=-1)),
                "text": at_least_fp32(F.normalize(text["pooled"], dim=-1))}
-        if torch.is_grad_enabled():  # GradCache's graph-free first pass needs only the embeddings
+        # GradCache's graph-free first pass needs only the embeddings; a weight of 0 needs no decoder.
+        if torch.is_grad_enabled() and self.model.config.caption_weight:
             logits = self.model.text_decoder(image["tokens"], text["tokens"][:, :-1])
             out["_caption"] = self.model.caption_loss(logits, tokens[:, 1:], reduction="sum")
         return out

@@ -14,7 +14,8 @@ from clipforge.engine.budget import MINUTES_HELP
 from clipforge.engine.loop import Precision, Schedule
 from clipforge.errors import ConfigError
 
-Loss = Literal["clip", "clip_tiled", "siglip", "siglip_tiled"]
+Loss = Literal["clip", "clip_tiled", "siglip", "siglip_tiled", "bag_of_words"]
+Scoring = Literal["embedding", "likelihood"]
 
 __all__ = ["DataConfig", "ModelConfig", "OptimConfig", "TrainConfig", "ZeroShotSet", "apply_overrides",
            "describe"]
@@ -30,6 +31,8 @@ class ZeroShotSet:
     label_column: str = opt("label", "class name column")
     classes: list[str] = opt([], "class names (default: the sorted labels found in the CSV)")
     templates: list[str] = opt(["a photo of a {}."], "prompt templates; {} is replaced by the class name")
+    scoring: Scoring = opt("embedding", "'embedding' (cosine to the prompts' text embeddings) or 'likelihood' (each "
+                           "prompt's log-likelihood given the image: a CoCa's decoder; bag_of_words models always)")
 
 
 @dataclass
@@ -93,12 +96,18 @@ class TrainConfig:
     precision: Precision = opt("fp32", "'fp32', 'bf16' (autocast) or 'fp16' (autocast with loss scaling; CUDA only)")
     loss: Loss = opt("clip", "'clip' (symmetric InfoNCE), 'siglip' (the sigmoid loss; the model gains a learnable "
                     "logit bias, initialised with t = 10, b = -10), or 'clip_tiled' / 'siglip_tiled' (the same losses, "
-                    "exact, in O(N d) memory for very large batches)")
+                    "exact, in O(N d) memory for very large batches), or 'bag_of_words' (no text tower: the image "
+                    "tower predicts the caption's bag of words, the CLIP paper's baseline objective; zero-shot by "
+                    "the prompts' likelihood)")
     seed: int = opt(0, "seed for initialisation, data order and augmentation")
     out_dir: str = opt("runs/clip", "folder for checkpoints, logs and the final model")
     save_every_steps: int = opt(0, "also checkpoint every N steps (0: only at the end of each epoch)")
     keep_checkpoints: int = opt(3, "how many recent checkpoints to keep")
     eval_every_epochs: int = opt(1, "evaluate every N epochs (0: never)")
+    eval_every_steps: int = opt(0, "also evaluate every N optimiser steps (0: only by epochs)")
+    budget_counts_eval: bool = opt(True, "with minutes=: count evaluation time in the budget (false: the clock "
+                                   "pauses while evaluating, so runs get equal training time; one process only, "
+                                   "as under torchrun the other ranks' wait for the evaluation counts)")
     log_every_steps: int = opt(10, "write a metrics line every N steps")
     max_nonfinite_steps: int = opt(5, "stop after this many consecutive NaN/Inf losses")
     max_steps: int | None = opt(None, "stop after this many optimiser steps in total")
@@ -115,6 +124,7 @@ class TrainConfig:
         at_least = {"epochs": (self.epochs, 1), "batch_size": (self.batch_size, 2),
                     "micro_batch_size": (self.micro_batch_size, 1), "save_every_steps": (self.save_every_steps, 0),
                     "keep_checkpoints": (self.keep_checkpoints, 1), "eval_every_epochs": (self.eval_every_epochs, 0),
+                    "eval_every_steps": (self.eval_every_steps, 0),
                     "log_every_steps": (self.log_every_steps, 1), "max_nonfinite_steps": (self.max_nonfinite_steps, 1),
                     "max_steps": (self.max_steps, 1), "threads": (self.threads, 1),
                     "data.workers": (self.data.workers, 0), "data.shuffle_buffer": (self.data.shuffle_buffer, 1),

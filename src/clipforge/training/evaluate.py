@@ -9,6 +9,7 @@ import torch
 
 from clipforge.data.datasets import load_classification, load_retrieval
 from clipforge.errors import ClipforgeError
+from clipforge.evaluation.likelihood_zero_shot import likelihood_zero_shot_task
 from clipforge.evaluation.tasks import retrieval_task, zero_shot_task
 from clipforge.models.clip import CLIP
 from clipforge.training.config import TrainConfig
@@ -35,14 +36,18 @@ def evaluate(model: CLIP, config: TrainConfig, progress: bool = False) -> dict[s
     """Each set's metrics; a set that cannot be evaluated (no readable image) is left out with a warning."""
     model.eval()
     out: dict[str, Any] = {}
+    embeds_text = hasattr(model, "encode_text")
     for zs, ds in _zeroshot_sets(config):
         try:
-            metrics, _, _, _ = zero_shot_task(model, ds, zs.templates, progress=progress)
+            if zs.scoring == "likelihood" or not embeds_text:
+                metrics, _, _, _ = likelihood_zero_shot_task(model, ds, zs.templates, progress=progress)
+            else:
+                metrics, _, _, _ = zero_shot_task(model, ds, zs.templates, progress=progress)
         except ClipforgeError as e:
             log.warning(f"zero-shot set {zs.name} not evaluated: {e}")
             continue
         out.update({f"{zs.name}/{k}": v for k, v in metrics.items()})
-    if config.data.val:
+    if config.data.val and embeds_text:  # a bag-of-words model has no text embedding to retrieve with
         ds = load_retrieval(config.data.val, config.data.image_column, config.data.caption_column,
                             config.data.separator)
         try:

@@ -74,6 +74,8 @@ class CLIPTask(ContrastiveStep):
 
         super().__init__(model, loss_fn, dist)
         self.config, self.pairs, self.n_samples, self.device = config, pairs, n_samples, device
+        # A run that evaluates at all also evaluates its last model when max_steps or minutes= stop it.
+        self.evaluate_at_end = bool(config.eval_every_epochs or config.eval_every_steps)
         opt = config.optim
         self.optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay), lr=opt.lr,
                                            betas=(opt.beta1, opt.beta2), eps=opt.eps)

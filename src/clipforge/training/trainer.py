@@ -24,9 +24,11 @@ from clipforge.errors import ConfigError
 from clipforge.losses.clip import clip_loss
 from clipforge.losses.siglip import siglip_loss
 from clipforge.losses.tiled import tiled_clip_loss, tiled_siglip_loss
+from clipforge.models.bag_of_words import BagOfWords, BagOfWordsConfig
 from clipforge.models.clip import CLIP
 from clipforge.models.coca import CoCa, CoCaConfig
 from clipforge.models.config import CLIPConfig
+from clipforge.training.bow_task import BagOfWordsTask
 from clipforge.training.coca_task import CoCaTask
 from clipforge.training.config import TrainConfig
 from clipforge.training.evaluate import check_eval_data
@@ -67,26 +69,32 @@ def build_tokenizer(config: TrainConfig, captions: list[str]) -> Any:
 
 def build_model(config: TrainConfig, tokenizer: Any) -> CLIP:
     sigmoid = config.loss in SIGMOID_LOSSES
+    bag = config.loss == "bag_of_words"
     if config.model.init:
         model = load(config.model.init)
         if sigmoid and not hasattr(model, "logit_bias"):
             raise ConfigError(f"loss={config.loss} needs a model with a logit bias; {config.model.init} has none "
                               "(it was not trained with a sigmoid loss)")
-        if tokenizer is not None and tokenizer.vocab_size > model.config.text.vocab_size:
-            raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but {config.model.init} only "
-                              f"{model.config.text.vocab_size}")
+        if bag != isinstance(model, BagOfWords):
+            raise ConfigError(f"{config.model.init}: loss=bag_of_words continues only a bag-of-words model" if bag
+                              else f"{config.model.init} is a bag-of-words model: train it with loss=bag_of_words")
+        vocab = model.config.vocab_size if bag else model.config.text.vocab_size
+        if tokenizer is not None and tokenizer.vocab_size > vocab:
+            raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but {config.model.init} only {vocab}")
         return model.train()
     base = build(config.model.name).config
     d = base.to_dict()
-    if isinstance(base, CoCaConfig):
-        return _build_coca(config, d, tokenizer)
-    if sigmoid:  # SigLIP's initialisation: t = 10, b = -10 (Zhai et al. 2023)
+    if sigmoid and not isinstance(base, CoCaConfig):  # SigLIP's initialisation: t = 10, b = -10 (Zhai et al. 2023)
         d.update(init_logit_scale=math.log(10.0), init_logit_bias=-10.0)
     for section, values in config.model.overrides.items():
         if isinstance(values, dict) and isinstance(d.get(section), dict):
             d[section].update(values)
         else:
             d[section] = values
+    if bag:
+        return _build_bag_of_words(config, d, isinstance(base, CoCaConfig), tokenizer)
+    if isinstance(base, CoCaConfig):
+        return _build_coca(config, d, tokenizer)
     if config.model.text_tower:
         from clipforge.models.hf_text import HFTextTower, hf_text_config
 
@@ -107,15 +115,23 @@ def _build_coca(config: TrainConfig, d: dict, tokenizer: Any) -> CoCa:
         raise ConfigError(f"loss={config.loss}: a CoCa trains with the CLIP loss plus its captioning loss (loss=clip)")
     if config.model.text_tower:
         raise ConfigError("model.text_tower: a CoCa's text tower is its own (a causal transformer with a CLS token)")
-    for section, values in config.model.overrides.items():
-        if isinstance(values, dict) and isinstance(d.get(section), dict):
-            d[section].update(values)
-        else:
-            d[section] = values
     for section in ("text", "decoder"):  # the tokenizer decides the vocabulary and the positions
         d[section].update(vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length)
     d.update(start_id=tokenizer.sot_token_id, end_id=tokenizer.eot_token_id)
     return CoCa(CoCaConfig.from_dict(d)).train()
+
+
+def _build_bag_of_words(config: TrainConfig, d: dict, coca: bool, tokenizer: Any) -> BagOfWords:
+    """The named model's image tower (a CLIP's or a CoCa's) with a head over the tokenizer's vocabulary."""
+    if config.model.text_tower:
+        raise ConfigError("model.text_tower: loss=bag_of_words has no text tower (the image tower predicts the words)")
+    sections = ("text", "decoder") if coca else ("text",)
+    for section in sections:  # kept consistent with the tokenizer, though the text side is not built
+        d[section].update(vocab_size=tokenizer.vocab_size, context_length=tokenizer.context_length)
+    ignore = sorted({getattr(tokenizer, "pad_token_id", 0), tokenizer.sot_token_id, tokenizer.eot_token_id})
+    cfg = BagOfWordsConfig(tower_arch="coca" if coca else "clip", tower=d, vocab_size=tokenizer.vocab_size,
+                           ignore_ids=ignore)
+    return BagOfWords(cfg).train()
 
 
 def train(config: TrainConfig, resume: str | None = None, progress: bool = True,
@@ -130,7 +146,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True,
         torch.set_num_threads(config.threads)
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
-    if loss_fn is None:
+    if loss_fn is None and config.loss != "bag_of_words":
         if config.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {config.loss!r}")
         loss_fn = LOSSES[config.loss]
@@ -174,6 +190,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True,
     if config.model.lock_image:
         model.lock_image_tower()
     if config.model.lock_text:
+        if isinstance(model, BagOfWords):
+            raise ConfigError("model.lock_text: loss=bag_of_words has no text tower to freeze")
         model.lock_text_tower()
     model.set_grad_checkpointing(config.model.grad_checkpointing)
     D.broadcast_parameters(model, info)
@@ -186,7 +204,11 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True,
                   f"{config.micro_batch_size} < batch_size={config.batch_size} they normalise each micro-batch by "
                   "its own statistics, so gradients are not exactly the full batch's (running statistics are "
                   "still updated once per step); use a ViT tower for exact micro-batching")
-    task = (CoCaTask if isinstance(model, CoCa) else CLIPTask)(model, config, pairs, n_samples, loss_fn, info, device)
+    if isinstance(model, BagOfWords):
+        task: CLIPTask = BagOfWordsTask(model, config, pairs, n_samples, info, device)
+    else:
+        task = (CoCaTask if isinstance(model, CoCa) else CLIPTask)(model, config, pairs, n_samples, loss_fn, info,
+                                                                    device)
     result = fit(task, engine_config(config), info, device, resume=resume, progress=progress,
                  skipped=None if resume else dict(Counter(s.reason for s in read_skips)))
     return TrainResult(model.eval(), result.state, run_dir / "model", result.stopped_early)
@@ -201,6 +223,7 @@ def engine_config(config: TrainConfig) -> EngineConfig:
                         micro_batch_size=config.micro_batch_size, precision=config.precision,
                         log_every_steps=config.log_every_steps, save_every_steps=config.save_every_steps,
                         keep_checkpoints=config.keep_checkpoints, eval_every_epochs=config.eval_every_epochs,
+                        eval_every_steps=config.eval_every_steps, budget_counts_eval=config.budget_counts_eval,
                         max_nonfinite_steps=config.max_nonfinite_steps, tensorboard=config.tensorboard,
                         label="train")
 
