@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -161,9 +162,8 @@ def last_epochs_spread(evals: list[dict[str, Any]], key: str, n: int = 3) -> dic
     values = [float(e[key]) for e in evals if key in e][-n:]
     if not values:
         return None
-    mean = sum(values) / len(values)
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
-    return {"epochs": len(values), "values": values, "mean": mean, "sd": sd}
+    return {"epochs": len(values), "values": values, "mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def demo_summary(results: dict[str, Any]) -> str:

@@ -157,7 +157,7 @@ def _resolve(config: ConfigLike, source_config: CLIPConfig | None, source: str) 
     """The user's config if given (checked against what the source says), else the source's."""
     if config is None:
         return source_config
-    user = _to_config(config)
+    user = model_config(config)
     if source_config is not None and user.activation != source_config.activation:
         raise ActivationMismatchError(
             f"{source} was trained with {source_config.activation} but the config asks for "
@@ -167,7 +167,8 @@ def _resolve(config: ConfigLike, source_config: CLIPConfig | None, source: str) 
     return user
 
 
-def _to_config(config: ConfigLike) -> CLIPConfig | CoCaConfig:
+def model_config(config: ConfigLike) -> CLIPConfig | CoCaConfig:
+    """The model config ``config`` names (named, JSON path, dict or config), without building the model."""
     if isinstance(config, (CLIPConfig, CoCaConfig)):
         return config
     if isinstance(config, dict):
@@ -246,7 +247,7 @@ def no_tokenizer_message(model: CLIP) -> str:
 
 def build(config: ConfigLike) -> CLIP | CoCa:
     """A freshly initialised model from a config (named, JSON path, dict, CLIPConfig or CoCaConfig)."""
-    clip_config = _to_config(config)
+    clip_config = model_config(config)
     model = CoCa(clip_config) if isinstance(clip_config, CoCaConfig) else CLIP(clip_config)
     model.tokenizer = _default_tokenizer(clip_config)
     return model

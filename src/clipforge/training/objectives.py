@@ -28,6 +28,7 @@ import dataclasses
 import io
 import json
 import logging
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,24 +96,20 @@ class ObjectivesConfig:
                 raise ConfigError(f"{name}: no file given")
 
 
-def eval_subset(zeroshot: str, per_class: int, out: Path) -> str:
-    """The first ``per_class`` rows of each label of ``zeroshot`` as a CSV in ``out`` (image paths made
-    absolute); ``zeroshot`` itself when ``per_class`` is 0."""
-    src = Path(zeroshot)
-    if not src.is_file():
-        raise ConfigError(f"zeroshot={zeroshot}: no such CSV file")
+def eval_subset(zeroshot: str, per_class: int, out: Path, classes: list[str] | None = None) -> tuple[str, list[str]]:
+    """(CSV, class names): the first ``per_class`` images of each label of ``zeroshot`` as a CSV in
+    ``out`` (absolute image paths), or ``zeroshot`` itself when ``per_class`` is 0."""
+    from clipforge.data.datasets import load_classification
+
+    ds = load_classification(zeroshot, classes=classes or None)
     if per_class == 0:
-        return str(src)
-    with open(src, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "image" not in reader.fieldnames or "label" not in reader.fieldnames:
-            raise ConfigError(f"{zeroshot}: expected 'image' and 'label' columns, got {reader.fieldnames}")
-        taken: dict[str, int] = defaultdict(int)
-        rows = []
-        for row in reader:
-            if taken[row["label"]] < per_class:
-                taken[row["label"]] += 1
-                rows.append({"image": str((src.parent / row["image"]).resolve()), "label": row["label"]})
+        return zeroshot, ds.classes
+    taken: dict[int, int] = defaultdict(int)
+    rows = []
+    for image, label in zip(ds.images, ds.labels):
+        if taken[label] < per_class:
+            taken[label] += 1
+            rows.append({"image": str(Path(image).resolve()), "label": ds.classes[label]})
     out.mkdir(parents=True, exist_ok=True)
     path = out / "zeroshot_eval.csv"
     text = io.StringIO()
@@ -120,7 +117,7 @@ def eval_subset(zeroshot: str, per_class: int, out: Path) -> str:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(text.getvalue(), path)
-    return str(path)
+    return str(path), ds.classes
 
 
 def train_config(config: ObjectivesConfig, objective: str, zeroshot_csv: str, classes: list[str],
@@ -154,24 +151,22 @@ def train_config(config: ObjectivesConfig, objective: str, zeroshot_csv: str, cl
 
 
 def _is_coca(name: str) -> bool:
-    from clipforge.checkpoints.load import build
+    from clipforge.checkpoints.load import model_config
     from clipforge.models.coca import CoCaConfig
 
-    return isinstance(build(name).config, CoCaConfig)
+    return isinstance(model_config(name), CoCaConfig)
 
 
 def compare_objectives(config: ObjectivesConfig, progress: bool = True) -> dict[str, Any]:
     """Train each objective for the budget and write ``objectives.json``, ``objectives.md`` and
     ``objectives.png`` to ``config.out_dir``; returns the JSON's content."""
-    from clipforge.data.datasets import load_classification
     from clipforge.training.trainer import train
 
     config.check()
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(config.to_dict(), indent=2), out / "objectives_config.json")
-    zeroshot = eval_subset(config.zeroshot, config.eval_per_class, out)
-    classes = list(config.classes) or load_classification(zeroshot).classes
+    zeroshot, classes = eval_subset(config.zeroshot, config.eval_per_class, out, list(config.classes))
     curves: dict[str, list[dict[str, float]]] = {}
     runs: dict[str, dict[str, Any]] = {}
     jobs = [(o, seed) for seed in config.seeds for o in config.objectives]
@@ -225,9 +220,8 @@ def mean_curve(seed_curves: list[list[dict[str, float]]]) -> list[dict[str, floa
     out = []
     for images in sorted(common):
         accs = [next(p["acc1"] for p in c if p["images"] == images) for c in seed_curves]
-        mean = sum(accs) / len(accs)
-        sd = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
-        out.append({"images": images, "acc1": mean, "sd": sd})
+        out.append({"images": images, "acc1": statistics.fmean(accs),
+                    "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0})
     return out
 
 

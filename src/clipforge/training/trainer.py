@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from clipforge.checkpoints.load import build, load
+from clipforge.checkpoints.load import load, model_config
 from clipforge.checkpoints.ssl_encoder import load_encoder_into
 from clipforge.data.pairs import read_pairs
 from clipforge.data.shards import count_samples, is_shard_source, iter_captions
@@ -82,7 +82,7 @@ def build_model(config: TrainConfig, tokenizer: Any) -> CLIP:
         if tokenizer is not None and tokenizer.vocab_size > vocab:
             raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens but {config.model.init} only {vocab}")
         return model.train()
-    base = build(config.model.name).config
+    base = model_config(config.model.name)
     d = base.to_dict()
     if sigmoid and not isinstance(base, CoCaConfig):  # SigLIP's initialisation: t = 10, b = -10 (Zhai et al. 2023)
         d.update(init_logit_scale=math.log(10.0), init_logit_bias=-10.0)
