@@ -5,6 +5,9 @@ Recognised sources:
 * a clipforge folder (``config.json`` with ``"format": "clipforge"`` and its ``"arch"``: ``clip``), or
   an image encoder folder (``encoder.json``, arch ``image_encoder``, written by ``clipforge ssl train``),
   which loads as the encoder module itself;
+* a sentence encoder folder in sentence-transformers' layout (``modules.json``; clipforge's name arch
+  ``sentence_encoder`` in ``clipforge.json``), which loads as a
+  :class:`~clipforge.models.sentence_encoder.SentenceEncoder`;
 * a Hugging Face ``CLIPModel`` folder (``config.json`` with ``model_type: clip``);
 * an open_clip folder or file: a state dict (safetensors or weights-only torch file) with an
   open_clip JSON model config beside it (``open_clip_config.json``, ``config.json`` or
@@ -22,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clipforge.checkpoints import hf, native, openai, openclip, openclip_coca
+from clipforge.checkpoints import hf, native, openai, openclip, openclip_coca, sentence_transformers
 from clipforge.checkpoints.ssl_encoder import is_encoder_folder, load_encoder
 from clipforge.checkpoints.state_dict import is_torchscript_archive, load_strict, read_state_dict
 from clipforge.errors import ActivationMismatchError, CheckpointError
@@ -60,6 +63,9 @@ def _load(path: Path, config: ConfigLike) -> CLIP:
     if path.is_dir() and is_encoder_folder(path):
         _refuse_config(config, path, "an image encoder folder carries its own config")
         return load_encoder(path)  # type: ignore[return-value]
+    if path.is_dir() and sentence_transformers.is_sentence_folder(path):
+        _refuse_config(config, path, "a sentence encoder folder carries its own config")
+        return sentence_transformers.load_sentence_encoder(path)  # type: ignore[return-value]
     if path.is_dir():
         cfg_path = next((path / n for n in _CONFIG_NAMES if (path / n).is_file()), None)
         cfg = _read_json(cfg_path) if cfg_path else None

@@ -121,6 +121,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     gen.set_defaults(func=run_generation)
 
+    from clipforge.cli.text import add_eval_parser
+
+    add_eval_parser(esub)
+
     rep = esub.add_parser("report", help="a table (Markdown and CSV) of a folder of results")
     rep.add_argument("folder")
     rep.add_argument("--csv", default=None, help="also write the CSV here")

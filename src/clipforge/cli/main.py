@@ -24,6 +24,7 @@ from clipforge.cli import (
     info,
     search,
     ssl,
+    text,
     train,
     word2vec,
 )
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch CPU threads (default: $CLIPFORGE_THREADS or min(4, cores))")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (demo, train, data, evaluate, experiment, explain, caption, generate, ssl, search, convert, info,
-                   word2vec):
+                   text, word2vec):
         module.add_parser(sub)
     return parser
 

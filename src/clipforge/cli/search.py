@@ -149,7 +149,10 @@ def run_search(args: argparse.Namespace) -> int:
                              k=args.k, offset=args.offset, threshold=args.threshold, dedup=args.dedup,
                              effort=args.effort, text_weight=args.text_weight, match=args.match)
     for r in results:
-        print(f"{r.score:.3f}  {r.path}" + (f"  ({r.caption})" if r.caption else ""))
+        if r.path:
+            print(f"{r.score:.3f}  {r.path}" + (f"  ({r.caption})" if r.caption else ""))
+        else:  # an index of texts (clipforge text embed): the text is the result
+            print(f"{r.score:.3f}  {r.caption}")
     return 0
 
 

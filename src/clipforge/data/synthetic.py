@@ -164,15 +164,14 @@ def _a(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
-def _caption(objs: list[SceneObject], rng: np.random.Generator) -> str:
-    with_size = bool(rng.random() < 0.6)
+def caption_forms(objs: list[SceneObject], with_size: bool) -> list[str]:
+    """Every phrasing the grammar has for the scene ``objs`` (a caption is one of them)."""
     if len(objs) == 1:
         o = objs[0]
         p = o.phrase(with_size)
         where = POSITION_PHRASES[o.position]
-        forms = [f"{_a(p)} {where}", _a(p), f"there is {_a(p)} {where}", f"a picture of {_a(p)}",
-                 f"{where}, {_a(p)}", f"{_a(p)} on a textured background"]
-        return forms[int(rng.integers(len(forms)))]
+        return [f"{_a(p)} {where}", _a(p), f"there is {_a(p)} {where}", f"a picture of {_a(p)}",
+                f"{where}, {_a(p)}", f"{_a(p)} on a textured background"]
     phrases = [o.phrase(with_size) for o in objs]
     if len(objs) == 2:
         a, b = objs
@@ -184,8 +183,15 @@ def _caption(objs: list[SceneObject], rng: np.random.Generator) -> str:
         if ar != br:
             rel = "above" if ar < br else "below"
             forms.append(f"{_a(phrases[0])} {rel} {_a(phrases[1])}")
-        return forms[int(rng.integers(len(forms)))]
-    return f"{_a(phrases[0])}, {_a(phrases[1])} and {_a(phrases[2])}"
+        return forms
+    return [f"{_a(phrases[0])}, {_a(phrases[1])} and {_a(phrases[2])}"]
+
+
+def _caption(objs: list[SceneObject], rng: np.random.Generator) -> str:
+    forms = caption_forms(objs, with_size=bool(rng.random() < 0.6))
+    if len(objs) > 2:
+        return forms[0]
+    return forms[int(rng.integers(len(forms)))]
 
 
 def _sample_objects(rng: np.random.Generator, n: int, combos: list[tuple[str, str]]) -> list[SceneObject]:

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 Precision = Literal["fp32", "bf16", "fp16"]
-Schedule = Literal["cosine", "constant"]
+Schedule = Literal["cosine", "linear", "constant"]
 
 
 @dataclass

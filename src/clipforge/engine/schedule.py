@@ -1,5 +1,6 @@
 """AdamW parameter groups (no decay on gains, biases, embeddings, temperature) and the learning-rate
-schedule: linear warm-up, then cosine decay or constant."""
+schedule: linear warm-up, then cosine decay, linear decay (Hugging Face's and sentence-transformers'
+default) or constant."""
 
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def learning_rate(step: int, base_lr: float, warmup: int, total: int, schedule: str = "cosine") -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay to 0 at ``total`` (or constant)."""
+    """Linear warmup over ``warmup`` steps, then cosine or linear decay to 0 at ``total`` (or constant)."""
     if step < warmup:
         return base_lr * (step + 1) / warmup
     if schedule == "constant":
         return base_lr
     progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return base_lr * max(0.0, 1.0 - progress)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * base_lr

@@ -10,6 +10,7 @@ from clipforge.losses.clip import CLIPLoss, clip_loss
 from clipforge.losses.info_nce import InfoNCELoss, info_nce
 from clipforge.losses.margin import MarginLoss
 from clipforge.losses.miners import distance_weighted_triplets, hard_negative_triplets, semihard_triplets
+from clipforge.losses.multiple_negatives import multiple_negatives_ranking_loss
 from clipforge.losses.nca import nca
 from clipforge.losses.nce import nce_loss, negative_sampling_loss
 from clipforge.losses.ntxent import NTXentLoss, nt_xent, supervised_nt_xent
@@ -21,6 +22,6 @@ from clipforge.losses.triplet import TripletMarginLoss
 __all__ = [
     "CLIPLoss", "ContrastivePairLoss", "InfoNCELoss", "MarginLoss", "NTXentLoss", "SigLIPLoss", "SupConLoss",
     "TripletMarginLoss", "clip_loss", "distance_weighted_triplets", "hard_negative_triplets", "info_nce", "nca",
-    "negative_sampling_loss", "nce_loss", "nt_xent", "semihard_triplets", "siglip_loss", "supcon",
-    "supervised_nt_xent",
+    "multiple_negatives_ranking_loss", "negative_sampling_loss", "nce_loss", "nt_xent", "semihard_triplets",
+    "siglip_loss", "supcon", "supervised_nt_xent",
 ]

@@ -1,4 +1,5 @@
-"""Turning a text, an image or a raw vector into a query embedding with the index's model."""
+"""Turning a text, an image or a raw vector into a query embedding with the index's model (a CLIP, or a
+sentence encoder for an index of texts)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import torch
 
 from clipforge.errors import ClipforgeError
 from clipforge.models.clip import CLIP
+from clipforge.models.sentence_encoder import SentenceEncoder
 
 
 @torch.no_grad()
-def text_query(model: CLIP, text: str) -> np.ndarray:
+def text_query(model: CLIP | SentenceEncoder, text: str) -> np.ndarray:
+    if isinstance(model, SentenceEncoder):  # an index of texts: its "query" instruction, if it has one
+        vector = model.encode([text], task="query" if "query" in model.config.prompts else None)
+        return torch.nn.functional.normalize(vector, dim=-1).numpy()
     if model.tokenizer is None:
         raise ClipforgeError("the index's model has no tokenizer: search by image or by vector instead")
     tokens = model.tokenizer([text]).to(next(model.parameters()).device)
@@ -18,11 +23,13 @@ def text_query(model: CLIP, text: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def image_query(model: CLIP, image: bytes | str, max_pixels: int | None = None) -> np.ndarray:
+def image_query(model: CLIP | SentenceEncoder, image: bytes | str, max_pixels: int | None = None) -> np.ndarray:
     """The image's embedding; ``max_pixels`` refuses larger images, and JPEGs are reduced while
     decoding to about twice the model's input size (a fraction of the memory of a full decode)."""
     from clipforge.images.decode import DEFAULT_MAX_PIXELS, open_image
 
+    if isinstance(model, SentenceEncoder):
+        raise ClipforgeError("this is an index of texts (a sentence encoder's): search it by text")
     img = open_image(image, max_pixels=max_pixels or DEFAULT_MAX_PIXELS, name="query image",
                      draft_size=2 * model.preprocess.image_size)
     pixels = model.preprocess(img).unsqueeze(0).to(next(model.parameters()).device)

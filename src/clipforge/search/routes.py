@@ -65,8 +65,14 @@ def search(req: SearchRequest, request: Request) -> dict:
     more = len(results) == req.k and req.offset + req.k < min(n, svc.stats()["max_depth"])
     return {"k": req.k, "offset": req.offset, "has_more": more,
             "results": [{"id": r.id, "score": round(r.score, 5), "caption": r.caption, "width": r.width,
-                         "height": r.height, "image_url": f"/image/{r.id}", "thumb_url": f"/thumb/{r.id}"}
-                        for r in results]}
+                         "height": r.height, **_urls(r.id, r.path)} for r in results]}
+
+
+def _urls(item_id: int, path: str) -> dict:
+    """Where the page finds an item's image; none for an index of texts (clipforge text embed)."""
+    if not path:
+        return {"image_url": None, "thumb_url": None}
+    return {"image_url": f"/image/{item_id}", "thumb_url": f"/thumb/{item_id}"}
 
 
 @router.get("/item/{item_id}")
@@ -74,7 +80,7 @@ def item(item_id: int, request: Request) -> dict:
     m = _service(request).item(item_id)
     return {"id": m["id"], "caption": m["caption"], "width": m["width"], "height": m["height"],
             "name": (m.get("member") or m["path"]).rsplit("/", 1)[-1], "sha1": m.get("sha1") or None,
-            "image_url": f"/image/{item_id}", "thumb_url": f"/thumb/{item_id}"}
+            **_urls(item_id, m["path"])}
 
 
 @router.get("/image/{item_id}")
