@@ -307,3 +307,38 @@ def test_simcse_task_trains_with_two_different_views(tiny_encoder) -> None:
         tiny_encoder.eval()
     assert len(seen) == 2 and (seen[0] - seen[1]).abs().max() > 1e-4
     assert out["loss"].item() > 0 and out["loss"].requires_grad
+
+
+def test_mlm_heads_on_a_pretrained_encoder_share_its_word_embeddings(tmp_path) -> None:
+    from clipforge.text.config import TextTrainConfig
+    from clipforge.text.train import build_encoder
+
+    cfg = TextTrainConfig.from_dict({"data": "x.csv", "objective": "mlm_nsp"})
+    encoder, pretraining = build_encoder(cfg)
+    assert pretraining.bert is encoder.encoder
+    assert pretraining.cls.predictions.decoder.weight is encoder.encoder.embeddings.word_embeddings.weight
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["contrastive", "mlm_nsp"])
+def test_resume_gives_the_uninterrupted_run(tmp_path, objective) -> None:
+    """Dropout and masking are drawn per batch, so stopping after 2 steps and resuming ends where a
+    4-step run does."""
+    from safetensors.torch import load_file
+
+    from clipforge.text.builtin import scene_pairs
+    from clipforge.text.config import TextTrainConfig
+    from clipforge.text.train import train_text
+
+    _write(tmp_path / "pairs.csv", ["anchor", "positive", "negative"], scene_pairs(40))
+    base = {"model": "scratch", "scratch": {"layers": 1, "width": 32, "heads": 2}, "max_length": 24,
+            "batch_size": 8, "lr": 1e-3, "objective": objective, "data": str(tmp_path / "pairs.csv"),
+            "save_every_minutes": 0, "epochs": 1}
+    train_text(TextTrainConfig.from_dict({**base, "out_dir": str(tmp_path / "whole")}), progress=False)
+    part = {**base, "out_dir": str(tmp_path / "part")}
+    train_text(TextTrainConfig.from_dict({**part, "max_steps": 2}), progress=False)
+    train_text(TextTrainConfig.from_dict(part), resume="latest", progress=False)
+    whole = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "part" / "model" / "model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -30,11 +30,36 @@ from clipforge.models.sentence_encoder import SentenceEncoder
 from clipforge.text.data import TextData
 
 
-class _TextBatches(Task):
-    """Deterministic, resumable, rank-sharded batches of row indices."""
+class _TextTask(Task):
+    """What both tasks share: deterministic, resumable, rank-sharded batches of row indices; AdamW
+    over ``model`` (put in train mode: a loaded model comes in eval mode, and SimCSE's views need
+    dropout); the evaluation and saving of ``encoder``, the run's product."""
 
-    def __init__(self, data: TextData, batch_size: int, seed: int, info: DistInfo, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, encoder: SentenceEncoder, data: TextData, batch_size: int, lr: float,
+                 weight_decay: float, seed: int, info: DistInfo, device: torch.device, evaluate_fn: Any) -> None:
+        self.model, self.encoder = model.train(), encoder
         self.data, self.batch_size, self.seed, self.info, self.device = data, batch_size, seed, info, device
+        self.optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
+        self.evaluate_fn = evaluate_fn
+        self.evaluate_at_end = evaluate_fn is not None
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"main": self.optimizer}
+
+    def step_generator(self, batch: list[int]) -> torch.Generator:
+        """Dropout masks (the global generator) and the task's own draws as a function of the seed and
+        the batch, so a resumed run draws what an uninterrupted one would."""
+        seed = self.seed * 1_000_003 + sum(batch) * 31 + len(batch) + batch[0]
+        torch.manual_seed(seed)
+        return torch.Generator().manual_seed(seed + 1)
+
+    def evaluate(self, epoch: int, last: bool) -> dict[str, Any]:
+        return self.evaluate_fn(self.encoder) if (self.evaluate_fn and last) else {}
+
+    def save_final(self, run_dir: Path) -> Path:
+        from clipforge.checkpoints.sentence_transformers import save_sentence_encoder
+
+        return save_sentence_encoder(self.encoder, run_dir / "model")
 
     def steps_per_epoch(self) -> int:
         return steps_per_epoch(len(self.data), self.batch_size)
@@ -47,24 +72,18 @@ class _TextBatches(Task):
         return {k: v.to(self.device) for k, v in model.tokenize(texts, prompt).items()}
 
 
-class ContrastiveTextTask(_TextBatches):
+class ContrastiveTextTask(_TextTask):
     def __init__(self, model: SentenceEncoder, data: TextData, *, batch_size: int, lr: float, weight_decay: float,
                  scale: float, symmetric: bool, hard_negatives: bool, seed: int, info: DistInfo,
                  device: torch.device, anchor_prompt: str | None = None, positive_prompt: str | None = None,
                  evaluate_fn: Any = None) -> None:
-        super().__init__(data, batch_size, seed, info, device)
-        self.model = model.train()  # dropout on (a loaded model comes in eval mode): SimCSE's views need it
+        super().__init__(model, model, data, batch_size, lr, weight_decay, seed, info, device, evaluate_fn)
         self.scale, self.symmetric = scale, symmetric
         self.use_negatives = hard_negatives and data.negatives is not None
         self.anchor_prompt, self.positive_prompt = anchor_prompt, positive_prompt
-        self.optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
-        self.evaluate_fn = evaluate_fn
-        self.evaluate_at_end = evaluate_fn is not None
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"main": self.optimizer}
 
     def training_step(self, batch: list[int], ctx: Any) -> dict[str, Any]:
+        self.step_generator(batch)
         d, m = self.data, self.model
         anchors = [d.anchors[i] for i in batch]
         positives = [d.positives[i] for i in batch] if d.positives is not None else anchors  # SimCSE: dropout views
@@ -76,14 +95,6 @@ class ContrastiveTextTask(_TextBatches):
                 n = m(**self._tokens(m, [d.negatives[i] for i in batch], self.positive_prompt))["embedding"][:, None]
         loss = multiple_negatives_ranking_loss(a, p, n, scale=self.scale, symmetric=self.symmetric)
         return {"loss": loss}
-
-    def evaluate(self, epoch: int, last: bool) -> dict[str, Any]:
-        return self.evaluate_fn(self.model) if (self.evaluate_fn and last) else {}
-
-    def save_final(self, run_dir: Path) -> Path:
-        from clipforge.checkpoints.sentence_transformers import save_sentence_encoder
-
-        return save_sentence_encoder(self.model, run_dir / "model")
 
 
 def mask_tokens(input_ids: torch.Tensor, special: torch.Tensor, mask_id: int, vocab_size: int, probability: float,
@@ -122,26 +133,18 @@ def nsp_pairs(data: TextData, batch: list[int],
     return firsts, out, replaced
 
 
-class MLMNSPTask(_TextBatches):
+class MLMNSPTask(_TextTask):
     """``pretraining`` is a transformers ``BertForPreTraining``; the run's product is its encoder
     (``pretraining.bert``) as a mean-pooled :class:`SentenceEncoder`."""
 
     def __init__(self, pretraining: nn.Module, encoder: SentenceEncoder, data: TextData, *, batch_size: int,
                  lr: float, weight_decay: float, mlm_probability: float, seed: int, info: DistInfo,
                  device: torch.device, evaluate_fn: Any = None) -> None:
-        super().__init__(data, batch_size, seed, info, device)
-        self.model, self.encoder = pretraining.train(), encoder
+        super().__init__(pretraining, encoder, data, batch_size, lr, weight_decay, seed, info, device, evaluate_fn)
         self.mlm_probability = mlm_probability
-        self.optimizer = torch.optim.AdamW(param_groups(pretraining, weight_decay), lr=lr)
-        self.evaluate_fn = evaluate_fn
-        self.evaluate_at_end = evaluate_fn is not None
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"main": self.optimizer}
 
     def training_step(self, batch: list[int], ctx: Any) -> dict[str, Any]:
-        # The masking and the replaced sentences are a function of the batch, so resuming redraws them.
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + sum(batch) * 31 + len(batch))
+        g = self.step_generator(batch)
         tok = self.encoder.tokenizer
         firsts, seconds, nsp_labels = nsp_pairs(self.data, batch, g)
         enc = tok(firsts, seconds, padding=True, truncation=True, max_length=self.encoder.config.max_length,
@@ -155,11 +158,3 @@ class MLMNSPTask(_TextBatches):
                                           ignore_index=-100)
         nsp = nn.functional.cross_entropy(out.seq_relationship_logits.float(), nsp_labels.to(self.device))
         return {"loss": mlm + nsp, "mlm": mlm.detach(), "nsp": nsp.detach()}
-
-    def evaluate(self, epoch: int, last: bool) -> dict[str, Any]:
-        return self.evaluate_fn(self.encoder) if (self.evaluate_fn and last) else {}
-
-    def save_final(self, run_dir: Path) -> Path:
-        from clipforge.checkpoints.sentence_transformers import save_sentence_encoder
-
-        return save_sentence_encoder(self.encoder, run_dir / "model")

@@ -53,6 +53,7 @@ def build_encoder(cfg: TextTrainConfig) -> tuple[SentenceEncoder, torch.nn.Modul
     if cfg.objective == "mlm_nsp":
         pretraining = tf.BertForPreTraining(encoder.encoder.config)
         pretraining.bert = encoder.encoder  # pretrained encoder, new heads
+        pretraining.tie_weights()  # the MLM decoder shares the (pretrained) word embeddings, as in BERT
         return encoder, pretraining
     return encoder, None
 
