@@ -342,3 +342,15 @@ def test_resume_gives_the_uninterrupted_run(tmp_path, objective) -> None:
     resumed = load_file(str(tmp_path / "part" / "model" / "model.safetensors"))
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_embed_by_length_groups_equals_one_padded_batch(tiny_encoder) -> None:
+    texts = ["a star", "the assert statement checks a condition and raises an error when it does not hold " * 3,
+             "two blue stars above a ring", "x", "a red circle on the left of a large green hexagon"]
+    tiny_encoder.eval()
+    grouped = tiny_encoder.embed(texts, task="query")
+    padded = tiny_encoder(**tiny_encoder.tokenize(texts, task="query"))["embedding"]
+    assert torch.allclose(grouped, padded, atol=1e-5)
+    grouped.sum().backward()  # the groups keep their graph
+    assert tiny_encoder.encoder.embeddings.word_embeddings.weight.grad is not None
+    tiny_encoder.zero_grad()

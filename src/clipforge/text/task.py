@@ -68,9 +68,6 @@ class _TextTask(Task):
         return epoch_batches(len(self.data), self.batch_size, self.seed, epoch, self.info.rank,
                              self.info.world_size, start)
 
-    def _tokens(self, model: SentenceEncoder, texts: list[str], prompt: str | None) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in model.tokenize(texts, prompt).items()}
-
 
 class ContrastiveTextTask(_TextTask):
     def __init__(self, model: SentenceEncoder, data: TextData, *, batch_size: int, lr: float, weight_decay: float,
@@ -88,11 +85,9 @@ class ContrastiveTextTask(_TextTask):
         anchors = [d.anchors[i] for i in batch]
         positives = [d.positives[i] for i in batch] if d.positives is not None else anchors  # SimCSE: dropout views
         with ctx.autocast():
-            a = m(**self._tokens(m, anchors, self.anchor_prompt))["embedding"]
-            p = m(**self._tokens(m, positives, self.positive_prompt if d.is_pairs else self.anchor_prompt))["embedding"]
-            n = None
-            if self.use_negatives:
-                n = m(**self._tokens(m, [d.negatives[i] for i in batch], self.positive_prompt))["embedding"][:, None]
+            a = m.embed(anchors, self.anchor_prompt)
+            p = m.embed(positives, self.positive_prompt if d.is_pairs else self.anchor_prompt)
+            n = m.embed([d.negatives[i] for i in batch], self.positive_prompt)[:, None] if self.use_negatives else None
         loss = multiple_negatives_ranking_loss(a, p, n, scale=self.scale, symmetric=self.symmetric)
         return {"loss": loss}
 
