@@ -152,7 +152,8 @@ def run_search(args: argparse.Namespace) -> int:
         if r.path:
             print(f"{r.score:.3f}  {r.path}" + (f"  ({r.caption})" if r.caption else ""))
         else:  # an index of texts (clipforge text embed): the text is the result
-            print(f"{r.score:.3f}  {r.caption}")
+            text = r.caption if len(r.caption) <= 200 else r.caption[:199] + "…"
+            print(f"{r.score:.3f}  {text}")
     return 0
 
 
