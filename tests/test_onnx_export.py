@@ -56,3 +56,29 @@ def test_a_model_without_towers_is_refused(tmp_path, capsys) -> None:
     assert "no weights found" in capsys.readouterr().err
     with pytest.raises(Exception, match="not a CLIP"):
         export_onnx(torch.nn.Linear(2, 2), tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_embed_with_the_onnx_backend_gives_the_torch_backend_s_embeddings(tmp_path) -> None:
+    import numpy as np
+
+    from helpers import tiny_synth
+
+    from clipforge.checkpoints import save
+    from clipforge.cli.main import main
+
+    torch.manual_seed(0)
+    config = _resnet_config()
+    model = CLIP(config).eval()
+    model.tokenizer = BPETokenizer(context_length=config.text.context_length)
+    model.preprocess = Preprocess(image_size=config.vision.image_size)
+    save(model, tmp_path / "model")
+    data = tiny_synth(tmp_path / "data", n_train=8, n_val=12)
+    for backend in ("torch", "onnx"):
+        assert main(["embed", "--model", str(tmp_path / "model"), "--images", str(data / "val.csv"),
+                     "--out", str(tmp_path / backend), "--backend", backend, "--workers", "1"]) == 0
+    torch_part = np.load(tmp_path / "torch" / "part-00000.npy").astype(np.float32)
+    onnx_part = np.load(tmp_path / "onnx" / "part-00000.npy").astype(np.float32)
+    assert torch_part.shape == onnx_part.shape == (12, 16)
+    assert np.abs(torch_part - onnx_part).max() < 2e-3  # float16 storage
+    assert (tmp_path / "onnx" / "onnx" / "image.onnx").is_file()

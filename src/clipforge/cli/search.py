@@ -24,6 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--captions", action="store_true",
                    help="also embed the captions (clipforge index then measures recall on them as queries)")
+    e.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="onnx: the image tower runs as an ONNX graph under ONNX Runtime (exported to the output "
+                        "folder's onnx/ and checked against the model first; CPU; needs clipforge[onnx]). Faster "
+                        "for ResNet towers, slower for ViTs: see docs/benchmarks.md (default: torch)")
     e.add_argument("--workers", type=int, default=None,
                    help="threads decoding images while the model encodes (default: the cores torch's threads "
                         "leave free, at least 1)")
@@ -94,7 +98,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from clipforge.checkpoints import load
-    from clipforge.engine.distributed import default_device, init_distributed
+    from clipforge.engine.distributed import barrier, default_device, init_distributed
     from clipforge.errors import ConfigError
     from clipforge.search.embed import embed_collection, skipped_items
 
@@ -105,10 +109,24 @@ def run_embed(args: argparse.Namespace) -> int:
     info = init_distributed()  # under torchrun, each rank embeds its share of the parts
     device = default_device(info, args.device)
     model = load(args.model)
+    image_encoder = None
+    if args.backend == "onnx":
+        import torch
+
+        from clipforge.checkpoints.onnx import OnnxCLIP, export_onnx
+
+        if device.type != "cpu":
+            raise ConfigError(f"--backend onnx runs on the CPU; the device is {device} (pass --device cpu)")
+        graphs = Path(args.out) / "onnx"
+        if info.is_main and not (graphs / "onnx.json").is_file():
+            export_onnx(load(args.model), graphs, source=args.model)  # a fresh copy: export may cast to fp32
+        barrier(info)
+        image_encoder = OnnxCLIP(graphs, threads=torch.get_num_threads()).encode_image
     out = embed_collection(model, args.images, args.out, model_path=str(Path(args.model).resolve()),
                            part_size=args.part_size, batch_size=args.batch_size, captions=args.captions,
                            workers=args.workers, image_column=args.image_column, caption_column=args.caption_column,
-                           checkpoint_seconds=args.checkpoint_seconds, info=info, device=device)
+                           checkpoint_seconds=args.checkpoint_seconds, info=info, device=device,
+                           image_encoder=image_encoder)
     if info.is_main:
         skipped = skipped_items(out)
         note = f"; {len(skipped)} unreadable image(s) listed in skipped-*.jsonl" if skipped else ""

@@ -24,6 +24,7 @@ import json
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,7 +109,8 @@ class _PartProgress:
 
 @torch.no_grad()
 def _embed_part(model: CLIP, items: list[Item], first_id: int, batch_size: int, progress: _PartProgress,
-                pool: ThreadPoolExecutor, bar, device: torch.device, checkpoint_seconds: float) -> None:
+                pool: ThreadPoolExecutor, bar, device: torch.device, checkpoint_seconds: float,
+                encode_images: Callable[[torch.Tensor], torch.Tensor]) -> None:
     images: list[torch.Tensor] = []
     waiting: list[int] = []  # offsets of the decoded images not yet encoded
     last_save = time.monotonic()
@@ -116,7 +118,7 @@ def _embed_part(model: CLIP, items: list[Item], first_id: int, batch_size: int, 
     def flush() -> None:
         nonlocal last_save
         if images:
-            feats = model.encode_image(torch.stack(images).to(device), normalize=True).float().cpu()
+            feats = encode_images(torch.stack(images).to(device)).float().cpu()
             progress.feats.append(feats.numpy().astype(np.float16))
             bar.advance(len(images))
             images.clear()
@@ -152,8 +154,13 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
                      batch_size: int = 64, captions: bool = False, progress: bool = True,
                      max_parts: int | None = None, workers: int | None = None, image_column: str | None = None,
                      caption_column: str | None = None, checkpoint_seconds: float = 60.0,
-                     info: DistInfo | None = None, device: torch.device | str | None = None) -> Path:
+                     info: DistInfo | None = None, device: torch.device | str | None = None,
+                     image_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
     """Embed every item of ``source`` into ``out_dir`` (resuming where a previous run stopped).
+
+    ``image_encoder`` runs the model's image tower elsewhere (the ONNX Runtime graphs of
+    ``clipforge export``: normalised features equal to the model's); the folder still names
+    ``model``, whose text tower answers the queries.
 
     ``workers`` threads decode and preprocess images while the model encodes (default: the cores
     torch's threads leave free, at least 1, at most 8); the result does not depend on it, nor on
@@ -202,7 +209,8 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
             if max_parts is not None and done >= max_parts:
                 break
             state = _PartProgress(out, name, model.config.embed_dim)
-            _embed_part(model, chunk, part * part_size, batch_size, state, pool, bar, device, checkpoint_seconds)
+            _embed_part(model, chunk, part * part_size, batch_size, state, pool, bar, device, checkpoint_seconds,
+                        image_encoder or (lambda x: model.encode_image(x, normalize=True)))
             _save_npy(state.image_features(), out / f"part-{name}.npy")
             if captions:
                 from clipforge.evaluation.embed import embed_texts
