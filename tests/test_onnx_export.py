@@ -62,10 +62,9 @@ def test_a_model_without_towers_is_refused(tmp_path, capsys) -> None:
 def test_embed_with_the_onnx_backend_gives_the_torch_backend_s_embeddings(tmp_path) -> None:
     import numpy as np
 
-    from helpers import tiny_synth
-
     from clipforge.checkpoints import save
     from clipforge.cli.main import main
+    from helpers import tiny_synth
 
     torch.manual_seed(0)
     config = _resnet_config()
