@@ -240,3 +240,16 @@ def test_evaluation_can_pause_the_time_budget(tmp_path) -> None:
     paused = 0.5 * len(r.state.evals)
     assert len(r.state.evals) >= 4 and 3.0 <= r.state.wall_seconds < 4.5  # the budget: training time only
     assert elapsed >= r.state.wall_seconds + paused - 0.1
+
+
+def test_linear_schedule_matches_transformers_after_warm_up() -> None:
+    transformers = pytest.importorskip("transformers")
+    from clipforge.engine.schedule import learning_rate
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = transformers.get_linear_schedule_with_warmup(opt, num_warmup_steps=10, num_training_steps=50)
+    for step in range(60):
+        if step >= 10:  # their warm-up starts at 0, ours at 1/warmup (the first step trains)
+            assert learning_rate(step, 1.0, 10, 50, "linear") == pytest.approx(theirs.get_last_lr()[0])
+        opt.step()
+        theirs.step()

@@ -120,8 +120,6 @@ def export_onnx(model: nn.Module, out: str | Path, source: str = "") -> dict[str
             with _quiet_exporter():
                 torch.onnx.export(graph, (example,), str(tmp / f"{name}.onnx"), dynamic_shapes=dynamic, dynamo=True,
                                   external_data=False, verbose=False)
-            for extra in tmp.glob(f"{name}.onnx.data"):
-                extra.unlink()  # a single self-contained file per graph (external_data=False)
             session = _session(tmp / f"{name}.onnx")
             probe = torch.cat([example, example[:2]])  # another batch size than the one exported with
             with torch.no_grad():

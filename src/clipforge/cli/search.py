@@ -119,7 +119,7 @@ def run_embed(args: argparse.Namespace) -> int:
             raise ConfigError(f"--backend onnx runs on the CPU; the device is {device} (pass --device cpu)")
         graphs = Path(args.out) / "onnx"
         if info.is_main and not (graphs / "onnx.json").is_file():
-            export_onnx(load(args.model), graphs, source=args.model)  # a fresh copy: export may cast to fp32
+            export_onnx(model, graphs, source=args.model)
         barrier(info)
         image_encoder = OnnxCLIP(graphs, threads=torch.get_num_threads()).encode_image
     out = embed_collection(model, args.images, args.out, model_path=str(Path(args.model).resolve()),

@@ -100,7 +100,7 @@ def eval_rows(seed: int = 1, n: int = 600) -> dict[str, tuple[list[str], list[tu
     # Retrieval: a caption of each scene against one other phrasing of every scene; every passage
     # stating the same (colour, shape) pairs is relevant.
     queries = [_caption(objs, rng) for objs in scenes[:200]]
-    passages = [_caption(objs, rng, avoid=q) for objs, q in zip(scenes, queries + [None] * len(scenes))]
+    passages = [_caption(objs, rng, avoid=queries[i] if i < len(queries) else None) for i, objs in enumerate(scenes)]
     rows = [(q, passages[j]) for i, q in enumerate(queries) for j in range(len(scenes))
             if content(scenes[j]) == content(scenes[i])]
     rows += [("", p) for p in passages]  # passages with no query: the rest of the corpus
