@@ -36,7 +36,8 @@ ARCHS = {"clip": (CLIPConfig, CLIP), "coca": (CoCaConfig, CoCa), "bag_of_words":
 FAMILY_ARCHS = {"prefix_captioner": ("clipforge.captioning.prefix", "PrefixConfig", "PrefixCaptioner"),
                 "iterative_captioner": ("clipforge.captioning.iterative", "IterativeConfig", "IterativeCaptioner"),
                 "clip_diffusion": ("clipforge.generation.diffusion", "DiffusionConfig", "CLIPDiffusion"),
-                "unclip": ("clipforge.generation.unclip", "UnCLIPConfig", "UnCLIP")}
+                "unclip": ("clipforge.generation.unclip", "UnCLIPConfig", "UnCLIP"),
+                "bound_clip": ("clipforge.bind.model", "BoundConfig", "BoundCLIP")}
 FORMAT = "clipforge"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--val", type=int, default=1000, help="validation scenes")
     s.add_argument("--zeroshot-per-class", type=int, default=20, help="zero-shot images per (shape, colour)")
     s.add_argument("--shards", action="store_true", help="also pack the training split as webdataset shards")
+    s.add_argument("--modalities", default="", help="also write these, comma-separated: speech (the caption "
+                   "spoken by espeak-ng, WAV; needs espeak-ng), depth (16-bit PNG depth maps); for clipforge bind")
     s.set_defaults(func=run_synth)
     k = dsub.add_parser("pack", help="write webdataset shards from a CSV/TSV or a captioned image folder")
     k.add_argument("source", help="CSV/TSV file or folder of x.jpg + x.txt")
@@ -32,8 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_synth(args: argparse.Namespace) -> int:
     cfg = SynthConfig(seed=args.seed, image_size=args.image_size, n_train=args.train, n_val=args.val,
                       n_zeroshot_per_class=args.zeroshot_per_class)
-    out = write_dataset(args.out, cfg)
-    print(f"wrote synthetic dataset to {out} (train.csv, val.csv, zeroshot_seen.csv, zeroshot_heldout.csv)")
+    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    out = write_dataset(args.out, cfg, modalities=modalities)
+    print(f"wrote synthetic dataset to {out} (train.csv, val.csv, zeroshot_seen.csv, zeroshot_heldout.csv)"
+          + (f" with {', '.join(modalities)} columns" if modalities else ""))
     if args.shards:
         from clipforge.data.pairs import read_pairs
         from clipforge.data.shards import pack_shards

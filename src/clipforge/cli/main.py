@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from clipforge.cli import (
+    bind,
     caption,
     convert,
     data,
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch CPU threads (default: $CLIPFORGE_THREADS or min(4, cores))")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (demo, train, data, evaluate, experiment, export, explain, caption, generate, ssl, search, convert,
-                   info, text, word2vec):
+                   info, text, word2vec, bind):
         module.add_parser(sub)
     return parser
 

@@ -97,44 +97,51 @@ def _polygon(cx: float, cy: float, r: float, n: int, rotation: float) -> list[tu
 
 
 def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, size: int, rng: np.random.Generator,
-                 outline: bool = False) -> None:
+                 outline: bool = False, depth: tuple[ImageDraw.ImageDraw, int] | None = None) -> None:
     """``outline``: the "outline" drawing style (a shift the training data never shows): each shape
-    drawn as its contour, the ring as a thin one."""
+    drawn as its contour, the ring as a thin one. ``depth``: a (canvas, value) on which the same
+    geometry is drawn with that value (the scene's depth map); the colour image is unchanged."""
     cx, cy = _cell_centre(obj.position, size, rng)
     r = SIZES[obj.size] * size * rng.uniform(0.9, 1.1)
     rgb = tuple(int(np.clip(v + rng.integers(-15, 16), 0, 255)) for v in COLOURS[obj.colour])
     box = (cx - r, cy - r, cx + r, cy + r)
     line = max(1, round(r * 0.22))
-    paint = {"outline": rgb, "width": line} if outline else {"fill": rgb}
+
+    def paint(method: str, shape, fill: bool = True, width: int | None = None) -> None:
+        for canvas, value in ((draw, rgb), *([depth] if depth else [])):
+            kw = {"outline": value, "width": width if width is not None else line} if (outline or not fill) \
+                else {"fill": value}
+            getattr(canvas, method)(shape, **kw)
+
     if obj.shape == "circle":
-        draw.ellipse(box, **paint)
+        paint("ellipse", box)
     elif obj.shape == "ring":
-        draw.ellipse(box, outline=rgb, width=max(1, round(r * 0.12)) if outline else max(2, int(r * 0.4)))
+        paint("ellipse", box, fill=False, width=max(1, round(r * 0.12)) if outline else max(2, int(r * 0.4)))
     elif obj.shape == "square":
-        draw.polygon(_polygon(cx, cy, r * 1.15, 4, math.pi / 4), **paint)
+        paint("polygon", _polygon(cx, cy, r * 1.15, 4, math.pi / 4))
     elif obj.shape == "diamond":
-        draw.polygon(_polygon(cx, cy, r * 1.1, 4, 0.0), **paint)
+        paint("polygon", _polygon(cx, cy, r * 1.1, 4, 0.0))
     elif obj.shape == "triangle":
-        draw.polygon(_polygon(cx, cy + r * 0.15, r * 1.15, 3, -math.pi / 2), **paint)
+        paint("polygon", _polygon(cx, cy + r * 0.15, r * 1.15, 3, -math.pi / 2))
     elif obj.shape == "hexagon":
-        draw.polygon(_polygon(cx, cy, r * 1.05, 6, 0.0), **paint)
+        paint("polygon", _polygon(cx, cy, r * 1.05, 6, 0.0))
     elif obj.shape == "star":
         pts = []
         for k in range(10):
             rad = r * 1.2 if k % 2 == 0 else r * 0.5
             a = -math.pi / 2 + math.pi * k / 5
             pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
-        draw.polygon(pts, **paint)
+        paint("polygon", pts)
     elif obj.shape == "cross":
         t = r * 0.38
         if outline:
             pts = [(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t),
                    (cx + t, cy + t), (cx + t, cy + r), (cx - t, cy + r), (cx - t, cy + t), (cx - r, cy + t),
                    (cx - r, cy - t), (cx - t, cy - t)]
-            draw.polygon(pts, **paint)
+            paint("polygon", pts)
         else:
-            draw.rectangle((cx - r, cy - t, cx + r, cy + t), fill=rgb)
-            draw.rectangle((cx - t, cy - r, cx + t, cy + r), fill=rgb)
+            paint("rectangle", (cx - r, cy - t, cx + r, cy + t))
+            paint("rectangle", (cx - t, cy - r, cx + t, cy + r))
     else:  # pragma: no cover - SHAPES is fixed
         raise ValueError(obj.shape)
 
@@ -219,11 +226,32 @@ SHIFTS = ("background", "outline")  # re-rendered variants of the zero-shot spli
 
 def render(objs: list[SceneObject], size: int, rng: np.random.Generator, shift: str | None = None) -> Image.Image:
     """The scene; ``shift`` (one of :data:`SHIFTS`) draws it on a new background or in a new style."""
+    return render_with_depth(objs, size, rng, shift)[0]
+
+
+def render_with_depth(objs: list[SceneObject], size: int, rng: np.random.Generator, shift: str | None = None,
+                      depth_rng: np.random.Generator | None = None) -> tuple[Image.Image, np.ndarray | None]:
+    """The scene and, given ``depth_rng``, its depth map in millimetres (uint16 [size, size]): the
+    background a tilted plane 3-5 m away, each object a flat cut-out 0.9-2.8 m away, later (drawn
+    on top) objects nearer, plus 5 mm of sensor noise. The image is the same with or without it."""
     img = _dark_background(size, rng) if shift == "background" else _background(size, rng)
     draw = ImageDraw.Draw(img)
-    for obj in objs:
-        _draw_object(draw, obj, size, rng, outline=shift == "outline")
-    return img
+    depth_img = None
+    if depth_rng is not None:
+        base, tilt, angle = depth_rng.uniform(3500, 5000), depth_rng.uniform(0, 800), depth_rng.uniform(0, 2 * math.pi)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size - 0.5
+        plane = base + tilt * (xx * math.cos(angle) + yy * math.sin(angle))
+        depth_img = Image.fromarray(plane.astype(np.int32), mode="I")
+        nearer = sorted(depth_rng.uniform(900, 2800, size=len(objs)), reverse=True)
+    depth_draw = ImageDraw.Draw(depth_img) if depth_img is not None else None
+    for k, obj in enumerate(objs):
+        _draw_object(draw, obj, size, rng, outline=shift == "outline",
+                     depth=(depth_draw, int(nearer[k])) if depth_draw is not None else None)
+    if depth_img is None:
+        return img, None
+    assert depth_rng is not None
+    depth = np.asarray(depth_img, dtype=np.float64) + depth_rng.normal(0, 5, size=(size, size))
+    return img, np.clip(depth, 1, 65535).astype(np.uint16)
 
 
 def shifted_split(split: str, config: SynthConfig, shift: str) -> Iterator[tuple[Image.Image, str]]:
@@ -240,21 +268,34 @@ def shifted_split(split: str, config: SynthConfig, shift: str) -> Iterator[tuple
 
 def generate(split: str, config: SynthConfig) -> Iterator[tuple[Image.Image, str, str]]:
     """Yield (image, caption, label) for one split; label is "" outside the zero-shot splits."""
+    for img, caption, label, _ in generate_with_depth(split, config, depth=False):
+        yield img, caption, label
+
+
+def generate_with_depth(split: str, config: SynthConfig, depth: bool = True
+                        ) -> Iterator[tuple[Image.Image, str, str, np.ndarray | None]]:
+    """:func:`generate` plus each scene's depth map (see :func:`render_with_depth`), or ``None``."""
     heldout = set(heldout_combinations())
     seen = [(s, c) for s in SHAPES for c in COLOURS if (s, c) not in heldout]
     split_id = SPLITS.index(split)
+
+    def depth_rng(i: int) -> np.random.Generator | None:
+        return np.random.default_rng([config.seed, split_id, i, 7]) if depth else None
+
     if split in ("train", "val"):
         n = config.n_train if split == "train" else config.n_val
         for i in range(n):
             rng = np.random.default_rng([config.seed, split_id, i])
             objs = _sample_objects(rng, int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2])), seen)
-            yield render(objs, config.image_size, rng), _caption(objs, rng), ""
+            img, dmap = render_with_depth(objs, config.image_size, rng, depth_rng=depth_rng(i))
+            yield img, _caption(objs, rng), "", dmap
         return
     combos = sorted(heldout) if split == "zeroshot_heldout" else seen
     for i in range(config.n_zeroshot_per_class * len(combos)):
         rng = np.random.default_rng([config.seed, split_id, i])
         objs = _sample_objects(rng, 1, [combos[i % len(combos)]])
-        yield render(objs, config.image_size, rng), _caption(objs, rng), f"{objs[0].colour} {objs[0].shape}"
+        img, dmap = render_with_depth(objs, config.image_size, rng, depth_rng=depth_rng(i))
+        yield img, _caption(objs, rng), f"{objs[0].colour} {objs[0].shape}", dmap
 
 
 def scene_objects(split: str, config: SynthConfig) -> list[list[SceneObject]]:
@@ -276,27 +317,54 @@ def scene_objects(split: str, config: SynthConfig) -> list[list[SceneObject]]:
     return out
 
 
-def write_dataset(out_dir: str | Path, config: SynthConfig | None = None, progress: bool = True) -> Path:
-    """Write every split as PNG images plus a CSV (``image,caption[,label]``) and ``meta.json``."""
+MODALITIES = ("speech", "depth")  # extra files a dataset can carry (clipforge bind)
+WORD_VOICES = 4  # spoken clips of each colour and shape word
+
+
+def write_dataset(out_dir: str | Path, config: SynthConfig | None = None, progress: bool = True,
+                  modalities: tuple[str, ...] = ()) -> Path:
+    """Write every split as PNG images plus a CSV (``image,caption[,label]``) and ``meta.json``.
+
+    ``modalities``: also ``speech`` (the caption spoken, ``speech/SPLIT/N.wav``, and each colour and
+    shape word alone in ``speech_words.csv``) and/or ``depth`` (the scene's depth map in millimetres,
+    ``depth/SPLIT/N.png``, 16-bit), each in a CSV column of its name.
+    """
     from clipforge.utils.progress import progress_bar
 
+    unknown = set(modalities) - set(MODALITIES)
+    if unknown:
+        from clipforge.errors import ConfigError
+
+        raise ConfigError(f"unknown modalities {', '.join(sorted(unknown))}; known: {', '.join(MODALITIES)}")
+    if "speech" in modalities:
+        from clipforge.data.synthetic_speech import require_espeak
+
+        require_espeak()
     config = config or SynthConfig()
     out = Path(out_dir)
     counts = {}
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        if "depth" in modalities:
+            (out / "depth" / split).mkdir(parents=True, exist_ok=True)
         rows = []
         single = split.startswith("zeroshot")
         objects = scene_objects(split, config) if single else []
         with progress_bar(f"synth {split}", total=_split_size(split, config), enabled=progress) as bar:
-            for i, (img, caption, label) in enumerate(generate(split, config)):
+            for i, (img, caption, label, dmap) in enumerate(generate_with_depth(split, config, "depth" in modalities)):
                 rel = f"images/{split}/{i:06d}.png"
                 img.save(out / rel, optimize=False, compress_level=1)
                 rows.append({"image": rel, "caption": caption, "label": label})
+                if dmap is not None:
+                    rows[-1]["depth"] = f"depth/{split}/{i:06d}.png"
+                    Image.fromarray(dmap).save(out / rows[-1]["depth"], compress_level=1)
                 if single:  # the object's other attributes: groups for analyses (eval audit --group-column)
                     rows[-1].update(size=objects[i][0].size, position=objects[i][0].position)
                 bar.advance()
-        fields = ["image", "caption", "label", "size", "position"] if single else ["image", "caption"]
+        if "speech" in modalities:
+            _write_speech(out, split, rows, config.seed, progress)
+        fields = (["image", "caption", "label", "size", "position"] if single else ["image", "caption"]) + \
+            [m for m in MODALITIES if m in modalities]
         tmp = out / f".{split}.csv.tmp"
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -304,6 +372,8 @@ def write_dataset(out_dir: str | Path, config: SynthConfig | None = None, progre
             writer.writerows(rows)
         tmp.replace(out / f"{split}.csv")
         counts[split] = len(rows)
+    if "speech" in modalities:
+        _write_words(out, config.seed)
     meta = {
         "dataset": "clipforge-synthetic-scenes",
         "config": asdict(config),
@@ -312,9 +382,38 @@ def write_dataset(out_dir: str | Path, config: SynthConfig | None = None, progre
         "heldout_combinations": [f"{c} {s}" for s, c in heldout_combinations()],
         "classes": class_names(),
         "counts": counts,
+        "modalities": [m for m in MODALITIES if m in modalities],
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return out
+
+
+def _write_speech(out: Path, split: str, rows: list[dict], seed: int, progress: bool) -> None:
+    from clipforge.data.synthetic_speech import write_clips
+    from clipforge.utils.progress import progress_bar
+
+    split_id = SPLITS.index(split)
+    for i, row in enumerate(rows):
+        row["speech"] = f"speech/{split}/{i:06d}.wav"
+    with progress_bar(f"speech {split}", total=len(rows), enabled=progress) as bar:
+        write_clips([r["caption"] for r in rows], [out / r["speech"] for r in rows],
+                    [[seed, split_id, i, 11] for i in range(len(rows))], progress=bar)
+
+
+def _write_words(out: Path, seed: int) -> None:
+    """Each colour and shape word spoken alone by :data:`WORD_VOICES` voices: ``speech_words.csv``
+    (word, kind, speech)."""
+    from clipforge.data.synthetic_speech import write_clips
+
+    rows = [{"word": w, "kind": kind, "speech": f"speech/words/{w}_{k}.wav"}
+            for kind, words in (("colour", list(COLOURS)), ("shape", list(SHAPES))) for w in words
+            for k in range(WORD_VOICES)]
+    write_clips([r["word"] for r in rows], [out / r["speech"] for r in rows],
+                [[seed, 99, i, 11] for i in range(len(rows))])
+    with open(out / "speech_words.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["word", "kind", "speech"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _split_size(split: str, config: SynthConfig) -> int:

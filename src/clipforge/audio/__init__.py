@@ -1,0 +1,1 @@
+"""Audio input: WAV files read safely (:mod:`.wav`) and log-mel spectrograms (:mod:`.mel`)."""

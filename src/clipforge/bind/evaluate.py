@@ -1,0 +1,234 @@
+"""What emerges when modalities are bound to images only (ImageBind, Girdhar et al. 2023, sections
+4.2-4.4), as pure functions over embeddings plus the readers that make them:
+
+* **emergent zero-shot**: files of a modality classified by text prompts through the text tower,
+  though the encoder never saw text; per-attribute accuracy when the labels are "colour shape";
+* **emergent retrieval**: between two modalities never paired with each other (speech <-> depth),
+  and text -> modality, recall@k;
+* **embedding arithmetic**: unit(a) + unit(b) retrieves images with a's and b's contents (an image
+  of a red circle + the spoken word "star" -> red stars), a hit rate over a query set;
+* **decoder re-use**: a decoder built on text embeddings only (nearest caption of a caption bank)
+  applied to a modality's embeddings, scored by the attributes its captions name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from clipforge.bind.data import ModalityFiles, collate_modality
+from clipforge.data.pairs import Skipped
+from clipforge.errors import DataError
+from clipforge.evaluation.retrieval import retrieval_metrics
+from clipforge.evaluation.zero_shot import classification_metrics, zero_shot_classifier
+
+
+@dataclass
+class Embedded:
+    """Unit embeddings of a column's files, zero rows where a file was skipped (``ok`` False)."""
+
+    features: torch.Tensor  # [N, D]
+    ok: torch.Tensor  # [N] bool
+    skipped: list[Skipped]
+    notes: Counter
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such CSV file")
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), [dict(r) for r in reader]
+
+
+def column_paths(path: str | Path, rows: list[dict[str, str]], column: str) -> list[str]:
+    base = Path(path).parent
+    return [str(p if (p := Path((r.get(column) or "").strip())).is_absolute() else base / p) if r.get(column) else ""
+            for r in rows]
+
+
+@torch.no_grad()
+def embed_modality(model: Any, modality: str, items: list[str], batch_size: int = 128,
+                   progress: bool = False) -> Embedded:
+    """Unit embeddings of ``items`` (file paths, or texts for ``text``) by the bound model."""
+    from clipforge.evaluation.cache import image_features
+    from clipforge.evaluation.embed import embed_texts
+    from clipforge.utils.progress import progress_bar
+
+    n, dim = len(items), model.config.embed_dim
+    out, ok = torch.zeros(n, dim), torch.zeros(n, dtype=torch.bool)
+    if modality == "text":
+        keep = [i for i, t in enumerate(items) if t.strip()]
+        out[keep] = embed_texts(model.clip, [items[i] for i in keep])
+        ok[keep] = True
+        return Embedded(out, ok, [Skipped("empty text", str(i)) for i in range(n) if not ok[i]], Counter())
+    if modality == "image":
+        feats, idx, skipped = image_features(model.clip, items, progress=progress, label="embed images")
+        out[idx], ok[idx] = feats, True
+        return Embedded(out, ok, skipped, Counter())
+    device = next(model.parameters()).device
+    model.eval()
+    loader = DataLoader(ModalityFiles(items, model.inputs[modality] if modality in model.inputs else
+                                      _missing(model, modality)), batch_size=batch_size, collate_fn=collate_modality)
+    skipped, notes = [], Counter()
+    with progress_bar(f"embed {modality}", total=len(loader), enabled=progress) as bar:
+        for batch in loader:
+            skipped += batch.skipped
+            notes.update(batch.notes)
+            if len(batch):
+                out[batch.indices] = model.encode(modality, batch.inputs.to(device), normalize=True).float().cpu()
+                ok[batch.indices] = True
+            bar.advance()
+    return Embedded(out, ok, skipped, notes)
+
+
+def _missing(model: Any, modality: str) -> Any:
+    from clipforge.errors import ConfigError
+
+    raise ConfigError(f"the model has no {modality!r} encoder (it binds: {', '.join(model.modalities) or 'nothing'})")
+
+
+def zero_shot(features: torch.Tensor, labels: list[str], classes: list[str], class_weights: torch.Tensor,
+              attributes: tuple[str, ...] = ()) -> dict[str, float]:
+    """Top-1/5 accuracy of ``features`` [N, D] against ``class_weights`` [C, D] (the text tower's
+    prompt ensembles), plus, for labels of ``len(attributes)`` words, each word's accuracy
+    (``colour_acc``: the predicted class's first word is the label's)."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({lab for lab in labels if lab not in index})
+    if unknown:
+        raise DataError(f"labels not among the classes: {', '.join(unknown[:5])}")
+    targets = torch.tensor([index[lab] for lab in labels])
+    logits = features @ class_weights.T
+    out = classification_metrics(logits, targets)
+    out["chance"] = 1.0 / len(classes)
+    if attributes:
+        pred = [classes[i].split() for i in logits.argmax(dim=1).tolist()]
+        true = [lab.split() for lab in labels]
+        for k, name in enumerate(attributes):
+            if all(len(p) == len(attributes) for p in pred) and all(len(t) == len(attributes) for t in true):
+                out[f"{name}_acc"] = sum(p[k] == t[k] for p, t in zip(pred, true)) / len(true)
+                values = {c.split()[k] for c in classes}
+                out[f"{name}_chance"] = 1.0 / len(values)
+    return out
+
+
+def cross_retrieval(a: Embedded, b: Embedded, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@k of row i's ``b`` given row i's ``a`` (``a_to_b``) and the reverse, over rows both have."""
+    both = a.ok & b.ok
+    if int(both.sum()) < 2:
+        raise DataError("fewer than 2 rows have both modalities")
+    m = retrieval_metrics(b.features[both], a.features[both], torch.arange(int(both.sum())), ks)
+    out = {f"a_to_b_recall@{k}": m[f"image_retrieval_recall@{k}"] for k in ks}
+    out.update({f"b_to_a_recall@{k}": m[f"text_retrieval_recall@{k}"] for k in ks})
+    out["rows"] = float(both.sum())
+    out["chance@1"] = 1.0 / float(both.sum())
+    return out
+
+
+def arithmetic(query_a: torch.Tensor, query_b: torch.Tensor, gallery: torch.Tensor, hits: torch.Tensor,
+               exclude: torch.Tensor | None = None, k: int = 5) -> dict[str, float]:
+    """unit(a) + unit(b) against a gallery [G, D]; ``hits`` [Q, G] marks the gallery items that have
+    both contents; ``exclude`` [Q] a gallery item each query may not return (its own image).
+    ``hit@1``: the first result is a hit; ``precision@k``: the share of hits in the top k. The same for
+    ``a`` alone and ``b`` alone, the baselines a sum must beat."""
+    out = {}
+    for name, q in (("sum", F.normalize(F.normalize(query_a, dim=-1) + F.normalize(query_b, dim=-1), dim=-1)),
+                    ("a_only", F.normalize(query_a, dim=-1)), ("b_only", F.normalize(query_b, dim=-1))):
+        sims = q @ gallery.T
+        if exclude is not None:
+            sims[torch.arange(len(q)), exclude] = -float("inf")
+        top = sims.topk(k, dim=1).indices
+        got = hits.gather(1, top).float()
+        out[f"{name}/hit@1"] = float(got[:, 0].mean())
+        out[f"{name}/precision@{k}"] = float(got.mean())
+    out["queries"] = float(len(query_a))
+    return out
+
+
+def nearest_caption(features: torch.Tensor, bank: torch.Tensor, captions: list[str]) -> list[str]:
+    """The caption of ``bank`` (unit text embeddings) nearest to each feature: the decoder built from
+    text alone."""
+    return [captions[i] for i in (features @ bank.T).argmax(dim=1).tolist()]
+
+
+def caption_attributes(captions: list[str], labels: list[str], vocab: dict[str, set[str]]) -> dict[str, float]:
+    """Share of captions whose first object's attribute words are the label's (``vocab``: attribute ->
+    its words, e.g. colour -> {red, ...}); a caption is read word by word, first match per attribute."""
+    out = {}
+    for name, words in vocab.items():
+        right = 0
+        for cap, lab in zip(captions, labels):
+            said = next((w for w in cap.replace(",", " ").split() if w in words), None)
+            right += said is not None and said in lab.split()
+        out[f"{name}_acc"] = right / max(1, len(labels))
+    both = 0
+    for cap, lab in zip(captions, labels):
+        firsts = [next((w for w in cap.replace(",", " ").split() if w in words), None) for words in vocab.values()]
+        both += all(f is not None and f in lab.split() for f in firsts)
+    out["all_acc"] = both / max(1, len(labels))
+    return out
+
+
+def write_report(out_dir: str | Path, results: dict[str, Any]) -> Path:
+    """``bind_eval.json`` and a Markdown summary (``bind_eval.md``), written atomically."""
+    from clipforge.io import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(results, indent=2), out / "bind_eval.json")
+    atomic_write_text(summary_markdown(results), out / "bind_eval.md")
+    return out / "bind_eval.json"
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    lines = [f"# What emerges in {results.get('model', 'the bound model')}", ""]
+    zs = results.get("zero_shot", {})
+    if zs:
+        lines += ["## Emergent zero-shot (text prompts; the encoder never saw text)", "",
+                  "| modality | set | top-1 | chance | colour | shape |", "|---|---|---|---|---|---|"]
+        for key, m in zs.items():
+            mod, split = key.split("/", 1)
+            lines.append(f"| {mod} | {split} | {100 * m['acc1']:.1f}% | {100 * m['chance']:.1f}% | "
+                         f"{_pct(m.get('colour_acc'))} | {_pct(m.get('shape_acc'))} |")
+        lines.append("")
+    ret = results.get("retrieval", {})
+    if ret:
+        lines += ["## Emergent retrieval (recall@1 / @5 / @10)", "", "| query -> gallery | R@1 | R@5 | R@10 | chance@1 |",
+                  "|---|---|---|---|---|"]
+        for key, m in ret.items():
+            a, b = key.split("-")
+            for src, dst, d in ((a, b, "a_to_b"), (b, a, "b_to_a")):
+                lines.append(f"| {src} -> {dst} | {_pct(m[f'{d}_recall@1'])} | {_pct(m[f'{d}_recall@5'])} | "
+                             f"{_pct(m[f'{d}_recall@10'])} | {_pct(m['chance@1'])} |")
+        lines.append("")
+    ar = results.get("arithmetic", {})
+    if ar:
+        lines += ["## Embedding arithmetic (hit@1: the first image has both contents)", "",
+                  "| query | a + b | a alone | b alone | queries |", "|---|---|---|---|---|"]
+        for key, m in ar.items():
+            lines.append(f"| {key} | {_pct(m['sum/hit@1'])} | {_pct(m['a_only/hit@1'])} | {_pct(m['b_only/hit@1'])} | "
+                         f"{int(m['queries'])} |")
+        lines.append("")
+    dec = results.get("decoder", {})
+    if dec:
+        lines += ["## A text-only decoder re-used (nearest caption), attributes right", "",
+                  "| input | set | colour | shape | both |", "|---|---|---|---|---|"]
+        for key, m in dec.items():
+            mod, split = key.split("/", 1)
+            lines.append(f"| {mod} | {split} | {_pct(m.get('colour_acc'))} | {_pct(m.get('shape_acc'))} | "
+                         f"{_pct(m.get('all_acc'))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
