@@ -142,8 +142,9 @@ def test_synthetic_depth_maps_match_the_scene_and_leave_the_image_unchanged():
 # ---- the task's loss -----------------------------------------------------------------------------------
 
 def _tiny_bound(embed_dim: int = 16):
-    from clipforge.bind.model import BoundCLIP, BoundConfig, modality_config
     from tests.helpers import micro_config
+
+    from clipforge.bind.model import BoundCLIP, BoundConfig, modality_config
 
     torch.manual_seed(0)
     cfg = BoundConfig(clip=micro_config().to_dict(), modalities={
@@ -183,13 +184,14 @@ def test_bind_loss_is_infonce_against_the_frozen_targets_both_ways(tmp_path):
 
 
 def test_bound_model_saves_loads_and_extends(tmp_path):
+    from tests.helpers import micro_config
+
     from clipforge.bind.model import BoundCLIP
     from clipforge.bind.train import bind_modality
     from clipforge.checkpoints import load
     from clipforge.checkpoints.native import save
     from clipforge.errors import ConfigError
     from clipforge.models.clip import CLIP
-    from tests.helpers import micro_config
 
     torch.manual_seed(1)
     clip = CLIP(micro_config()).eval()
@@ -212,6 +214,11 @@ def test_bound_model_saves_loads_and_extends(tmp_path):
 
 # ---- the commands end to end ---------------------------------------------------------------------------
 
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def _tiny_clip(tmp_path: Path) -> Path:
     from clipforge.checkpoints.load import build
     from clipforge.checkpoints.native import save
@@ -226,7 +233,7 @@ def test_bind_train_counts_bad_depth_files_and_eval_reports(tmp_path):
 
     data = write_dataset(tmp_path / "d", SynthConfig(seed=2, n_train=40, n_val=12, n_zeroshot_per_class=1),
                          progress=False, modalities=("depth",))
-    rows = list(csv.DictReader(open(data / "train.csv")))
+    rows = _rows(data / "train.csv")
     Image.new("RGB", (64, 64)).save(data / rows[0]["depth"])  # a colour image where a depth map should be
     (data / rows[1]["depth"]).unlink()  # missing
     rows[2]["depth"] = ""  # empty field
@@ -271,11 +278,11 @@ def test_synth_speech_writes_spoken_captions_and_words(tmp_path):
 
     data = write_dataset(tmp_path / "d", SynthConfig(seed=3, n_train=6, n_val=2, n_zeroshot_per_class=1),
                          progress=False, modalities=("speech",))
-    rows = list(csv.DictReader(open(data / "train.csv")))
+    rows = _rows(data / "train.csv")
     assert set(rows[0]) == {"image", "caption", "speech"}
     a = read_wav(data / rows[0]["speech"])
     assert a.sample_rate == 16000 and 0.5 < a.seconds < 6 and a.notes == []
-    words = list(csv.DictReader(open(data / "speech_words.csv")))
+    words = _rows(data / "speech_words.csv")
     assert {w["word"] for w in words} >= {"red", "star"} and len(words) == 16 * 4
     x, _ = SpeechInput()(data / words[0]["speech"])
     assert x.shape == (40, 299)

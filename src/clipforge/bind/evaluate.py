@@ -28,7 +28,7 @@ from clipforge.bind.data import ModalityFiles, collate_modality
 from clipforge.data.pairs import Skipped
 from clipforge.errors import DataError
 from clipforge.evaluation.retrieval import retrieval_metrics
-from clipforge.evaluation.zero_shot import classification_metrics, zero_shot_classifier
+from clipforge.evaluation.zero_shot import classification_metrics
 
 
 @dataclass
@@ -202,8 +202,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
         lines.append("")
     ret = results.get("retrieval", {})
     if ret:
-        lines += ["## Emergent retrieval (recall@1 / @5 / @10)", "", "| query -> gallery | R@1 | R@5 | R@10 | chance@1 |",
-                  "|---|---|---|---|---|"]
+        lines += ["## Emergent retrieval (recall@1 / @5 / @10)", "",
+                  "| query -> gallery | R@1 | R@5 | R@10 | chance@1 |", "|---|---|---|---|---|"]
         for key, m in ret.items():
             a, b = key.split("-")
             for src, dst, d in ((a, b, "a_to_b"), (b, a, "b_to_a")):
