@@ -85,17 +85,27 @@ class ModalityFiles(Dataset):
     """``files[i]`` read by ``reader`` (a :mod:`clipforge.bind.inputs` reader) -> (i, tensor, notes),
     or a :class:`Skipped` when the file cannot be used."""
 
-    def __init__(self, files: list[str], reader: Any) -> None:
+    def __init__(self, files: list[str], reader: Any, cache: bool = False) -> None:
         self.files, self.reader = files, reader
+        # Inputs kept as float16 after their first read (in this process): later epochs skip decoding.
+        self.cache: dict[int, Any] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> Any:
+        if self.cache is not None and i in self.cache:
+            kept = self.cache[i]
+            return kept if isinstance(kept, Skipped) else (i, kept[0].float(), kept[1])
         try:
             x, notes = self.reader(self.files[i])
         except ModalityReadError as e:
-            return Skipped(_reason(str(e)), self.files[i], str(e))
+            out: Any = Skipped(_reason(str(e)), self.files[i], str(e))
+            if self.cache is not None:
+                self.cache[i] = out
+            return out
+        if self.cache is not None:
+            self.cache[i] = (x.half(), notes)
         return i, x, notes
 
 

@@ -35,10 +35,10 @@ class BindTask(Task):
 
     def __init__(self, model: BoundCLIP, modality: str, files: list[str], targets: torch.Tensor, *, batch_size: int,
                  lr: float, weight_decay: float, seed: int, workers: int, info: DistInfo, device: torch.device,
-                 evaluate_fn: Any = None) -> None:
+                 evaluate_fn: Any = None, cache_inputs: bool = True) -> None:
         self.model, self.modality, self.targets = model, modality, targets
         self.batch_size, self.seed, self.workers, self.info, self.device = batch_size, seed, workers, info, device
-        self.dataset = ModalityFiles(files, model.inputs[modality])
+        self.dataset = ModalityFiles(files, model.inputs[modality], cache=cache_inputs and workers == 0)
         model.lock_clip()
         model.train()
         self.optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)

@@ -88,7 +88,7 @@ def train_bind(cfg: BindTrainConfig, resume: str | None = None, progress: bool =
     D.broadcast_parameters(model, info)
     task = BindTask(model, cfg.modality, [rows.files[i] for i in keep], targets, batch_size=cfg.batch_size,
                     lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed, workers=cfg.workers, info=info,
-                    device=device, evaluate_fn=evaluate_fn)
+                    device=device, evaluate_fn=evaluate_fn, cache_inputs=cfg.cache_inputs)
     if info.is_main:
         log.info(f"binding {cfg.modality} to {cfg.clip}'s space: {len(keep)} ({cfg.modality}, {cfg.pair_with}) pairs "
                  f"from {cfg.data}; the CLIP is frozen")

@@ -61,6 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("index_dir")
     s.add_argument("query", nargs="?", help="text query")
     s.add_argument("--image", default=None, help="search by this image instead")
+    s.add_argument("--speech", default=None, help="search by this WAV file (an index embedded with a bound model: "
+                   "clipforge bind train)")
+    s.add_argument("--depth", default=None, help="search by this depth map (16-bit PNG; a bound model's index)")
     s.add_argument("--model", default=None, help="the model (default: the one recorded in index.json)")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--offset", type=int, default=0, help="skip this many results (paging)")
@@ -155,17 +158,19 @@ def run_search(args: argparse.Namespace) -> int:
     from clipforge.errors import ClipforgeError
     from clipforge.search.service import Limits, SearchService
 
-    if not args.query and not args.image:
-        raise ClipforgeError("give a text query, --image, or both (the image plus the text)")
-    if args.image and not Path(args.image).is_file():
-        raise ClipforgeError(f"--image {args.image}: no such file")
+    if not args.query and not (args.image or args.speech or args.depth):
+        raise ClipforgeError("give a text query, --image (or --speech/--depth), or both (the image plus the text)")
+    for flag in ("image", "speech", "depth"):
+        if getattr(args, flag) and not Path(getattr(args, flag)).is_file():
+            raise ClipforgeError(f"--{flag} {getattr(args, flag)}: no such file")
+    modality = next(((m, getattr(args, m)) for m in ("speech", "depth") if getattr(args, m)), None)
     # The command line is trusted: no request limits beyond what the index can answer.
     service = SearchService(args.index_dir, args.model,
                             Limits(max_k=10**9, max_depth=10**9, max_candidates=10**12, max_query_pixels=89_478_485),
                             device=args.device)
     results = service.search(text=args.query, image=Path(args.image).read_bytes() if args.image else None,
                              k=args.k, offset=args.offset, threshold=args.threshold, dedup=args.dedup,
-                             effort=args.effort, text_weight=args.text_weight, match=args.match)
+                             effort=args.effort, text_weight=args.text_weight, match=args.match, modality=modality)
     for r in results:
         if r.path:
             print(f"{r.score:.3f}  {r.path}" + (f"  ({r.caption})" if r.caption else ""))

@@ -36,6 +36,17 @@ def image_query(model: CLIP | SentenceEncoder, image: bytes | str, max_pixels: i
     return model.encode_image(pixels, normalize=True).float().cpu().numpy()
 
 
+@torch.no_grad()
+def modality_query(model: CLIP, modality: str, path: str) -> np.ndarray:
+    """The embedding of a file of a bound modality (a WAV for ``speech``, a depth map for ``depth``):
+    the index's model must be a bound model (``clipforge bind train``) that has that encoder."""
+    if not hasattr(model, "read"):
+        raise ClipforgeError(f"the index's model cannot embed {modality}: embed the collection with a bound model "
+                             "(clipforge bind train) to search it by speech or depth")
+    x, _ = model.read(modality, path)
+    return model.encode(modality, x[None].to(next(model.parameters()).device), normalize=True).float().cpu().numpy()
+
+
 def load_index_model(info: dict, override: str | None = None, device: str | None = None) -> CLIP:
     """The model recorded in index.json (or ``override``), checked against the index's fingerprint,
     on ``device`` (default: CUDA when present)."""

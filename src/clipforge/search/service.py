@@ -144,6 +144,11 @@ class SearchService:
         finally:
             _release_memory()
 
+    def modality_vector(self, modality: str, path: str) -> np.ndarray:
+        from clipforge.search.query import modality_query
+
+        return modality_query(self.model(), modality, path)
+
     def id_vector(self, item_id: int) -> np.ndarray:
         row = self.searcher.row_of(item_id)
         if row is None:
@@ -154,14 +159,17 @@ class SearchService:
     def search(self, *, text: str | None = None, image: bytes | None = None, vector: list[float] | None = None,
                item_id: int | None = None, k: int = 20, offset: int = 0, threshold: float | None = None,
                dedup: bool = False, effort: int | None = None, text_weight: float = 1.0,
-               match: str = "image") -> list[Result]:
+               match: str = "image", modality: tuple[str, str] | None = None) -> list[Result]:
         """Search by one of ``image``, ``vector`` or ``item_id``, by ``text``, or by an image and a text
         together (embedding arithmetic: the unit image embedding plus ``text_weight`` times the unit
         text embedding, as clip-retrieval combines them). ``match="caption"`` ranks the items by their
-        captions' embeddings instead of their images' (when the index has them)."""
-        visual = [x for x in (image, vector, item_id) if x is not None]
+        captions' embeddings instead of their images' (when the index has them). ``modality``: a
+        (modality, local file) of a bound model's, e.g. ("speech", "query.wav"), in place of an image
+        (trusted callers only: it names a file on this machine)."""
+        visual = [x for x in (image, vector, item_id, modality) if x is not None]
         if len(visual) > 1:
-            raise RequestRefused("give at most one of image, vector or id (and optionally a text)")
+            raise RequestRefused("give at most one of image, vector, id or a speech/depth file (and optionally a "
+                                 "text)")
         if not visual and text is None:
             raise RequestRefused("give a text, an image, a vector or an id")
         if match not in ("image", "caption"):
@@ -178,6 +186,8 @@ class SearchService:
                 parts.append(_unit(self.id_vector(item_id)))
             elif vector is not None:
                 parts.append(_unit(np.asarray(vector, dtype=np.float32).reshape(1, -1)))
+            elif modality is not None:
+                parts.append(_unit(self.modality_vector(*modality)))
             if text is not None:
                 parts.append(text_weight * _unit(self.text_vector(text)))
             results = searcher.search(np.sum(parts, axis=0), k, threshold, dedup, offset, effort)[0]
