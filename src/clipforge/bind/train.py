@@ -94,6 +94,11 @@ def train_bind(cfg: BindTrainConfig, resume: str | None = None, progress: bool =
                  f"from {cfg.data}; the CLIP is frozen")
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         cfg.save(Path(cfg.out_dir) / "bind_config.json")
+        if cfg.micro_batch_size and cfg.micro_batch_size < cfg.batch_size:
+            log.warning(f"the {cfg.modality} encoder has BatchNorm layers: with micro_batch_size="
+                        f"{cfg.micro_batch_size} < batch_size={cfg.batch_size} they normalise each micro-batch by "
+                        "its own statistics, so gradients are close to, not exactly, the full batch's (running "
+                        "statistics are updated once per step)")
     engine = EngineConfig(out_dir=cfg.out_dir, epochs=cfg.epochs, max_steps=cfg.max_steps, minutes=cfg.minutes,
                           warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, grad_clip=cfg.grad_clip,
                           micro_batch_size=cfg.micro_batch_size, precision=cfg.precision,
