@@ -250,12 +250,21 @@ def test_bind_train_counts_bad_depth_files_and_eval_reports(tmp_path):
     # the empty field once, at reading; each bad file each epoch it came up in (a batch of 8 drops the rest)
     assert summary["skipped"]["unreadable row"] == 1
     assert summary["skipped"].get("wrong image mode", 0) + summary["skipped"].get("missing file", 0) >= 1
+    # a captioner that read the same CLIP's text embeddings only (CapDec), re-used on depth embeddings
+    cap = tmp_path / "capdec"
+    assert main(["caption", "train", "--method", "capdec", "--clip", str(clip), "--data", str(data / "train.csv"),
+                 f"out_dir={cap}", "epochs=1", "batch_size=8", "prefix_length=2", "lm.width=16", "lm.layers=1",
+                 "lm.heads=2", "lm.vocab_size=300", "lm.context_length=20", "mapper_layers=1", "mapper_heads=2",
+                 "gap_pairs=16", "tensorboard=false", "--no-progress"]) == 0
     assert main(["bind", "eval", "--model", str(out / "model"), "--data", str(data), "--out",
-                 str(tmp_path / "res")]) == 0
+                 str(tmp_path / "res"), "--captioner", str(cap / "model")]) == 0
     res = json.loads((tmp_path / "res" / "bind_eval.json").read_text())
     assert {"depth/zeroshot_seen", "image/zeroshot_seen"} <= set(res["zero_shot"])
     assert "text-depth" in res["retrieval"] and "image-depth" in res["retrieval"]
-    assert (tmp_path / "res" / "bind_eval.md").read_text().startswith("# What emerges")
+    assert {"depth/zeroshot_seen", "image/zeroshot_heldout"} <= set(res["captioner"])
+    assert all(isinstance(e["caption"], str) for e in res["captioner"]["depth/zeroshot_seen"]["examples"])
+    md = (tmp_path / "res" / "bind_eval.md").read_text()
+    assert md.startswith("# What emerges") and "trained on text embeddings only" in md
 
 
 def test_bind_cli_errors_are_one_line(tmp_path, capsys):
@@ -319,3 +328,20 @@ def test_speech_bound_to_images_only_is_classified_by_text_above_chance(tmp_path
     # chance is 12.5%; measured 51% for the CLIP's own images, 50% for the speech (AMD EPYC, 2 threads)
     assert image["colour_acc"] > 3 * image["colour_chance"], image  # the CLIP itself knows colours
     assert speech["colour_acc"] > 2.5 * speech["colour_chance"], speech
+
+
+def test_binding_leaves_the_clip_exactly_as_it_was(tmp_path):
+    """The CLIP's weights and BatchNorm statistics are the same after binding (its image embeddings
+    are computed in eval mode, and it stays frozen)."""
+    from clipforge.checkpoints import load
+    from clipforge.cli.main import main
+    from clipforge.data.synthetic import SynthConfig, write_dataset
+    from clipforge.evaluation.cache import model_fingerprint
+
+    data = write_dataset(tmp_path / "d", SynthConfig(seed=4, n_train=24, n_val=4, n_zeroshot_per_class=1),
+                         progress=False, modalities=("depth",))
+    clip = _tiny_clip(tmp_path)  # a ResNet tower: BatchNorm
+    assert main(["bind", "train", "--modality", "depth", "--clip", str(clip), "--data", str(data / "train.csv"),
+                 "epochs=1", "batch_size=8", f"out_dir={tmp_path / 'b'}", "encoder={widths: [4, 8]}",
+                 "--no-progress"]) == 0
+    assert model_fingerprint(load(tmp_path / "b" / "model").clip) == model_fingerprint(load(clip))

@@ -218,14 +218,19 @@ def summary_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | {_pct(m['sum/hit@1'])} | {_pct(m['a_only/hit@1'])} | {_pct(m['b_only/hit@1'])} | "
                          f"{int(m['queries'])} |")
         lines.append("")
-    dec = results.get("decoder", {})
-    if dec:
-        lines += ["## A text-only decoder re-used (nearest caption), attributes right", "",
-                  "| input | set | colour | shape | both |", "|---|---|---|---|---|"]
+    for name, title in (("decoder", "A text-only decoder re-used (nearest caption of the captions' text embeddings)"),
+                        ("captioner", "A captioner trained on text embeddings only, re-used")):
+        dec = {k: v for k, v in results.get(name, {}).items() if isinstance(v, dict)}
+        if not dec:
+            continue
+        source = f" ({results[name]['path']})" if "path" in results[name] else ""
+        lines += [f"## {title}{source}: attributes its captions name right", "",
+                  "| input | set | colour | shape | both | example (label: caption) |", "|---|---|---|---|---|---|"]
         for key, m in dec.items():
             mod, split = key.split("/", 1)
+            ex = m.get("examples", [{}])[0]
             lines.append(f"| {mod} | {split} | {_pct(m.get('colour_acc'))} | {_pct(m.get('shape_acc'))} | "
-                         f"{_pct(m.get('all_acc'))} |")
+                         f"{_pct(m.get('all_acc'))} | {ex.get('label', '')}: {ex.get('caption', '')} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -39,6 +39,7 @@ class EvalData:
     classes: list[str] = field(default_factory=list)  # default: the dataset's (meta.json) or the labels
     templates: list[str] = field(default_factory=lambda: ["{c}"])
     attributes: tuple[str, ...] = ()  # names of the label's words ("colour", "shape")
+    captioner: str | None = None  # a captioner trained on the CLIP's text embeddings only (capdec, decap)
 
 
 def synthetic_layout(folder: str | Path) -> EvalData:
@@ -132,7 +133,48 @@ def measure(model: Any, data: EvalData, progress: bool = True, arithmetic_querie
                 results["decoder"][f"{mod}/{_name(path)}"] = {
                     **caption_attributes(caps, [rows[i]["label"] for i in keep], vocab),
                     "examples": [{"label": rows[i]["label"], "caption": c} for i, c in list(zip(keep, caps))[:5]]}
+        if data.captioner:
+            decode = captioner_decoder(data.captioner, model)
+            results["captioner"] = {"path": data.captioner}
+            for path in data.zeroshot:
+                columns, rows = tables[path]
+                for mod in ["image", *mods]:
+                    if mod not in columns:
+                        continue
+                    e = embedded(path, rows, mod)
+                    keep = e.ok.nonzero().flatten().tolist()
+                    caps = decode(e.features[keep])
+                    results["captioner"][f"{mod}/{_name(path)}"] = {
+                        **caption_attributes(caps, [rows[i]["label"] for i in keep], vocab),
+                        "examples": [{"label": rows[i]["label"], "caption": c} for i, c in list(zip(keep, caps))[:5]]}
     return results
+
+
+def captioner_decoder(path: str, model: Any) -> Any:
+    """``features -> captions`` by a captioner that reads this bound model's CLIP space (``clipforge
+    caption train --method capdec|decap``: trained on text embeddings alone), greedy decoding."""
+    from clipforge.checkpoints import load
+    from clipforge.errors import CheckpointError
+    from clipforge.evaluation.cache import model_fingerprint
+    from clipforge.models.generation import GenerationConfig
+    from clipforge.tokenizer.ids import ids_to_text
+
+    captioner = load(path)
+    if not hasattr(captioner, "generate_from_embeddings") or captioner.tokenizer is None:
+        raise CheckpointError(f"{path}: not a captioner of CLIP embeddings (clipforge caption train writes one)")
+    wanted = getattr(captioner.config, "clip_fingerprint", "")
+    if wanted and wanted != model_fingerprint(model.clip):
+        raise CheckpointError(f"{path} reads another CLIP's embeddings than this bound model's")
+    cfg = captioner.config
+
+    @torch.no_grad()
+    def decode(features: torch.Tensor) -> list[str]:
+        out = []
+        for chunk in features.split(256):
+            ids = captioner.generate_from_embeddings(chunk, GenerationConfig(strategy="greedy"))
+            out += [ids_to_text(captioner.tokenizer, row, cfg.start_id, cfg.end_id, cfg.pad_id) for row in ids.tolist()]
+        return out
+    return decode
 
 
 def _arithmetic(model: Any, data: EvalData, tables: dict, embedded: Any, mods: list[str], n_queries: int,

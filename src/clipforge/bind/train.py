@@ -47,7 +47,8 @@ def bind_modality(base: Any, modality: str, paired_with: str = "image", encoder:
         for name in existing:
             bound.encoders[name].load_state_dict(base.encoders[name].state_dict())
             bound.logit_scales[name].data.copy_(base.logit_scales[name].data)
-    return bound
+    bound.lock_clip()  # frozen and in eval mode from here on: its BatchNorm statistics never move
+    return bound.eval()
 
 
 def pair_targets(model: BoundCLIP, rows: BindRows, paired_with: str, progress: bool = True

@@ -18,19 +18,9 @@ from clipforge.data.images import ImageDataset, collate_images
 from clipforge.data.pairs import IMAGE_SUFFIXES, Skipped
 from clipforge.errors import ConfigError, DataError
 from clipforge.models.generation import GenerationConfig
+from clipforge.tokenizer.ids import ids_to_text
 
 log = logging.getLogger(__name__)
-
-
-def ids_to_text(tokenizer: Any, ids: Sequence[int], start: int, end: int, pad: int = 0) -> str:
-    """The caption of one row of generated ids: after the start token, up to the end token."""
-    out = []
-    for i in list(ids)[1:] if ids and ids[0] == start else list(ids):
-        if i == end:
-            break
-        if i not in (pad, start):
-            out.append(int(i))
-    return tokenizer.decode(out).strip()
 
 
 def image_files(sources: Sequence[str]) -> list[str]:

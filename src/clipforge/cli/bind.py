@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--classes", default=None, help="class names, comma-separated (default: the dataset's or the "
                    "labels)")
     e.add_argument("--templates", default=None, help="a template set name or file (default: the dataset's, else '{c}')")
+    e.add_argument("--captioner", default=None, help="a captioner trained on the CLIP's text embeddings only "
+                   "(clipforge caption train --method capdec|decap): its captions of the new modality are scored")
     e.add_argument("--out", default="results/bind", help="folder for bind_eval.json and bind_eval.md")
     e.set_defaults(func=run_eval)
 
@@ -71,6 +73,7 @@ def run_eval(args: argparse.Namespace) -> int:
         data.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     if args.templates:
         data.templates = get_templates(args.templates)
+    data.captioner = args.captioner
     results = {"model": args.model, **measure(model, data)}
     from clipforge.bind.evaluate import summary_markdown, write_report
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -13,18 +14,31 @@ from clipforge.engine.distributed import DistInfo
 from clipforge.models.clip import CLIP
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block, then as it was: an embedding never depends on the batch
+    (BatchNorm's batch statistics) or on dropout, and never moves BatchNorm's running statistics."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
 @torch.no_grad()
 def embed_texts(model: CLIP, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Normalised text features [N, D]."""
+    """Normalised text features [N, D] (computed in eval mode)."""
     if model.tokenizer is None:
         from clipforge.checkpoints.load import no_tokenizer_message
         from clipforge.errors import ConfigError
 
         raise ConfigError(no_tokenizer_message(model))
     out = []
-    for i in range(0, len(texts), batch_size):
-        tokens = model.tokenizer(list(texts[i : i + batch_size]))
-        out.append(model.encode_text(tokens.to(_device(model)), normalize=True).float().cpu())
+    with eval_mode(model):
+        for i in range(0, len(texts), batch_size):
+            tokens = model.tokenizer(list(texts[i : i + batch_size]))
+            out.append(model.encode_text(tokens.to(_device(model)), normalize=True).float().cpu())
     return torch.cat(out) if out else torch.empty(0, model.config.embed_dim)
 
 
@@ -47,7 +61,7 @@ def embed_images(
                         sampler=_RankBatches(len(paths), batch_size, info) if info.enabled else None)
     device = _device(model)
     feats, idx, batch_skips = [], [], []
-    with progress_bar(label, total=len(loader), enabled=progress and info.is_main) as bar:
+    with progress_bar(label, total=len(loader), enabled=progress and info.is_main) as bar, eval_mode(model):
         for batch in loader:
             batch_skips.append(batch.skipped)
             if len(batch.indices):
@@ -103,9 +117,10 @@ def embed_pil(model: CLIP, images: Sequence, batch_size: int = 256) -> torch.Ten
     """Normalised image features [N, D] of PIL images held in memory (attacked, shifted or
     generated images), each through the model's own preprocessing, as a file would be."""
     out = []
-    for i in range(0, len(images), batch_size):
-        x = model.preprocess.batch(list(images[i : i + batch_size])).to(_device(model))
-        out.append(model.encode_image(x, normalize=True).float().cpu())
+    with eval_mode(model):
+        for i in range(0, len(images), batch_size):
+            x = model.preprocess.batch(list(images[i : i + batch_size])).to(_device(model))
+            out.append(model.encode_image(x, normalize=True).float().cpu())
     return torch.cat(out) if out else torch.empty(0, model.config.embed_dim)
 
 

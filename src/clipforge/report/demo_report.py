@@ -74,8 +74,8 @@ def confusion_figure(preds: torch.Tensor, targets: torch.Tensor, classes: list[s
 
 def _captions(captioner: Any, features: torch.Tensor) -> list[str]:
     """The captioner's beam-search captions of CLIP image ``features`` (computed once for the report)."""
-    from clipforge.captioning.caption import ids_to_text
     from clipforge.models.generation import GenerationConfig
+    from clipforge.tokenizer.ids import ids_to_text
 
     cfg = captioner.config
     with torch.no_grad():
