@@ -10,7 +10,10 @@ scenes (``make demo`` writes one to outputs/demo/run/model):
 * ``clipforge bind eval``'s measurements of both: emergent zero-shot (seen and held-out
   combinations), retrieval between modalities, embedding arithmetic, a nearest-caption decoder.
 
-    .venv/bin/python bench/binding.py --clip outputs/demo/run/model --data /tmp/bsyn --work /tmp/bindbench
+    .venv/bin/clipforge caption train --method capdec --clip outputs/demo/run/model --data /tmp/bsyn/train.csv \
+        epochs=2 out_dir=/tmp/capdec        # a decoder that never saw an image, speech or depth map
+    .venv/bin/python bench/binding.py --clip outputs/demo/run/model --data /tmp/bsyn --work /tmp/bindbench \
+        --captioner /tmp/capdec/model
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/bindbench")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--captioner", default=None, help="a captioner trained on the CLIP's text embeddings only "
+                   "(clipforge caption train --method capdec ...), re-used on speech and depth")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -61,6 +66,7 @@ def main() -> int:
         minutes[name] = (time.time() - t) / 60
         print(f"{name}: trained in {minutes[name]:.1f} min", flush=True)
     layout = synthetic_layout(data)
+    layout.captioner = args.captioner
     results = {}
     for name in ("speech+depth", "speech (text-paired)", "depth (text-paired)"):
         folder = work / name.replace(" ", "_").replace("(", "").replace(")", "") / "model"
