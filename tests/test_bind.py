@@ -345,3 +345,24 @@ def test_binding_leaves_the_clip_exactly_as_it_was(tmp_path):
                  "epochs=1", "batch_size=8", f"out_dir={tmp_path / 'b'}", "encoder={widths: [4, 8]}",
                  "--no-progress"]) == 0
     assert model_fingerprint(load(tmp_path / "b" / "model").clip) == model_fingerprint(load(clip))
+
+
+def test_bind_resume_gives_the_uninterrupted_run(tmp_path):
+    from safetensors.torch import load_file
+
+    from clipforge.bind.config import BindTrainConfig
+    from clipforge.bind.train import train_bind
+    from clipforge.data.synthetic import SynthConfig, write_dataset
+
+    data = write_dataset(tmp_path / "d", SynthConfig(seed=6, n_train=32, n_val=4, n_zeroshot_per_class=1),
+                         progress=False, modalities=("depth",))
+    base = {"modality": "depth", "clip": str(_tiny_clip(tmp_path)), "data": str(data / "train.csv"), "epochs": 2,
+            "batch_size": 8, "warmup_steps": 2, "save_every_minutes": 0, "encoder": {"widths": [4, 8]}}
+    train_bind(BindTrainConfig.from_dict({**base, "out_dir": str(tmp_path / "whole")}), progress=False)
+    part = {**base, "out_dir": str(tmp_path / "part")}
+    train_bind(BindTrainConfig.from_dict({**part, "max_steps": 3}), progress=False)
+    train_bind(BindTrainConfig.from_dict(part), resume="latest", progress=False)
+    whole = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "part" / "model" / "model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []

@@ -83,7 +83,8 @@ class ModalityBatch:
 
 class ModalityFiles(Dataset):
     """``files[i]`` read by ``reader`` (a :mod:`clipforge.bind.inputs` reader) -> (i, tensor, notes),
-    or a :class:`Skipped` when the file cannot be used."""
+    or a :class:`Skipped` when the file cannot be used. The tensor is rounded to float16 precision
+    (the cache's), whether or not it is cached."""
 
     def __init__(self, files: list[str], reader: Any, cache: bool = False) -> None:
         self.files, self.reader = files, reader
@@ -104,9 +105,12 @@ class ModalityFiles(Dataset):
             if self.cache is not None:
                 self.cache[i] = out
             return out
+        # Inputs are always rounded to float16, cached or not, so a run gives the same model whether
+        # an input came from the cache or the file (resume, workers).
+        x = x.half()
         if self.cache is not None:
-            self.cache[i] = (x.half(), notes)
-        return i, x, notes
+            self.cache[i] = (x, notes)
+        return i, x.float(), notes
 
 
 def _reason(message: str) -> str:
