@@ -366,3 +366,43 @@ def test_bind_resume_gives_the_uninterrupted_run(tmp_path):
     resumed = load_file(str(tmp_path / "part" / "model" / "model.safetensors"))
     assert whole.keys() == resumed.keys()
     assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []
+
+
+def test_a_bound_models_index_is_searched_by_a_depth_map_from_the_api_and_the_cli(tmp_path, capsys):
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from clipforge.bind.train import bind_modality
+    from clipforge.checkpoints import load
+    from clipforge.checkpoints.native import save
+    from clipforge.cli.main import main
+    from clipforge.data.synthetic import SynthConfig, write_dataset
+    from clipforge.search.embed import embed_collection
+    from clipforge.search.index import build_index
+    from clipforge.search.server import create_app
+
+    data = write_dataset(tmp_path / "d", SynthConfig(seed=7, n_train=4, n_val=12, n_zeroshot_per_class=1),
+                         progress=False, modalities=("depth",))
+    bound = save(bind_modality(load(_tiny_clip(tmp_path)), "depth", encoder={"widths": [4, 8]}), tmp_path / "bound")
+    model = load(bound)
+    emb = embed_collection(model, str(data / "val.csv"), tmp_path / "emb", model_path=str(bound), progress=False)
+    build_index(emb, tmp_path / "idx")
+    query = data / _rows(data / "val.csv")[3]["depth"]
+    client = TestClient(create_app(tmp_path / "idx"))
+    got = client.post("/search", json={"depth": base64.b64encode(query.read_bytes()).decode(), "k": 3})
+    assert got.status_code == 200 and len(got.json()["results"]) == 3
+    # the same ranking as the embeddings say
+    x, _ = model.read("depth", query)
+    with torch.no_grad():
+        q = model.encode_depth(x[None], normalize=True)[0]
+    from clipforge.search.embed import read_embeddings
+
+    vectors = torch.from_numpy(read_embeddings(emb)[0].astype("float32"))
+    assert got.json()["results"][0]["score"] == pytest.approx(float((vectors @ q).max()), abs=2e-3)
+    refused = client.post("/search", json={"speech": base64.b64encode(b"RIFF....").decode()})
+    assert refused.status_code == 400 and "no 'speech' encoder" in refused.json()["error"]
+    bad = client.post("/search", json={"depth": base64.b64encode(b"not a png").decode()})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("the depth file: not a readable image")
+    assert main(["search", str(tmp_path / "idx"), "--depth", str(query), "-k", "2"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2

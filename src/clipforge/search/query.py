@@ -37,13 +37,25 @@ def image_query(model: CLIP | SentenceEncoder, image: bytes | str, max_pixels: i
 
 
 @torch.no_grad()
-def modality_query(model: CLIP, modality: str, path: str) -> np.ndarray:
-    """The embedding of a file of a bound modality (a WAV for ``speech``, a depth map for ``depth``):
-    the index's model must be a bound model (``clipforge bind train``) that has that encoder."""
+def modality_query(model: CLIP, modality: str, source: str | bytes) -> np.ndarray:
+    """The embedding of a file (a path, or its bytes) of a bound modality: a WAV for ``speech``, a
+    depth map for ``depth``. The index's model must be a bound model (``clipforge bind train``) that
+    has that encoder."""
+    import tempfile
+
     if not hasattr(model, "read"):
         raise ClipforgeError(f"the index's model cannot embed {modality}: embed the collection with a bound model "
                              "(clipforge bind train) to search it by speech or depth")
-    x, _ = model.read(modality, path)
+    if isinstance(source, bytes):
+        with tempfile.NamedTemporaryFile(suffix=".wav" if modality == "speech" else ".png") as f:
+            f.write(source)
+            f.flush()
+            try:
+                x, _ = model.read(modality, f.name)
+            except ClipforgeError as e:  # name the upload, not the server's temporary file
+                raise ClipforgeError(str(e).replace(f.name, f"the {modality} file")) from None
+    else:
+        x, _ = model.read(modality, source)
     return model.encode(modality, x[None].to(next(model.parameters()).device), normalize=True).float().cpu().numpy()
 
 

@@ -1,6 +1,7 @@
 """The search API's routes, over the :class:`~clipforge.search.service.SearchService` in ``app.state``.
 
-* ``POST /search`` -- JSON ``{"text" and/or one of "image" (base64), "vector", "id"; "k", "offset",
+* ``POST /search`` -- JSON ``{"text" and/or one of "image" (base64), "vector", "id", "speech" / "depth"
+  (base64 files, for an index embedded with a bound model); "k", "offset",
   "threshold", "dedup", "effort", "text_weight", "match": "image" | "caption"}`` -> ``{"results":
   [{"id", "score", "caption", "width", "height", "image_url", "thumb_url"}], "k", "offset",
   "has_more"}``
@@ -29,6 +30,9 @@ class SearchRequest(BaseModel):
     image: str | None = Field(None, description="search by this image (base64, optionally a data: URL)")
     vector: list[float] | None = Field(None, max_length=8192, description="search by this embedding")
     id: int | None = Field(None, ge=0, description="search by the indexed image with this id")
+    speech: str | None = Field(None, description="search by this WAV file (base64); the index's model must be a "
+                               "bound model with a speech encoder (clipforge bind train)")
+    depth: str | None = Field(None, description="search by this depth map (16-bit PNG, base64); a bound model's")
     k: int = Field(20, ge=1, description="results to return (at most the server's max_k, see /stats)")
     offset: int = Field(0, ge=0, description="results to skip, for paging (offset + k at most max_depth)")
     threshold: float | None = Field(None, ge=-1, le=1)
@@ -58,9 +62,10 @@ def stats(request: Request) -> dict:
 def search(req: SearchRequest, request: Request) -> dict:
     svc = _service(request)
     image = decode_base64(req.image) if req.image is not None else None
+    modality = next(((m, decode_base64(getattr(req, m), m)) for m in ("speech", "depth") if getattr(req, m)), None)
     results = svc.search(text=req.text, image=image, vector=req.vector, item_id=req.id, k=req.k,
                          offset=req.offset, threshold=req.threshold, dedup=req.dedup, effort=req.effort,
-                         text_weight=req.text_weight, match=req.match)
+                         text_weight=req.text_weight, match=req.match, modality=modality)
     n = len(svc.searcher)
     more = len(results) == req.k and req.offset + req.k < min(n, svc.stats()["max_depth"])
     return {"k": req.k, "offset": req.offset, "has_more": more,
@@ -98,13 +103,13 @@ def thumb(item_id: int, request: Request, size: int = 160) -> Response:
     return Response(svc.thumbnail(item_id, size), media_type="image/png")
 
 
-def decode_base64(data: str) -> bytes:
+def decode_base64(data: str, what: str = "image") -> bytes:
     if data.startswith("data:"):
         data = data.split(",", 1)[-1]
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise RequestRefused("image is not valid base64") from None
+        raise RequestRefused(f"{what} is not valid base64") from None
     if not raw:
-        raise RequestRefused("image is empty")
+        raise RequestRefused(f"{what} is empty")
     return raw

@@ -144,10 +144,10 @@ class SearchService:
         finally:
             _release_memory()
 
-    def modality_vector(self, modality: str, path: str) -> np.ndarray:
+    def modality_vector(self, modality: str, source: str | bytes) -> np.ndarray:
         from clipforge.search.query import modality_query
 
-        return modality_query(self.model(), modality, path)
+        return modality_query(self.model(), modality, source)
 
     def id_vector(self, item_id: int) -> np.ndarray:
         row = self.searcher.row_of(item_id)
@@ -159,13 +159,13 @@ class SearchService:
     def search(self, *, text: str | None = None, image: bytes | None = None, vector: list[float] | None = None,
                item_id: int | None = None, k: int = 20, offset: int = 0, threshold: float | None = None,
                dedup: bool = False, effort: int | None = None, text_weight: float = 1.0,
-               match: str = "image", modality: tuple[str, str] | None = None) -> list[Result]:
+               match: str = "image", modality: tuple[str, str | bytes] | None = None) -> list[Result]:
         """Search by one of ``image``, ``vector`` or ``item_id``, by ``text``, or by an image and a text
         together (embedding arithmetic: the unit image embedding plus ``text_weight`` times the unit
         text embedding, as clip-retrieval combines them). ``match="caption"`` ranks the items by their
         captions' embeddings instead of their images' (when the index has them). ``modality``: a
-        (modality, local file) of a bound model's, e.g. ("speech", "query.wav"), in place of an image
-        (trusted callers only: it names a file on this machine)."""
+        (modality, file) of a bound model's, e.g. ("speech", wav_bytes), in place of an image; the
+        file as bytes, or as a local path (trusted callers only: it names a file on this machine)."""
         visual = [x for x in (image, vector, item_id, modality) if x is not None]
         if len(visual) > 1:
             raise RequestRefused("give at most one of image, vector, id or a speech/depth file (and optionally a "
