@@ -406,3 +406,32 @@ def test_a_bound_models_index_is_searched_by_a_depth_map_from_the_api_and_the_cl
     assert bad.status_code == 400 and bad.json()["error"].startswith("the depth file: not a readable image")
     assert main(["search", str(tmp_path / "idx"), "--depth", str(query), "-k", "2"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+def test_bind_speech_skips_and_counts_bad_wavs_and_adjusts_the_rest(tmp_path):
+    from clipforge.bind.config import BindTrainConfig
+    from clipforge.bind.train import train_bind
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        t = np.arange(16000) / 16000
+        tone = (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t) * 32767).astype(np.int16)
+        wavfile.write(tmp_path / f"{i}.wav", 16000, tone)
+        rows.append({"image": f"{i}.png", "caption": "x", "speech": f"{i}.wav"})
+    wavfile.write(tmp_path / "0.wav", 8000, (0.3 * np.sin(np.arange(8000) / 3) * 32767).astype(np.int16))
+    wavfile.write(tmp_path / "1.wav", 16000, np.zeros(16000, dtype=np.int16))  # silent
+    wavfile.write(tmp_path / "2.wav", 16000, np.zeros(0, dtype=np.int16))  # empty
+    (tmp_path / "3.wav").write_text("not audio")
+    with open(tmp_path / "pairs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "caption", "speech"])
+        w.writeheader()
+        w.writerows(rows)
+    cfg = BindTrainConfig.from_dict({"modality": "speech", "clip": str(_tiny_clip(tmp_path)),
+                                     "data": str(tmp_path / "pairs.csv"), "epochs": 1, "batch_size": 16,
+                                     "encoder": {"widths": [8, 8]}, "out_dir": str(tmp_path / "run")})
+    result, adjusted = train_bind(cfg, progress=False)
+    assert result.state.skipped == {"silent": 1, "empty": 1, "unreadable file": 1}
+    assert adjusted == {"resampled": 1}
+    assert result.model_path is not None and result.state.step == 1
