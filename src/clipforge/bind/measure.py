@@ -121,30 +121,19 @@ def measure(model: Any, data: EvalData, progress: bool = True, arithmetic_querie
         bank_text = sorted({r["caption"] for r in cap_rows if r.get("caption")})
         bank = embed_modality(model, "text", bank_text).features
         vocab = {name: {c.split()[k] for c in classes} for k, name in enumerate(data.attributes)}
-        results["decoder"] = {}
-        for path in data.zeroshot:
-            columns, rows = tables[path]
-            for mod in ["image", *mods]:
-                if mod not in columns:
-                    continue
-                e = embedded(path, rows, mod)
-                keep = e.ok.nonzero().flatten().tolist()
-                caps = nearest_caption(e.features[keep], bank, bank_text)
-                results["decoder"][f"{mod}/{_name(path)}"] = {
-                    **caption_attributes(caps, [rows[i]["label"] for i in keep], vocab),
-                    "examples": [{"label": rows[i]["label"], "caption": c} for i, c in list(zip(keep, caps))[:5]]}
+        decoders = {"decoder": lambda f: nearest_caption(f, bank, bank_text)}
         if data.captioner:
-            decode = captioner_decoder(data.captioner, model)
+            decoders["captioner"] = captioner_decoder(data.captioner, model)
             results["captioner"] = {"path": data.captioner}
+        for name, decode in decoders.items():
+            results.setdefault(name, {})
             for path in data.zeroshot:
                 columns, rows = tables[path]
-                for mod in ["image", *mods]:
-                    if mod not in columns:
-                        continue
+                for mod in [m for m in ["image", *mods] if m in columns]:
                     e = embedded(path, rows, mod)
                     keep = e.ok.nonzero().flatten().tolist()
                     caps = decode(e.features[keep])
-                    results["captioner"][f"{mod}/{_name(path)}"] = {
+                    results[name][f"{mod}/{_name(path)}"] = {
                         **caption_attributes(caps, [rows[i]["label"] for i in keep], vocab),
                         "examples": [{"label": rows[i]["label"], "caption": c} for i, c in list(zip(keep, caps))[:5]]}
     return results
