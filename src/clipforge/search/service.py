@@ -168,8 +168,8 @@ class SearchService:
         file as bytes, or as a local path (trusted callers only: it names a file on this machine)."""
         visual = [x for x in (image, vector, item_id, modality) if x is not None]
         if len(visual) > 1:
-            raise RequestRefused("give at most one of image, vector, id or a speech/depth file (and optionally a "
-                                 "text)")
+            raise RequestRefused("give at most one of image, vector or id, or a speech/depth file (and optionally "
+                                 "a text)")
         if not visual and text is None:
             raise RequestRefused("give a text, an image, a vector or an id")
         if match not in ("image", "caption"):
