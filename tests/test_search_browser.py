@@ -131,3 +131,38 @@ def test_search_page_in_headless_chromium(server, tmp_path) -> None:
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
     assert (tmp_path / "page.png").stat().st_size > 5000
+
+
+def test_search_page_takes_a_wav_for_an_index_of_a_bound_model(tmp_path) -> None:
+    """A WAV dropped on the page searches an index embedded with a bound model (clipforge bind)."""
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+    from scipy.io import wavfile
+
+    from clipforge.bind.train import bind_modality
+    from clipforge.search.server import BackgroundServer, create_app
+
+    (tmp_path / "imgs").mkdir()
+    for i, name in enumerate(list(COLOURS) * 2):
+        Image.new("RGB", (32, 32), COLOURS[name]).save(tmp_path / "imgs" / f"{i:02d}.png")
+    bound = bind_modality(clipforge.build("tiny-vit-32"), "speech", encoder={"widths": [8, 8]})
+    clipforge.save(bound, tmp_path / "bound")
+    emb = embed_collection(clipforge.load(tmp_path / "bound"), str(tmp_path / "imgs"), tmp_path / "emb",
+                           model_path=str(tmp_path / "bound"), progress=False)
+    build_index(emb, tmp_path / "idx")
+    wav = tmp_path / "say red.wav"
+    wavfile.write(wav, 16000, (0.3 * np.sin(np.arange(16000) / 4) * 32767).astype(np.int16))
+    with BackgroundServer(create_app(tmp_path / "idx")) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page()
+        page.goto(url + "/")
+        _status(page, "6 images indexed")
+        page.set_input_files("#file", str(wav))
+        _status(page, "results 1-6")
+        assert "say red.wav" in page.text_content("#query-image-label") and len(_ids(page)) == 6
+        assert page.is_hidden("#query-image")
+        page.set_input_files("#file", str(tmp_path / "imgs" / "00.png"))  # an image again: searched as one
+        _status(page, "for 00.png")
+        assert page.is_visible("#query-image")
+        browser.close()
