@@ -265,6 +265,7 @@ def test_bind_train_counts_bad_depth_files_and_eval_reports(tmp_path):
     assert all(isinstance(e["caption"], str) for e in res["captioner"]["depth/zeroshot_seen"]["examples"])
     md = (tmp_path / "res" / "bind_eval.md").read_text()
     assert md.startswith("# What emerges") and "trained on text embeddings only" in md
+    assert (tmp_path / "res" / "bind_eval.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bind_cli_errors_are_one_line(tmp_path, capsys):

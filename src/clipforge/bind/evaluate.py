@@ -179,14 +179,63 @@ def caption_attributes(captions: list[str], labels: list[str], vocab: dict[str, 
 
 
 def write_report(out_dir: str | Path, results: dict[str, Any]) -> Path:
-    """``bind_eval.json`` and a Markdown summary (``bind_eval.md``), written atomically."""
-    from clipforge.io import atomic_write_text
+    """``bind_eval.json``, a Markdown summary (``bind_eval.md``) and a chart (``bind_eval.png``),
+    written atomically."""
+    from clipforge.io import atomic_file, atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(results, indent=2), out / "bind_eval.json")
     atomic_write_text(summary_markdown(results), out / "bind_eval.md")
+    if results.get("zero_shot") or results.get("retrieval"):
+        with atomic_file(out / "bind_eval.png") as tmp:
+            summary_chart(results, tmp)
     return out / "bind_eval.json"
+
+
+def summary_chart(results: dict[str, Any], path: str | Path) -> None:
+    """Zero-shot accuracy per input and attribute against chance, and retrieval R@1 per direction
+    against chance, as bars (a PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    zs, ret = results.get("zero_shot", {}), results.get("retrieval", {})
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    ax = axes[0]
+    keys = list(zs)
+    metrics = [("acc1", "class"), ("colour_acc", "colour"), ("shape_acc", "shape")]
+    width = 0.8 / len(metrics)
+    for j, (metric, label) in enumerate(metrics):
+        xs = [i + (j - 1) * width for i in range(len(keys))]
+        ax.bar(xs, [100 * zs[k].get(metric, 0.0) for k in keys], width, label=label)
+    if keys:
+        ax.axhline(100 * zs[keys[0]]["chance"], color="k", ls=":", lw=1, label="chance (class)")
+        if "colour_chance" in zs[keys[0]]:
+            ax.axhline(100 * zs[keys[0]]["colour_chance"], color="grey", ls="--", lw=1, label="chance (attribute)")
+    ax.set_xticks(range(len(keys)), [k.replace("/zeroshot_", "\n") for k in keys], fontsize=8)
+    ax.set_ylabel("zero-shot accuracy by text prompts (%)")
+    ax.set_ylim(0, 118)  # room for the legend above the bars
+    ax.set_yticks(range(0, 101, 20))
+    ax.legend(fontsize=8, loc="upper center", ncol=5)
+    ax.set_title("emergent zero-shot")
+    ax = axes[1]
+    rows = [(f"{a}->{b}", m[f"{d}_recall@1"], m["chance@1"]) for key, m in ret.items()
+            for a, b, d in ((key.split("-")[0], key.split("-")[1], "a_to_b"), (key.split("-")[1], key.split("-")[0],
+                                                                               "b_to_a"))]
+    ax.barh(range(len(rows)), [100 * r[1] for r in rows], color="tab:purple")
+    if rows:
+        ax.axvline(100 * rows[0][2], color="k", ls=":", lw=1, label="chance")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("recall@1 (%)")
+    ax.set_xlim(0, 100)
+    ax.set_title("retrieval between modalities")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
 
 
 def summary_markdown(results: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--templates", default=None, help="a template set name or file (default: the dataset's, else '{c}')")
     e.add_argument("--captioner", default=None, help="a captioner trained on the CLIP's text embeddings only "
                    "(clipforge caption train --method capdec|decap): its captions of the new modality are scored")
-    e.add_argument("--out", default="results/bind", help="folder for bind_eval.json and bind_eval.md")
+    e.add_argument("--out", default="results/bind", help="folder for bind_eval.json, .md and .png (a chart)")
     e.set_defaults(func=run_eval)
 
 
@@ -79,5 +79,5 @@ def run_eval(args: argparse.Namespace) -> int:
 
     path = write_report(args.out, results)
     print(summary_markdown(results))
-    print(f"results written to {path} and {path.with_suffix('.md')}")
+    print(f"results written to {path}, {path.with_suffix('.md')} and {path.with_suffix('.png')}")
     return 0
