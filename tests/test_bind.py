@@ -436,3 +436,37 @@ def test_bind_speech_skips_and_counts_bad_wavs_and_adjusts_the_rest(tmp_path):
     assert result.state.skipped == {"silent": 1, "empty": 1, "unreadable file": 1}
     assert adjusted == {"resampled": 1}
     assert result.model_path is not None and result.state.step == 1
+
+
+@pytest.mark.slow
+def test_bind_under_torchrun_matches_one_process_in_its_trained_weights(tmp_path):
+    """2 gloo ranks, each holding half of every batch, train the encoder as one process whose batch
+    is split in the same halves (micro_batch_size): each half is normalised by its own BatchNorm
+    statistics either way. The running statistics differ (a rank keeps its own), the weights do not."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from clipforge.data.synthetic import SynthConfig, write_dataset
+
+    data = write_dataset(tmp_path / "d", SynthConfig(seed=8, n_train=32, n_val=4, n_zeroshot_per_class=1),
+                         progress=False, modalities=("depth",))
+    clip = _tiny_clip(tmp_path)
+    weights = {}
+    for world in (1, 2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CLIPFORGE_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-port",
+               str(29600 + os.getpid() % 1000 + world), "-m", "clipforge.cli.main", "bind", "train", "--modality",
+               "depth", "--clip", str(clip), "--data", str(data / "train.csv"), "epochs=1", "batch_size=8",
+               "warmup_steps=1", f"out_dir={tmp_path / f'run{world}'}", "encoder={widths: [4, 8]}",
+               *(["micro_batch_size=4"] if world == 1 else []), "--no-progress"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        weights[world] = load_file(str(tmp_path / f"run{world}" / "model" / "model.safetensors"))
+    trained = [k for k in weights[1] if k.startswith(("encoders.", "logit_scales.")) and "running_" not in k
+               and "num_batches" not in k]
+    assert len(trained) > 4
+    for k in trained:
+        torch.testing.assert_close(weights[2][k], weights[1][k], rtol=1e-4, atol=1e-5, msg=k)
