@@ -9,9 +9,8 @@ Hann-windowed STFT without centring; the log is natural, floored at ``1e-6``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 
@@ -51,9 +50,6 @@ class LogMelConfig:
     def frames(self) -> int:
         return 1 + (int(self.max_seconds * self.sample_rate) - self.n_fft) // self.hop
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 LOG_FLOOR = 1e-6
 
@@ -78,11 +74,6 @@ class LogMel(torch.nn.Module):
         power = spec.real.square() + spec.imag.square()  # [B, freqs, frames]
         mel = torch.log(torch.clamp(self.filters.T @ power, min=LOG_FLOOR))
         return mel[0] if single else mel
-
-
-def log_mel(samples: np.ndarray, config: LogMelConfig | None = None) -> torch.Tensor:
-    """One waveform (mono float samples at ``config.sample_rate``) -> [n_mels, frames]."""
-    return LogMel(config)(torch.from_numpy(np.asarray(samples, dtype=np.float32)))
 
 
 # The log of silence, used to normalise: the encoder sees (log-mel - LOG_CENTRE) / LOG_SCALE, about

@@ -19,7 +19,11 @@ CLIPPED_SHARE = 0.01  # more samples than this at full scale: the recording was 
 
 
 class AudioReadError(ClipforgeError):
-    """A WAV file is missing, not a WAV, empty or silent."""
+    """A WAV file is missing, not a WAV, empty or silent; ``reason`` says which, in a few words."""
+
+    def __init__(self, message: str, reason: str = "unreadable file") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -43,42 +47,52 @@ def _to_float(data: np.ndarray) -> np.ndarray:
     return data.astype(np.float32)
 
 
-def read_wav(path: str | os.PathLike, sample_rate: int = 16000, max_seconds: float | None = None) -> Audio:
-    """``path`` as mono float32 at ``sample_rate``; raises :class:`AudioReadError` naming the file."""
-    from scipy.io import wavfile
-    from scipy.signal import resample_poly
+def read_wav(source: str | os.PathLike | bytes, sample_rate: int = 16000, max_seconds: float | None = None,
+             name: str | None = None) -> Audio:
+    """``source`` (a path, or a file's bytes) as mono float32 at ``sample_rate``; raises
+    :class:`AudioReadError` naming the file (``name``, or the path)."""
+    import io
 
-    path = Path(path)
-    if not path.is_file():
-        raise AudioReadError(f"{path}: no such audio file")
+    from scipy.io import wavfile
+
+    label = name or (f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source))
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise AudioReadError(f"{label}: no such audio file", "missing file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # scipy warns about chunks it skips (metadata)
-            rate, data = wavfile.read(path)
+            warnings.simplefilter("ignore")  # scipy warns about chunks it skips (metadata, a streamed length)
+            rate, data = wavfile.read(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
     except (ValueError, EOFError, OSError) as e:
-        raise AudioReadError(f"{path}: not a readable WAV file ({str(e).splitlines()[0][:80]})") from None
+        raise AudioReadError(f"{label}: not a readable WAV file ({str(e).splitlines()[0][:80]})") from None
     notes = []
     x = _to_float(np.asarray(data))
     if x.ndim == 2:
         x = x.mean(axis=1)
         notes.append("mixed to mono")
     if x.size == 0:
-        raise AudioReadError(f"{path}: empty (no samples)")
+        raise AudioReadError(f"{label}: empty (no samples)", "empty")
     peak = float(np.abs(x).max())
     if not np.isfinite(peak):
-        raise AudioReadError(f"{path}: samples are not finite")
+        raise AudioReadError(f"{label}: samples are not finite", "non-finite")
     if peak < SILENT_PEAK:
-        raise AudioReadError(f"{path}: silent (peak {peak:.1e} of full scale)")
+        raise AudioReadError(f"{label}: silent (peak {peak:.1e} of full scale)", "silent")
     if float((np.abs(x) >= 0.999).mean()) > CLIPPED_SHARE:
         notes.append("clipped")
     if rate != sample_rate:
-        ratio = Fraction(sample_rate, int(rate)).limit_denominator(1000)
-        x = resample_poly(x, ratio.numerator, ratio.denominator).astype(np.float32)
+        x = resample(x, int(rate), sample_rate)
         notes.append(f"resampled from {rate} Hz")
     if max_seconds is not None and len(x) > max_seconds * sample_rate:
         x = x[: int(max_seconds * sample_rate)]
         notes.append(f"cut at {max_seconds:g} s")
     return Audio(np.ascontiguousarray(x, dtype=np.float32), sample_rate, notes)
+
+
+def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Polyphase resampling (scipy's ``resample_poly``) from ``rate`` to ``target`` Hz, float32."""
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(target, rate).limit_denominator(1000)
+    return resample_poly(x, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
 def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int) -> None:

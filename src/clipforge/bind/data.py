@@ -27,7 +27,6 @@ class BindRows:
     captions: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
-    extra: dict[str, list[str]] = field(default_factory=dict)  # any other columns (label, ...), same order
 
     def __len__(self) -> int:
         return len(self.files)
@@ -47,8 +46,6 @@ def read_bind_csv(path: str | Path, modality: str, column: str | None = None, im
         col = find_column(columns, column, (modality,), modality, str(path))
         img = find_column(columns, image_column, ("image", "filepath"), "image", str(path), required=False)
         cap = find_column(columns, caption_column, ("caption", "text"), "caption", str(path), required=False)
-        others = [c for c in columns if c not in (col, img, cap)]
-        rows.extra = {c: [] for c in others}
         for row_no, row in enumerate(reader, start=2):
             where = f"{path}:{row_no}"
             values = {c: (row.get(c) or "").strip() for c in (col, img) if c}
@@ -58,8 +55,6 @@ def read_bind_csv(path: str | Path, modality: str, column: str | None = None, im
             rows.files.append(_resolve(path, values[col]))  # type: ignore[index]
             rows.images.append(_resolve(path, values[img]) if img else "")
             rows.captions.append((row.get(cap) or "") if cap else "")
-            for c in others:
-                rows.extra[c].append(row.get(c) or "")
     if not rows.files:
         raise DataError(f"{path}: no usable rows with a {modality} file ({len(rows.skipped)} skipped)")
     return rows
@@ -101,7 +96,7 @@ class ModalityFiles(Dataset):
         try:
             x, notes = self.reader(self.files[i])
         except ModalityReadError as e:
-            out: Any = Skipped(_reason(str(e)), self.files[i], str(e))
+            out: Any = Skipped(e.reason, self.files[i], str(e))
             if self.cache is not None:
                 self.cache[i] = out
             return out
@@ -111,15 +106,6 @@ class ModalityFiles(Dataset):
         if self.cache is not None:
             self.cache[i] = (x, notes)
         return i, x.float(), notes
-
-
-def _reason(message: str) -> str:
-    for word in ("silent", "empty", "not a readable", "no such", "not a single-channel", "no valid", "non-finite"):
-        if word in message:
-            return {"not a readable": "unreadable file", "no such": "missing file",
-                    "not a single-channel": "wrong image mode", "no valid": "no valid depth",
-                    "non-finite": "non-finite"}.get(word, word)
-    return "unreadable file"
 
 
 def collate_modality(items: list[Any]) -> ModalityBatch:

@@ -7,7 +7,7 @@ for the caller to count."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -21,15 +21,23 @@ KINDS: tuple[str, ...] = ("speech", "depth")
 
 
 class ModalityReadError(ClipforgeError):
-    """A speech or depth file cannot be used (missing, unreadable, empty, silent, wrong kind)."""
+    """A speech or depth file cannot be used; ``reason`` says why in a few words (the count's key)."""
+
+    def __init__(self, message: str, reason: str = "unreadable file") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+Source = str | os.PathLike | bytes  # a path, or the file's bytes (an upload)
+
+
+def _label(source: Source, name: str | None) -> str:
+    return name or (f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source))
 
 
 @dataclass(frozen=True)
 class DepthInputConfig:
     size: int = 64  # maps of another size are resized to this
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -40,40 +48,36 @@ class InputConfig:
     speech: dict[str, Any] = field(default_factory=dict)  # LogMelConfig fields
     depth: dict[str, Any] = field(default_factory=dict)  # DepthInputConfig fields
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 class SpeechInput:
     def __init__(self, config: LogMelConfig | None = None) -> None:
         self.config = config or LogMelConfig()
         self.mel = LogMel(self.config)
 
-    def __call__(self, path: str | os.PathLike) -> tuple[torch.Tensor, list[str]]:
+    def __call__(self, source: Source, name: str | None = None) -> tuple[torch.Tensor, list[str]]:
         from clipforge.audio.wav import AudioReadError, read_wav
 
         try:
-            audio = read_wav(path, self.config.sample_rate, self.config.max_seconds)
+            audio = read_wav(source, self.config.sample_rate, self.config.max_seconds, name=name)
         except AudioReadError as e:
-            raise ModalityReadError(str(e)) from None
+            raise ModalityReadError(str(e), e.reason) from None
         with torch.no_grad():
             return (self.mel(torch.from_numpy(audio.samples)) - LOG_CENTRE) / LOG_SCALE, audio.notes
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (self.config.n_mels, self.config.frames)
 
 
 class DepthInput:
     def __init__(self, config: DepthInputConfig | None = None) -> None:
         self.config = config or DepthInputConfig()
 
-    def __call__(self, path: str | os.PathLike) -> tuple[torch.Tensor, list[str]]:
+    def __call__(self, source: Source, name: str | None = None) -> tuple[torch.Tensor, list[str]]:
+        import io
+
         from PIL import Image, UnidentifiedImageError
 
+        path = _label(source, name)
         notes = []
         try:
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
                 img.load()
                 mode = img.mode
                 if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -83,16 +87,16 @@ class DepthInput:
                     notes.append(f"{mode} mode (read as relative depth)")
                 else:
                     raise ModalityReadError(f"{path}: a {mode} image, not a single-channel depth map "
-                                            "(16-bit PNG in millimetres)")
+                                            "(16-bit PNG in millimetres)", "wrong image mode")
         except (FileNotFoundError, IsADirectoryError):
-            raise ModalityReadError(f"{path}: no such depth map") from None
+            raise ModalityReadError(f"{path}: no such depth map", "missing file") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise ModalityReadError(f"{path}: not a readable image ({str(e).splitlines()[0][:80]})") from None
         if arr.size == 0 or not np.isfinite(arr).all():
-            raise ModalityReadError(f"{path}: empty or non-finite depth map")
+            raise ModalityReadError(f"{path}: empty or non-finite depth map", "empty")
         valid = arr > 0  # 0 is "no reading" in depth sensors' PNGs
         if not valid.any():
-            raise ModalityReadError(f"{path}: no valid depth (every pixel 0)")
+            raise ModalityReadError(f"{path}: no valid depth (every pixel 0)", "no valid depth")
         disparity = np.where(valid, 1.0 / np.where(valid, arr, 1.0), 0.0)
         lo, hi = disparity[valid].min(), disparity[valid].max()
         x = torch.from_numpy(((disparity - lo) / max(hi - lo, 1e-12)).astype(np.float32))[None]
@@ -101,10 +105,6 @@ class DepthInput:
             x = torch.nn.functional.interpolate(x[None], size=(self.config.size,) * 2, mode="bilinear",
                                                 align_corners=False, antialias=True)[0]
         return (x - 0.5) / 0.25, notes
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (1, self.config.size, self.config.size)
 
 
 def build_input(config: InputConfig) -> SpeechInput | DepthInput:

@@ -114,7 +114,7 @@ def measure(model: Any, data: EvalData, progress: bool = True, arithmetic_querie
                                                                   embedded(data.retrieval, rows, b))
 
     if data.words and data.zeroshot and data.attributes:
-        results["arithmetic"] = _arithmetic(model, data, tables, embedded, mods, arithmetic_queries, seed, progress)
+        results["arithmetic"] = _arithmetic(model, data, tables, embedded, mods, arithmetic_queries, seed)
 
     if data.captions and data.zeroshot and data.attributes:
         _, cap_rows = read_table(data.captions)
@@ -167,7 +167,7 @@ def captioner_decoder(path: str, model: Any) -> Any:
 
 
 def _arithmetic(model: Any, data: EvalData, tables: dict, embedded: Any, mods: list[str], n_queries: int,
-                seed: int, progress: bool) -> dict[str, Any]:
+                seed: int) -> dict[str, Any]:
     """Queries over the first zero-shot set (seen combinations): its images are the gallery."""
     path = data.zeroshot[0]
     columns, rows = tables[path]
@@ -176,15 +176,13 @@ def _arithmetic(model: Any, data: EvalData, tables: dict, embedded: Any, mods: l
     gallery = embedded(path, rows, "image")
     present = set(labels)
     g = torch.Generator().manual_seed(seed)
-    by_kind: dict[str, list[dict[str, str]]] = {}
-    for r in word_rows:
-        by_kind.setdefault(r["kind"], []).append(r)
-    word_emb = {}
+    by_kind: dict[str, list[int]] = {}  # word kind -> rows of the word file
+    for j, r in enumerate(word_rows):
+        by_kind.setdefault(r["kind"], []).append(j)
+    word_emb = {"text": embed_modality(model, "text", [r["word"] for r in word_rows])}
     if "speech" in mods:
-        spoken = embed_modality(model, "speech", column_paths(data.words, word_rows, "speech"))  # type: ignore[arg-type]
-        word_emb["spoken"] = spoken
-    texts = embed_modality(model, "text", [r["word"] for r in word_rows])
-    word_emb["text"] = texts
+        word_emb = {"spoken": embed_modality(model, "speech", column_paths(data.words, word_rows, "speech")),  # type: ignore[arg-type]
+                    **word_emb}
     out: dict[str, Any] = {}
     # (query modality a, the attribute the word b replaces)
     plans = [("image", "shape"), ("image", "colour")] + ([("depth", "colour")] if "depth" in mods else [])
@@ -200,15 +198,14 @@ def _arithmetic(model: Any, data: EvalData, tables: dict, embedded: Any, mods: l
             for j in order:
                 i = candidates[j]
                 words = labels[i].split()
-                options = [w for w in by_kind.get(attr, []) if w["word"] != words[k] and
-                           " ".join(w["word"] if m == k else words[m] for m in range(len(words))) in present]
-                options = [w for w in options if emb.ok[word_rows.index(w)]]
+                options = [w for w in by_kind.get(attr, []) if word_rows[w]["word"] != words[k]
+                           and _swapped(words, k, word_rows[w]["word"]) in present and emb.ok[w]]
                 if not options:
                     continue
                 w = options[int(torch.randint(len(options), (1,), generator=g))]
-                want = " ".join(w["word"] if m == k else words[m] for m in range(len(words)))
                 qa.append(a_emb.features[i])
-                qb.append(emb.features[word_rows.index(w)])
+                qb.append(emb.features[w])
+                want = _swapped(words, k, word_rows[w]["word"])
                 hits.append(torch.tensor([lab == want for lab in labels]) & gallery.ok)
                 excl.append(i)
             if not qa:
@@ -216,3 +213,8 @@ def _arithmetic(model: Any, data: EvalData, tables: dict, embedded: Any, mods: l
             out[f"{a_mod} + {source} {attr}"] = arithmetic(torch.stack(qa), torch.stack(qb), gallery.features,
                                                          torch.stack(hits), torch.tensor(excl))
     return out
+
+
+def _swapped(words: list[str], k: int, word: str) -> str:
+    """The label ``words`` with its ``k``-th word replaced by ``word``."""
+    return " ".join(word if m == k else w for m, w in enumerate(words))

@@ -143,12 +143,13 @@ class BoundCLIP(nn.Module):
     def encode_depth(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         return self.encode("depth", x, normalize)
 
-    def read(self, modality: str, path: Any) -> tuple[torch.Tensor, list[str]]:
-        """One file of ``modality`` as the encoder's input, and what was adjusted reading it."""
+    def read(self, modality: str, source: Any, name: str | None = None) -> tuple[torch.Tensor, list[str]]:
+        """One file of ``modality`` (a path, or its bytes; ``name`` for messages) as the encoder's
+        input, and what was adjusted reading it."""
         if modality not in self.inputs:
             raise ConfigError(f"this model has no {modality!r} encoder (it binds: "
                               f"{', '.join(self.modalities) or 'nothing yet'})")
-        return self.inputs[modality](path)
+        return self.inputs[modality](source, name)
 
     def lock_clip(self) -> None:
         """Freeze the image and text towers, as ImageBind does: only the new encoders learn."""

@@ -11,6 +11,7 @@ gathered as in CLIP training.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from clipforge.engine.schedule import param_groups
 from clipforge.engine.task import Task
 from clipforge.losses.clip import clip_loss
 
-MAX_LOGIT_SCALE = 100.0
+MAX_LOG_SCALE = math.log(100.0)  # the temperature is at least 0.01, as CLIP's
 
 
 class BindTask(Task):
@@ -68,7 +69,7 @@ class BindTask(Task):
         mod, _ = gather_features(embeddings["modality"], self.info)
         target, _ = gather_features(self.targets[batch.indices].to(mod.device, mod.dtype), self.info)
         log_scale = self.model.logit_scales[self.modality]
-        scale = log_scale.clamp(max=torch.log(torch.tensor(MAX_LOGIT_SCALE)).item()).exp()
+        scale = log_scale.clamp(max=MAX_LOG_SCALE).exp()
         return {"loss": clip_loss(mod, F.normalize(target, dim=-1), scale)}
 
     def split(self, batch: ModalityBatch, size: int) -> list[ModalityBatch]:
@@ -83,7 +84,7 @@ class BindTask(Task):
     def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
         with torch.no_grad():
             p = self.model.logit_scales[self.modality]
-            p.clamp_(0.0, float(torch.log(torch.tensor(MAX_LOGIT_SCALE))))
+            p.clamp_(0.0, MAX_LOG_SCALE)
             return {"temperature": float(torch.exp(-p))}
 
     def evaluate(self, epoch: int, last: bool) -> dict[str, Any]:

@@ -408,9 +408,11 @@ def _write_words(out: Path, seed: int) -> None:
     rows = [{"word": w, "kind": kind, "speech": f"speech/words/{w}_{k}.wav"}
             for kind, words in (("colour", list(COLOURS)), ("shape", list(SHAPES))) for w in words
             for k in range(WORD_VOICES)]
+    from clipforge.io import atomic_file
+
     write_clips([r["word"] for r in rows], [out / r["speech"] for r in rows],
                 [[seed, 99, i, 11] for i in range(len(rows))])
-    with open(out / "speech_words.csv", "w", newline="") as f:
+    with atomic_file(out / "speech_words.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["word", "kind", "speech"])
         writer.writeheader()
         writer.writerows(rows)

@@ -8,10 +8,8 @@ words a minute and pitch 20-80, with white noise at 10-30 dB SNR and a random le
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,8 +35,7 @@ def require_espeak() -> None:
 
 def speak(text: str, rng: np.random.Generator) -> np.ndarray:
     """``text`` read by a voice drawn from ``rng``: float32 samples at 16 kHz, noise added."""
-    from scipy.io import wavfile
-    from scipy.signal import resample_poly
+    from clipforge.audio.wav import read_wav
 
     voice = ACCENTS[int(rng.integers(len(ACCENTS)))] + VARIANTS[int(rng.integers(len(VARIANTS)))]
     speed, pitch = int(rng.integers(150, 211)), int(rng.integers(20, 81))
@@ -46,11 +43,7 @@ def speak(text: str, rng: np.random.Generator) -> np.ndarray:
     noise_seed = int(rng.integers(2**31))
     out = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
                          capture_output=True, check=True).stdout
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # espeak's streamed header gives no length
-        rate, pcm = wavfile.read(io.BytesIO(out))
-    x = resample_poly(pcm.astype(np.float32) / 32768, SAMPLE_RATE // 50, rate // 50) if rate != SAMPLE_RATE \
-        else pcm.astype(np.float32) / 32768
+    x = read_wav(out, SAMPLE_RATE, name=f"espeak-ng's reading of {text!r}").samples
     x = x / max(float(np.abs(x).max()), 1e-6)
     noise = np.random.default_rng(noise_seed).normal(0, 1, size=x.shape)
     noise *= np.sqrt(np.mean(x**2) / 10 ** (snr_db / 10))

@@ -41,21 +41,10 @@ def modality_query(model: CLIP, modality: str, source: str | bytes) -> np.ndarra
     """The embedding of a file (a path, or its bytes) of a bound modality: a WAV for ``speech``, a
     depth map for ``depth``. The index's model must be a bound model (``clipforge bind train``) that
     has that encoder."""
-    import tempfile
-
     if not hasattr(model, "read"):
         raise ClipforgeError(f"the index's model cannot embed {modality}: embed the collection with a bound model "
                              "(clipforge bind train) to search it by speech or depth")
-    if isinstance(source, bytes):
-        with tempfile.NamedTemporaryFile(suffix=".wav" if modality == "speech" else ".png") as f:
-            f.write(source)
-            f.flush()
-            try:
-                x, _ = model.read(modality, f.name)
-            except ClipforgeError as e:  # name the upload, not the server's temporary file
-                raise ClipforgeError(str(e).replace(f.name, f"the {modality} file")) from None
-    else:
-        x, _ = model.read(modality, source)
+    x, _ = model.read(modality, source, name=f"the {modality} file" if isinstance(source, bytes) else None)
     return model.encode(modality, x[None].to(next(model.parameters()).device), normalize=True).float().cpu().numpy()
 
 
