@@ -37,7 +37,8 @@ FAMILY_ARCHS = {"prefix_captioner": ("clipforge.captioning.prefix", "PrefixConfi
                 "iterative_captioner": ("clipforge.captioning.iterative", "IterativeConfig", "IterativeCaptioner"),
                 "clip_diffusion": ("clipforge.generation.diffusion", "DiffusionConfig", "CLIPDiffusion"),
                 "unclip": ("clipforge.generation.unclip", "UnCLIPConfig", "UnCLIP"),
-                "bound_clip": ("clipforge.bind.model", "BoundConfig", "BoundCLIP")}
+                "bound_clip": ("clipforge.bind.model", "BoundConfig", "BoundCLIP"),
+                "text_gan": ("clipforge.generation.gan", "GANConfig", "TextGAN")}
 FORMAT = "clipforge"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

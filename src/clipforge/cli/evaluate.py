@@ -115,6 +115,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
     gen.add_argument("--guidance", type=float, default=3.0)
     gen.add_argument("--rerank", type=int, default=1, help="re-rank rerank * n samples by the generator's CLIP")
+    gen.add_argument("--search", choices=("ga", "grad", "random"), default=None,
+                     help="CLIP-guided latent search by the generator's CLIP (ddpm, GANs)")
+    gen.add_argument("--budget", type=int, default=64, help="latent search: generator calls per prompt")
     gen.add_argument("--no-prior", action="store_true", help="unclip: decode the text embedding itself")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", default="results/generation", help="folder for metrics.json and report.html")
@@ -289,7 +292,8 @@ def run_generation(args: argparse.Namespace) -> int:
     model = _load_generator(args.model, args.device)
     judge = load_judge(args.judge, default_device(DistInfo(), args.device))
     options = SampleOptions(n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                            rerank=args.rerank, use_prior=not args.no_prior, seed=args.seed)
+                            rerank=args.rerank, use_prior=not args.no_prior, seed=args.seed,
+                            search=args.search or "none", budget=args.budget)
     m = evaluate_generator(model, args.dataset, judge, options, out_dir=args.out, progress=True)
     for split in ("seen", "heldout"):
         s, c = m[split], m["ceiling"][split]
@@ -297,6 +301,9 @@ def run_generation(args: argparse.Namespace) -> int:
               f"{s['r_precision']:.1%}  colour+shape {s['colour_and_shape_acc']:.1%} (real "
               f"{c['colour_and_shape_acc']:.1%})  size {s['size_acc']:.1%}  position {s['position_acc']:.1%}")
     print(f"Frechet distance to real validation images (judge features): {m['frechet_distance']:.3f}")
+    if "guide_clip_score" in m:
+        print(f"the generator's own CLIP scores the same images {m['guide_clip_score']:.1f} (all prompts; the judge's "
+              "figures above are the ones to trust)")
     print(f"report: {args.out}/report.html")
     return 0
 

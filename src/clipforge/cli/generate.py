@@ -1,4 +1,5 @@
-"""``clipforge generate train | sample | variations``: images from text through a CLIP's joint space."""
+"""``clipforge generate train | sample | interpolate | variations | style``: images from text through a
+CLIP's joint space."""
 
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from clipforge.config import choices
     from clipforge.generation.config import GenerationTrainConfig
 
-    p = sub.add_parser("generate", help="text-to-image diffusion through a CLIP: train, sample, variations")
+    p = sub.add_parser("generate", help="text-to-image through a CLIP (diffusion, GANs): train, sample, "
+                       "interpolate, variations, style")
     gsub = p.add_subparsers(dest="generate_command", required=True, metavar="GENERATE_COMMAND")
 
-    t = gsub.add_parser("train", help="train a diffusion generator (ddpm: text-conditioned; unclip: prior + decoder)",
+    t = gsub.add_parser("train", help="train a generator (ddpm: text-conditioned diffusion; unclip: prior + "
+                        "decoder; gan, gan-cls, gan-int, gan-int-cls: Reed et al.'s text-conditional GANs)",
                         description="Options from --config (YAML/JSON) and key=value overrides; --help-config lists "
                         "them. The generator is saved to OUT_DIR/model.")
     t.add_argument("--method", choices=choices(GenerationTrainConfig, "method"), default=None)
@@ -41,7 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _sampling(s)
     s.add_argument("--rerank", type=int, default=1,
                    help="draw this many times n images and keep the n the CLIP ranks closest to the prompt")
-    s.add_argument("--rerank-clip", default=None, help="the CLIP that re-ranks (default: the generator's own)")
+    s.add_argument("--rerank-clip", default=None, help="the CLIP that re-ranks or guides the search (default: the "
+                   "generator's own)")
+    s.add_argument("--search", choices=("ga", "grad", "random"), default=None,
+                   help="CLIP-guided latent search (ddpm, GANs): a genetic algorithm, gradient ascent through the "
+                   "generator, or the best of random latents, within --budget generator calls per prompt")
+    s.add_argument("--budget", type=int, default=64, help="latent search: generator calls per prompt (default: 64)")
     s.add_argument("--no-prior", action="store_true", help="unclip: decode the text embedding itself, not the "
                    "prior's image embedding")
     s.add_argument("--out", default="samples.png", help="the grid PNG (default: samples.png)")
@@ -64,6 +72,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--out", default="variations.png", help="the grid PNG (a row per image, the original first)")
     v.set_defaults(func=run_variations)
 
+    st = gsub.add_parser("style", help="GANs: redraw images for new prompts in their pose and background (the "
+                         "style encoder's z, Reed et al. section 4.4)")
+    st.add_argument("--model", required=True, help="a GAN generator folder (trained with a style encoder)")
+    st.add_argument("--style", action="append", required=True, help="an image whose style (pose, background) is "
+                    "kept; repeat for more")
+    st.add_argument("prompts", nargs="+", help="prompts: each is drawn in the style of every image")
+    st.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
+    st.add_argument("--scale", type=int, default=4, help="enlarge each image this many times in the grid")
+    st.add_argument("--out", default="style.png", help="the grid PNG (a row per image, the original first)")
+    st.set_defaults(func=run_style)
+
 
 def run_train(args: argparse.Namespace) -> int:
     from clipforge.cli.options import overrides_with_flags, print_config_help
@@ -85,7 +104,7 @@ def _load_generator(path: str, device: str | None):
     from clipforge.errors import ConfigError
 
     model = load(path).to(default_device(DistInfo(), device))
-    if getattr(model, "arch", "") not in ("clip_diffusion", "unclip"):
+    if getattr(model, "arch", "") not in ("clip_diffusion", "unclip", "text_gan"):
         raise ConfigError(f"--model {path}: a {getattr(model, 'arch', type(model).__name__)}, not a generator "
                           "(clipforge generate train makes one)")
     if model.clip is None:
@@ -100,8 +119,10 @@ def _options(args: argparse.Namespace, rerank: int = 1, use_prior: bool = True):
 
     if args.n < 1 or args.batch_size < 1:
         raise ConfigError(f"-n and --batch-size must be at least 1, got {args.n} and {args.batch_size}")
+    search = getattr(args, "search", None) or "none"
     return SampleOptions(n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance, eta=args.eta,
-                         rerank=rerank, use_prior=use_prior, seed=args.seed, batch_size=args.batch_size)
+                         rerank=rerank, use_prior=use_prior, seed=args.seed, batch_size=args.batch_size,
+                         search=search, budget=getattr(args, "budget", 64))
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -168,6 +189,34 @@ def run_variations(args: argparse.Namespace) -> int:
         rows += [original, *to_uint8(out[i * o.n:(i + 1) * o.n]).cpu()]
     _save_png(image_grid(torch.stack(rows), columns=o.n + 1, scale=args.scale), args.out)
     print(f"{len(args.images)} image(s) x {o.n} variation(s): {args.out} (the original first in each row)")
+    return 0
+
+
+def run_style(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipforge.data.images import ImageDataset, Uint8Crop, collate_images
+    from clipforge.errors import ConfigError
+    from clipforge.generation.diffusion import to_uint8
+    from clipforge.generation.sample import check_prompts
+    from clipforge.images.grid import image_grid
+
+    model = _load_generator(args.model, args.device)
+    if model.arch != "text_gan" or model.style is None:
+        raise ConfigError(f"--model {args.model}: style transfer needs a GAN trained with a style encoder "
+                          "(gan.style_share > 0)")
+    prompts = check_prompts(model, list(args.prompts))
+    data = ImageDataset(list(args.style), Uint8Crop(model.config.image_size))
+    batch = collate_images([data[i] for i in range(len(data))])
+    for s in batch.skipped:
+        raise ConfigError(f"{s.source}: cannot read the image ({s.detail or s.reason})")
+    x = batch.images.float() / 127.5 - 1
+    rows = []
+    for original in x:
+        redrawn = model.style_transfer(original[None].expand(len(prompts), -1, -1, -1), prompts)
+        rows += [to_uint8(original[None]), to_uint8(redrawn).cpu()]
+    _save_png(image_grid(torch.cat(rows), columns=len(prompts) + 1, scale=args.scale), args.out)
+    print(f"{len(args.style)} image(s) x {len(prompts)} prompt(s): {args.out} (the original first in each row)")
     return 0
 
 

@@ -10,7 +10,8 @@ from clipforge.engine.budget import MINUTES_HELP
 from clipforge.engine.loop import Precision, Schedule
 from clipforge.errors import ConfigError
 
-Method = Literal["ddpm", "unclip"]
+Method = Literal["ddpm", "unclip", "gan", "gan-cls", "gan-int", "gan-int-cls"]
+GAN_METHODS = ("gan", "gan-cls", "gan-int", "gan-int-cls")
 
 
 @dataclass
@@ -45,10 +46,24 @@ class PriorOptions:
 
 
 @dataclass
+class GANOptions:
+    z_dim: int = opt(100, "gan: the noise z's width (Reed et al.: 100)")
+    text_dim: int = opt(128, "gan: the width phi(t) compresses the CLIP text embedding to (Reed et al.: 128)")
+    channels: int = opt(64, "gan: the generator's last and the discriminator's first conv width (DCGAN: 64)")
+    interpolation: float = opt(0.5, "gan-int*: beta of the interpolated text embeddings beta*t1 + (1-beta)*t2")
+    beta1: float = opt(0.5, "gan: Adam's beta1 for both networks (DCGAN: 0.5)")
+    style_share: float = opt(0.1, "gan: share of the budget spent afterwards training the style encoder S "
+                                   "(0: none)")
+
+
+@dataclass
 class GenerationTrainConfig(TaskOptions):
-    method: Method = opt("ddpm", "ddpm (a UNet conditioned on the caption's CLIP text embedding) or unclip (a "
+    method: Method = opt("ddpm", "ddpm (a UNet conditioned on the caption's CLIP text embedding), unclip (a "
                                  "decoder conditioned on the CLIP image embedding, and a prior mapping text "
-                                 "embeddings to image embeddings)")
+                                 "embeddings to image embeddings), or a text-conditional GAN (Reed et al. 2016): "
+                                 "gan (the discriminator sees real/right-text and fake pairs), gan-cls (also "
+                                 "real/wrong-text pairs: matching-aware), gan-int (interpolated text "
+                                 "embeddings for the generator), gan-int-cls (both)")
     clip: str = opt("", "the CLIP whose embeddings condition the model (any model clipforge.load reads; frozen)")
     data: str = opt("", "training pairs: a CSV image,caption or a captioned folder")
     image_column: str = opt("image", "CSV column of image paths")
@@ -58,11 +73,14 @@ class GenerationTrainConfig(TaskOptions):
     unet: UNetOptions = field(default_factory=UNetOptions)
     schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
     prior: PriorOptions = field(default_factory=PriorOptions)
+    gan: GANOptions = field(default_factory=GANOptions)
     epochs: int = opt(20, "passes over the training pairs")
     minutes: float | None = opt(None, MINUTES_HELP)
+    max_steps: int | None = opt(None, "stop after this many steps in total (the schedule still follows epochs)")
     batch_size: int = opt(64, "images per step")
     micro_batch_size: int | None = opt(None, "split each step into micro-batches of this many images")
-    lr: float = opt(5e-4, "peak learning rate (AdamW; 5e-4 is what docs/benchmarks.md measured at batch 64)")
+    lr: float | None = opt(None, "peak learning rate (default: 5e-4 for diffusion, what docs/benchmarks.md "
+                                 "measured at batch 64; 2e-4 for GANs, as DCGAN and Reed et al.)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_steps: int = opt(100, "linear warm-up steps")
     schedule_lr: Schedule = opt("cosine", "'cosine' or 'constant' learning rate after warm-up")
@@ -79,7 +97,7 @@ class GenerationTrainConfig(TaskOptions):
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.minutes is not None and self.minutes <= 0:
             raise ConfigError(f"minutes must be positive, got {self.minutes}")
@@ -87,8 +105,18 @@ class GenerationTrainConfig(TaskOptions):
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
         if self.schedule.snr_gamma < 0:
             raise ConfigError(f"schedule.snr_gamma must be at least 0, got {self.schedule.snr_gamma}")
+        if not 0 <= self.gan.interpolation <= 1:
+            raise ConfigError(f"gan.interpolation must be in [0, 1], got {self.gan.interpolation}")
+        if not 0 <= self.gan.style_share < 1:
+            raise ConfigError(f"gan.style_share must be in [0, 1), got {self.gan.style_share}")
+        if self.method in GAN_METHODS and self.micro_batch_size:
+            raise ConfigError("micro_batch_size: a GAN's steps are not split (its BatchNorm sees the whole batch); "
+                              "lower batch_size instead")
         if not 0 < self.prior.epochs_share < 1:
             raise ConfigError(f"prior.epochs_share must be in (0, 1), got {self.prior.epochs_share}")
 
-
-
+    @property
+    def peak_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 2e-4 if self.method in GAN_METHODS else 5e-4

@@ -106,6 +106,12 @@ class CLIPDiffusion(ClipLinked):
         """Images [N, C, H, W] in [-1, 1] for conditions ``cond`` [N, clip_dim] (``None``: ``n``
         unconditional samples). ``guidance`` s: 0 is unconditional, 1 conditional without guidance.
         ``noise``: the starting x_T (e.g. an interpolation between two noises)."""
+        return self.denoise(cond, n, steps, sampler, guidance, eta, generator, noise, progress)
+
+    def denoise(self, cond: torch.Tensor | None, n: int | None = None, steps: int = 50, sampler: Sampler = "ddim",
+                guidance: float = 3.0, eta: float = 0.0, generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+        """:meth:`sample` with autograd left as the caller set it (gradients flow back to ``noise``)."""
         if guidance < 0:
             raise ConfigError(f"guidance must be at least 0, got {guidance}")
         if sampler not in ("ddim", "ddpm"):
@@ -147,6 +153,19 @@ class CLIPDiffusion(ClipLinked):
                               "image embeddings (unCLIP: a prior maps text to them)")
         feats = self.text_features(prompts)
         return {"images": self.sample(feats, **kwargs), "text_features": feats}
+
+    # --- the latent interface of latent search (:mod:`clipforge.generation.latent_search`) ---------
+    def latent_shape(self) -> tuple[int, ...]:
+        """The starting noise x_T's shape: deterministic DDIM (eta = 0) makes the image a function of it."""
+        return (self.config.unet.in_channels, self.config.image_size, self.config.image_size)
+
+    def draw_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn((n, *self.latent_shape()), generator=generator)
+
+    def render(self, latents: torch.Tensor, text_features: torch.Tensor, steps: int = 50, guidance: float = 3.0,
+               **_: Any) -> torch.Tensor:
+        """Deterministic DDIM from x_T = ``latents``, differentiable in them."""
+        return self.denoise(text_features, steps=steps, sampler="ddim", guidance=guidance, eta=0.0, noise=latents)
 
 
 def training_draws(n: int, shape: tuple[int, ...] | torch.Size, timesteps: int, seeds: list[int] | None = None,

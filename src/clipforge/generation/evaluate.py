@@ -106,6 +106,11 @@ def evaluate_generator(model: Any, data_dir: str | Path, judge: Any, options: Sa
         m.update({f"{k}_acc": v for k, v in attribute_accuracy({k: v[rows] for k, v in predicted.items()},
                                                                {k: v[rows] for k, v in targets.items()}).items()})
         metrics[split] = m
+    # The guiding CLIP's own score of the same images (it conditioned, re-ranked or searched): its gain
+    # over plain sampling set against the judge's is how much of the steering a separate model confirms.
+    guide = rerank_clip if rerank_clip is not None else model.clip
+    if guide is not None:
+        metrics["guide_clip_score"] = clip_score(embed_pixels(guide, flat), embed_texts(guide, texts)[prompt_idx])
     real = _real_val_features(judge, val_pairs, size)
     metrics["frechet_distance"] = frechet_distance(gen_feats, real)
     metrics["ceiling"] = real_ceiling(judge, classifier, data_dir, size)

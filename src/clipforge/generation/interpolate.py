@@ -1,6 +1,8 @@
-"""Interpolations with a deterministic (DDIM, eta = 0) sampler: between two starting noises for one
-prompt (the DDPM/DDIM papers' latent interpolation, spherical because x_T is Gaussian), or between
-two prompts' CLIP embeddings from one noise (unCLIP's text diffs; through the prior for unCLIP)."""
+"""Interpolations through a generator's latent (a diffusion model's x_T under deterministic DDIM,
+eta = 0; a GAN's z): between two latents for one prompt (the DDPM/DDIM papers' latent
+interpolation, spherical because the latent is Gaussian), or between two prompts' CLIP embeddings
+from one latent (unCLIP's text diffs, through the prior for unCLIP; GAN-INT's interpolated
+captions for a GAN)."""
 
 from __future__ import annotations
 
@@ -26,14 +28,13 @@ def interpolate(model: Any, prompt: str, to: str | None = None, frames: int = 8,
     ``prompt``'s embedding to ``to``'s with one noise."""
     g = torch.Generator().manual_seed(seed)
     decoder, a = _decoder_and_condition(model, prompt, g)
-    size, ch = decoder.config.image_size, decoder.config.unet.in_channels
-    n1, n2 = torch.randn((2, 1, ch, size, size), generator=g)
+    n1, n2 = decoder.draw_latents(2, g).split(1)
     ws = torch.linspace(0, 1, frames).tolist()
     if to is None:
         noise = torch.cat([slerp(n1, n2, w) for w in ws])
         cond = a.expand(frames, -1)
     else:
         _, b = _decoder_and_condition(model, to, g)
-        noise = n1.expand(frames, -1, -1, -1)
+        noise = n1.expand(frames, *n1.shape[1:])
         cond = torch.cat([F.normalize(slerp(a, b, w), dim=-1) for w in ws])
-    return decoder.sample(cond, steps=steps, guidance=guidance, noise=noise)
+    return decoder.render(noise, cond, steps=steps, guidance=guidance)

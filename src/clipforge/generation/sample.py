@@ -29,6 +29,8 @@ class SampleOptions:
     guidance: float = 3.0
     eta: float = 0.0
     rerank: int = 1  # draw rerank * n, keep the best n (1: no re-ranking)
+    search: str = "none"  # latent search: none, random, ga or grad (clipforge.generation.latent_search)
+    budget: int = 64  # latent search: generator calls per prompt
     use_prior: bool = True  # unCLIP: the prior (False: the text embedding itself)
     seed: int = 0
     batch_size: int = 64
@@ -40,6 +42,12 @@ class SampleOptions:
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
         if self.guidance < 0:
             raise ConfigError(f"guidance must be at least 0, got {self.guidance}")
+        if self.search not in ("none", "random", "ga", "grad"):
+            raise ConfigError(f"search must be none, random, ga or grad, got {self.search!r}")
+        if self.search != "none" and self.rerank > 1:
+            raise ConfigError("give either rerank or a latent search (its budget already ranks its draws)")
+        if self.search != "none" and self.budget < self.n:
+            raise ConfigError(f"budget {self.budget} is fewer generator calls than the {self.n} images asked")
 
 
 def check_prompts(model: Any, prompts: list[str]) -> list[str]:
@@ -66,6 +74,8 @@ def sample_prompts(model: Any, prompts: list[str], options: SampleOptions | None
 
     o = options or SampleOptions()
     prompts = check_prompts(model, prompts)
+    if o.search != "none":
+        return search_prompts(model, prompts, o, rerank_clip, progress)
     draw = o.n * o.rerank
     rows = [p for p in prompts for _ in range(draw)]
     g = torch.Generator().manual_seed(o.seed)
@@ -87,3 +97,43 @@ def sample_prompts(model: Any, prompts: list[str], options: SampleOptions | None
     best = sims.topk(o.n, dim=1).indices
     kept = torch.stack([images[p, best[p]] for p in range(len(prompts))])
     return {"images": kept, "scores": torch.gather(sims, 1, best)}
+
+
+def search_prompts(model: Any, prompts: list[str], options: SampleOptions, guide_clip: Any = None,
+                   progress: bool = False) -> dict[str, Any]:
+    """:func:`sample_prompts` by CLIP-guided latent search (``options.search``): per prompt, the ``n``
+    best latents the guiding CLIP (``guide_clip``, by default the generator's own) finds within
+    ``options.budget`` generator calls, rendered. ``scores`` are the guide's cosines."""
+    from clipforge.generation.latent_search import SearchOptions, clip_scorer, search_latents
+    from clipforge.utils.progress import progress_bar
+
+    if not hasattr(model, "render"):
+        raise ConfigError(f"latent search needs a generator with a latent to search (ddpm or a GAN), not "
+                          f"{getattr(model, 'arch', type(model).__name__)}")
+    o = options
+    # A population of a quarter of the budget (at most 16) leaves the genetic search a few generations.
+    search = SearchOptions(method=o.search, budget=o.budget, batch_size=o.batch_size,  # type: ignore[arg-type]
+                           population=max(4, min(16, o.budget // 4)) if o.budget >= 4 else o.budget,
+                           elite=min(2, o.budget - 1))
+    guide = guide_clip if guide_clip is not None else model.clip
+    g = torch.Generator().manual_seed(o.seed)
+    images, scores = [], []
+    flags = [(p, p.requires_grad) for m in (model, guide) for p in m.parameters()]
+    for p, _ in flags:  # gradients reach the latents only
+        p.requires_grad_(False)
+    with progress_bar(f"search ({o.search})", total=len(prompts), enabled=progress) as bar:
+        for prompt in prompts:
+            cond = model.text_features([prompt])
+            score = clip_scorer(guide, embed_texts(guide, [prompt]))
+
+            def render(z: torch.Tensor, cond: torch.Tensor = cond) -> torch.Tensor:
+                return model.render(z, cond.expand(len(z), -1), steps=o.steps, guidance=o.guidance)
+
+            found = search_latents(render, score, lambda k: model.draw_latents(k, g), o.n, search, generator=g)
+            with torch.no_grad():
+                images.append(to_uint8(render(found["latents"])).cpu())
+            scores.append(found["scores"])
+            bar.advance()
+    for p, flag in flags:
+        p.requires_grad_(flag)
+    return {"images": torch.stack(images), "scores": torch.stack(scores)}

@@ -1,4 +1,5 @@
-"""``clipforge generate train``: diffusion generators as tasks of the engine.
+"""``clipforge generate train``: diffusion generators (and, through :mod:`~clipforge.generation.gan_train`,
+the GANs) as tasks of the engine.
 
 The CLIP is frozen, so its embeddings (of the captions for ``ddpm``, of the images for unCLIP's
 decoder, both for its prior) are computed once, and the training images are read once into a
@@ -8,23 +9,20 @@ exponential moving average (what diffusion models sample with) is kept by the ta
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from clipforge.data.sampler import epoch_batches
 from clipforge.engine import distributed as D
-from clipforge.engine.loop import EngineConfig, fit
-from clipforge.engine.schedule import param_groups
-from clipforge.engine.task import Task
+from clipforge.engine.loop import fit
 from clipforge.errors import ConfigError, DataError
-from clipforge.generation.config import GenerationTrainConfig
+from clipforge.generation.config import GAN_METHODS, GenerationTrainConfig
 from clipforge.generation.diffusion import CLIPDiffusion, DiffusionConfig, training_draws
+from clipforge.generation.gan import TextGAN
 from clipforge.generation.prior import PriorConfig
+from clipforge.generation.rows_task import RowsTask, engine_config
 from clipforge.generation.schedule import ScheduleConfig
 from clipforge.generation.unclip import UnCLIP, UnCLIPConfig
 from clipforge.generation.unet import UNetConfig
@@ -32,69 +30,7 @@ from clipforge.generation.unet import UNetConfig
 log = logging.getLogger(__name__)
 
 
-class _EmbeddingBatches(Task):
-    """Rows held in memory (images and/or embeddings), batched by the engine's sampler; the model's
-    EMA is updated after each step and is what :meth:`final_weights` gives."""
-
-    def __init__(self, model: torch.nn.Module, rows: dict[str, torch.Tensor], cfg: GenerationTrainConfig,
-                 info: D.DistInfo, device: torch.device, ema: float) -> None:
-        self.model, self.rows, self.cfg, self.info, self.device = model, rows, cfg, info, device
-        self.n = len(next(iter(rows.values())))
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-        self.ema_decay = ema
-        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if ema else None
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"main": self.optimizer}
-
-    def steps_per_epoch(self) -> int:
-        return self.n // self.cfg.batch_size
-
-    def batches(self, epoch: int, start: int):
-        for rows in epoch_batches(self.n, self.cfg.batch_size, self.cfg.seed, epoch, self.info.rank,
-                                  self.info.world_size, start=start):
-            idx = torch.as_tensor(rows)
-            yield {k: v[idx].to(self.device) for k, v in self.rows.items()}
-
-    def batch_len(self, batch: dict[str, torch.Tensor]) -> int:
-        return len(next(iter(batch.values())))
-
-    def split(self, batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
-        keys = list(batch)
-        return [dict(zip(keys, parts)) for parts in zip(*(batch[k].split(size) for k in keys))]
-
-    def skipped(self, batch: Any) -> list:
-        return []
-
-    def seeds(self, batch: dict[str, torch.Tensor], step: int) -> list[int]:
-        """One seed per sample, from the run's seed, the step and the sample's row."""
-        return [(self.cfg.seed * 1_000_003 + step * 100_003 + int(r)) % 2**62 for r in batch["row"].tolist()]
-
-    @torch.no_grad()
-    def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
-        if self.ema is not None:
-            # The usual warm-up of the decay (min(decay, (1 + step) / (10 + step))): early weights fade fast.
-            d = min(self.ema_decay, (1 + step) / (10 + step))
-            for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                e.lerp_(p.detach(), 1 - d)
-        return {}
-
-    def final_weights(self) -> torch.nn.Module:
-        return self.ema if self.ema is not None else self.model
-
-    def save_state(self, folder: Path) -> None:
-        super().save_state(folder)
-        if self.ema is not None:
-            save_file({k: v.contiguous().cpu() for k, v in self.ema.state_dict().items()},
-                      str(folder / "ema.safetensors"))
-
-    def load_state(self, folder: Path) -> None:
-        super().load_state(folder)
-        if self.ema is not None:
-            self.ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
-
-
-class DiffusionTask(_EmbeddingBatches):
+class DiffusionTask(RowsTask):
     """The denoiser's L_simple on (image, condition) rows."""
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
@@ -106,7 +42,7 @@ class DiffusionTask(_EmbeddingBatches):
         return {"loss": loss}
 
 
-class PriorTask(_EmbeddingBatches):
+class PriorTask(RowsTask):
     """unCLIP's prior on (image embedding, text embedding) rows."""
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
@@ -116,14 +52,6 @@ class PriorTask(_EmbeddingBatches):
         with ctx.autocast():
             loss = self.model.loss(emb, batch["text_emb"], draws)
         return {"loss": loss}
-
-
-def _engine(cfg: GenerationTrainConfig, out_dir: Path, epochs: int, minutes: float | None,
-            label: str) -> EngineConfig:
-    return EngineConfig(out_dir=str(out_dir), epochs=epochs, minutes=minutes, warmup_steps=cfg.warmup_steps,
-                        schedule=cfg.schedule_lr, precision=cfg.precision, micro_batch_size=cfg.micro_batch_size,
-                        log_every_steps=cfg.log_every_steps, save_every_minutes=cfg.save_every_minutes,
-                        save_each_epoch=False, eval_every_epochs=0, tensorboard=cfg.tensorboard, label=label)
 
 
 def read_training_images(paths: list[str], size: int, progress: bool) -> tuple[torch.Tensor, list[int], list]:
@@ -148,7 +76,7 @@ def read_training_images(paths: list[str], size: int, progress: bool) -> tuple[t
 
 
 def train_generator(cfg: GenerationTrainConfig, resume: str | None = None,
-                    progress: bool = True) -> CLIPDiffusion | UnCLIP:
+                    progress: bool = True) -> CLIPDiffusion | UnCLIP | TextGAN:
     """Train the generator ``cfg`` describes; it is saved to ``OUT_DIR/model`` and returned."""
     from clipforge.checkpoints import load
     from clipforge.checkpoints.native import save
@@ -185,6 +113,10 @@ def train_generator(cfg: GenerationTrainConfig, resume: str | None = None,
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "generate_config.json")
+    if cfg.method in GAN_METHODS:
+        from clipforge.generation.gan_train import train_gan
+
+        return train_gan(cfg, clip, images, text_emb, link, info, device, resume, progress)
     if cfg.method == "ddpm":
         model: Any = CLIPDiffusion(DiffusionConfig(image_size=cfg.image_size, condition="text", clip_dim=dim,
                                                    cond_drop=cfg.cond_drop, unet=unet, schedule=schedule, **link))
@@ -207,7 +139,7 @@ def train_generator(cfg: GenerationTrainConfig, resume: str | None = None,
         model.prior.to(device)
         prior_task = PriorTask(model.prior, {"image_emb": image_emb.cpu(), "text_emb": text_emb,
                                              "row": torch.arange(len(pairs))}, cfg, info, device, cfg.ema)
-        fit(prior_task, _engine(cfg, out / "prior", prior_epochs, cfg.minutes * share if cfg.minutes else None,
+        fit(prior_task, engine_config(cfg, out / "prior", prior_epochs, cfg.minutes * share if cfg.minutes else None,
                                 "unclip prior"), info, device,
             resume=resume if resume and (out / "prior").exists() else None, progress=progress)
         model.prior.load_state_dict(prior_task.final_weights().state_dict())
@@ -224,7 +156,7 @@ def train_generator(cfg: GenerationTrainConfig, resume: str | None = None,
         return save(model, run_dir / "model")
 
     task.save_final = save_final  # type: ignore[method-assign]
-    fit(task, _engine(cfg, out, epochs, minutes, f"generate {cfg.method}"), info, device, resume=resume,
+    fit(task, engine_config(cfg, out, epochs, minutes, f"generate {cfg.method}"), info, device, resume=resume,
         progress=progress)
     model.attach_clip(clip)
     return model

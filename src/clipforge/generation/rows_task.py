@@ -1,0 +1,95 @@
+"""What the generators' training tasks share: rows held in memory and batched by the engine's
+sampler, an exponential moving average of the weights (what is sampled from), and the engine
+settings from :class:`~clipforge.generation.config.GenerationTrainConfig`."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from clipforge.data.sampler import epoch_batches
+from clipforge.engine import distributed as D
+from clipforge.engine.loop import EngineConfig
+from clipforge.engine.schedule import param_groups
+from clipforge.engine.task import Task
+from clipforge.generation.config import GenerationTrainConfig
+
+
+class RowsTask(Task):
+    """Rows held in memory (images and/or embeddings), batched by the engine's sampler; the model's
+    EMA is updated after each step and is what :meth:`final_weights` gives."""
+
+    def __init__(self, model: torch.nn.Module, rows: dict[str, torch.Tensor], cfg: GenerationTrainConfig,
+                 info: D.DistInfo, device: torch.device, ema: float) -> None:
+        self.model, self.rows, self.cfg, self.info, self.device = model, rows, cfg, info, device
+        self.n = len(next(iter(rows.values())))
+        self.ema_decay = ema
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if ema else None
+        self._optimizers = self.make_optimizers()
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"main": torch.optim.AdamW(param_groups(self.model, self.cfg.weight_decay), lr=self.cfg.peak_lr)}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self._optimizers
+
+    def steps_per_epoch(self) -> int:
+        return self.n // self.cfg.batch_size
+
+    def batches(self, epoch: int, start: int):
+        for rows in epoch_batches(self.n, self.cfg.batch_size, self.cfg.seed, epoch, self.info.rank,
+                                  self.info.world_size, start=start):
+            idx = torch.as_tensor(rows)
+            yield {k: v[idx].to(self.device) for k, v in self.rows.items()}
+
+    def batch_len(self, batch: dict[str, torch.Tensor]) -> int:
+        return len(next(iter(batch.values())))
+
+    def split(self, batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+        keys = list(batch)
+        return [dict(zip(keys, parts)) for parts in zip(*(batch[k].split(size) for k in keys))]
+
+    def skipped(self, batch: Any) -> list:
+        return []
+
+    def seeds(self, batch: dict[str, torch.Tensor], step: int) -> list[int]:
+        """One seed per sample, from the run's seed, the step and the sample's row."""
+        return [(self.cfg.seed * 1_000_003 + step * 100_003 + int(r)) % 2**62 for r in batch["row"].tolist()]
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
+        if self.ema is not None:
+            # The usual warm-up of the decay (min(decay, (1 + step) / (10 + step))): early weights fade fast.
+            d = min(self.ema_decay, (1 + step) / (10 + step))
+            for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                e.lerp_(p.detach(), 1 - d)
+            for e, b in zip(self.ema.buffers(), self.model.buffers()):  # BatchNorm's statistics
+                e.copy_(b)
+        return {}
+
+    def final_weights(self) -> torch.nn.Module:
+        return self.ema if self.ema is not None else self.model
+
+    def save_state(self, folder: Path) -> None:
+        super().save_state(folder)
+        if self.ema is not None:
+            save_file({k: v.contiguous().cpu() for k, v in self.ema.state_dict().items()},
+                      str(folder / "ema.safetensors"))
+
+    def load_state(self, folder: Path) -> None:
+        super().load_state(folder)
+        if self.ema is not None:
+            self.ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+
+
+def engine_config(cfg: GenerationTrainConfig, out_dir: Path, epochs: int, minutes: float | None,
+                  label: str) -> EngineConfig:
+    return EngineConfig(out_dir=str(out_dir), epochs=epochs, minutes=minutes, max_steps=cfg.max_steps,
+                        warmup_steps=cfg.warmup_steps,
+                        schedule=cfg.schedule_lr, precision=cfg.precision, micro_batch_size=cfg.micro_batch_size,
+                        log_every_steps=cfg.log_every_steps, save_every_minutes=cfg.save_every_minutes,
+                        save_each_epoch=False, eval_every_epochs=0, tensorboard=cfg.tensorboard, label=label)
