@@ -14,7 +14,9 @@ ViT variant trained with seed 1, as bench/captioning.py trains it):
   in calls, not in time; the samples/s column says what each costs.
 
 The guide's own score of the kept images is printed beside the judge's: the gap between the gain the
-guide sees and the gain the judge confirms is the adversarial part of the search.
+guide sees and the gain the judge confirms is the adversarial part of the search. A second table is
+ControlGAN's claim measured on every generator: with the latent fixed, editing the colour (or shape)
+word of each prompt, how often the reader sees the edit, and how often the other attributes stay.
 
     .venv/bin/python bench/generators.py --judge /tmp/genwork/judge/model --minutes 10 -n 2
 """
@@ -46,7 +48,7 @@ def main() -> None:
     parser.add_argument("--clip", default="outputs/demo/run/model")
     parser.add_argument("--data", default="outputs/demo/data")
     parser.add_argument("--judge", required=True)
-    parser.add_argument("--methods", default="ddpm,gan-cls,gan-int-cls")
+    parser.add_argument("--methods", default="ddpm,gan-cls,gan-int-cls,controlgan")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("-n", type=int, default=2, help="samples per prompt (64 prompts)")
     parser.add_argument("--budget", type=int, default=32, help="latent search: generator calls per prompt")
@@ -57,12 +59,13 @@ def main() -> None:
     print(f"machine: {machine()}\n")
     work = Path(args.work or tempfile.mkdtemp(prefix="clipforge-bench-generators-"))
     judge = load_judge(args.judge, torch.device("cpu"))
-    rows, details = [], {}
+    rows, details, edits = [], {}, []
 
-    def score(name: str, model, minutes: float, steps: int, **opts) -> None:
+    def score(name: str, model, minutes: float, steps: int, word_edits: bool = False, **opts) -> None:
         o = SampleOptions(n=args.n, **opts)
         start = time.perf_counter()
-        m = evaluate_generator(model, args.data, judge, o, out_dir=work / "reports" / name.replace(" ", "_"))
+        m = evaluate_generator(model, args.data, judge, o, out_dir=work / "reports" / name.replace(" ", "_"),
+                               word_edits=word_edits)
         seconds = time.perf_counter() - start  # sampling and scoring; the scoring is the same for every row
         details[name] = {**m, "eval_seconds": seconds}
         guide = m.get("guide_clip_score")
@@ -71,8 +74,13 @@ def main() -> None:
                      *(f"{100 * m[s]['colour_and_shape_acc']:.1f}" for s in ("seen", "heldout")),
                      f"{100 * m['seen']['size_acc']:.0f} / {100 * m['seen']['position_acc']:.0f}",
                      f"{m['frechet_distance']:.3f}", "-" if guide is None else f"{guide:.1f}",
-                     f"{minutes:.1f}", steps, f"{seconds:.0f}"])
+                     f"{minutes:.1f}", steps, f"{m['images_per_s']:.1f}"])
         print(" | ".join(str(c) for c in rows[-1]), flush=True)
+        if word_edits:
+            e = m["word_edits"]
+            edits.append([name, *(f"{100 * e[a][k]:.1f}" for a in ("colour", "shape")
+                                  for k in ("before", "changed", "kept", "consistent"))])
+            print(" | ".join(edits[-1]), flush=True)
 
     for method in args.methods.split(","):
         out = work / method
@@ -90,7 +98,7 @@ def main() -> None:
         model = clipforge.load(out / "model")
         diffusion = method == "ddpm"
         base = {"guidance": 3.0, "steps": 50} if diffusion else {}
-        score(method, model, minutes, steps, **base)
+        score(method, model, minutes, steps, word_edits=True, **base)
         score(f"{method}, re-ranked 4x", model, minutes, steps, rerank=4, **base)
         search = {"guidance": 3.0, "steps": args.search_steps} if diffusion else {}
         label = f", DDIM {args.search_steps}" if diffusion else ""
@@ -105,7 +113,11 @@ def main() -> None:
     print()
     print(markdown_table(["generator", "CLIP-S seen", "CLIP-S held-out", "R-prec seen %", "R-prec held-out %",
                           "colour+shape seen %", "colour+shape held-out %", "size / position seen %",
-                          "Frechet (judge)", "guide's CLIP-S", "train min", "steps", "sample+score s"], rows))
+                          "Frechet (judge)", "guide's CLIP-S", "train min", "steps", "images/s"], rows))
+    print("\nOne word edited, the latent fixed (64 prompts x n latents; attributes read by the reader):\n")
+    print(markdown_table(["generator", *(f"{a} {k} %" for a in ("colour", "shape")
+                                         for k in ("before", "edit drawn", "others as asked", "others as before"))],
+                         edits))
     (work / "results.json").write_text(json.dumps(details, indent=2, default=float))
     print(f"\ndetails and HTML reports: {work}")
 

@@ -270,3 +270,132 @@ def test_a_gan_trains_resumes_samples_searches_restyles_and_is_judged_from_the_c
                  str(data), "-n", "1", "--out", str(report), "--search", "ga", "--budget", "4"]) == 0
     m = json.loads((report / "metrics.json").read_text())
     assert m["seen"]["n_images"] == 56 and m["options"]["search"] == "ga"
+
+
+# --- ControlGAN -------------------------------------------------------------------------------------
+
+def _control(size: int = 16, base: int = 8, clip_dim: int = 4, word_dim: int = 6):
+    from clipforge.generation.controlgan import ControlGAN, ControlGANConfig
+
+    torch.manual_seed(0)
+    return ControlGAN(ControlGANConfig(image_size=size, base_size=base, clip_dim=clip_dim, word_dim=word_dim,
+                                       z_dim=8, cond_dim=4, channels=8, disc_channels=8))
+
+
+def test_controlgan_draws_every_stage_and_scores_words() -> None:
+    model = _control(32, 8)
+    assert model.config.sides == [8, 16, 32]
+    s, words = F.normalize(torch.randn(3, 4), dim=-1), torch.randn(3, 5, 6)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] + [False] * 4])
+    out = model.generator(torch.randn(3, 8), s, words, mask, torch.randn(3, 4))
+    assert [tuple(x.shape) for x in out["images"]] == [(3, 3, 8, 8), (3, 3, 16, 16), (3, 3, 32, 32)]
+    assert out["mu"].shape == out["logvar"].shape == (3, 4)
+    for k, disc in enumerate(model.discriminators):
+        logits = disc(out["images"][k], s, words, mask)
+        assert logits["uncond"].shape == logits["cond"].shape == (3,)
+        assert ("word" in logits) == (k == 2)  # the word-level discriminator sits on the last stage
+
+
+def test_padding_words_change_nothing() -> None:
+    """Attention and the word-level discriminator ignore masked positions, whatever they hold."""
+    model = _control().eval()
+    s, words = F.normalize(torch.randn(2, 4), dim=-1), torch.randn(2, 5, 6)
+    mask = torch.tensor([[True] * 3 + [False] * 2] * 2)
+    noisy = words.clone()
+    noisy[:, 3:] = 1e3 * torch.randn(2, 2, 6)
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        a = model.generator(z, s, words, mask)["images"][-1]
+        b = model.generator(z, s, noisy, mask)["images"][-1]
+        x = torch.rand(2, 3, 16, 16) * 2 - 1
+        wa = model.discriminators[-1](x, s, words, mask)["word"]
+        wb = model.discriminators[-1](x, s, noisy, mask)["word"]
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(wa, wb)
+
+
+def test_channel_attention_weights_words_per_channel() -> None:
+    """Against a loop: channel j's context is sum_i softmax_i(h_j . f_i) f_i, f = V e."""
+    from clipforge.generation.controlgan import ChannelAttention
+
+    torch.manual_seed(0)
+    att = ChannelAttention(4, 6)
+    h, e = torch.randn(1, 3, 4, 4), torch.randn(1, 5, 6)
+    out = att(h, e, None)
+    f = e[0] @ att.proj.weight.T  # [L, N]
+    for j in range(3):
+        w = (f @ h[0, j].flatten()).softmax(0)
+        torch.testing.assert_close(out[0, j].flatten(), (w[:, None] * f).sum(0), rtol=1e-5, atol=1e-6)
+
+
+def test_the_conditioning_augmentation_kl_matches_a_monte_carlo_estimate() -> None:
+    from clipforge.generation.controlgan_train import kl_to_standard_normal
+
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(1, 3) * 0.5, torch.randn(1, 3) * 0.3
+    x = mu + (0.5 * logvar).exp() * torch.randn(200_000, 3)
+    log_q = torch.distributions.Normal(mu, (0.5 * logvar).exp()).log_prob(x).sum(1)
+    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(1)
+    assert float(kl_to_standard_normal(mu, logvar)) == pytest.approx(float((log_q - log_p).mean()), abs=0.01)
+
+
+def test_a_tiny_controlgan_draws_the_colour_its_word_asks_for() -> None:
+    """Solid colours named by the sentence and by a word (adversarial losses alone, a hand loop)."""
+    from clipforge.generation.controlgan_train import discriminator_losses, generator_adversarial
+
+    model = _control(16, 8, clip_dim=4, word_dim=4)
+    og = torch.optim.Adam(model.generator.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    od = torch.optim.Adam(model.discriminators.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    mask = torch.ones(32, 2, dtype=torch.bool)
+    for _ in range(150):
+        k = torch.randint(0, 4, (32,))
+        words = torch.stack([torch.ones(32, 4) * 0.5, torch.eye(4)[k]], dim=1)  # "a" + the colour word
+        x = COLOURS[k][:, :, None, None].expand(-1, -1, 16, 16) + 0.05 * torch.randn(32, 3, 16, 16)
+        reals = [F.avg_pool2d(x, 2), x]
+        s = torch.eye(4)[k]
+        out = model.generator(torch.randn(32, 8), s, words, mask, torch.randn(32, 4))
+        d = discriminator_losses(model, reals, [f.detach() for f in out["images"]], s, words, mask)
+        od.zero_grad()
+        d["loss"].backward()
+        od.step()
+        g = generator_adversarial(model, out["images"], s, words, mask)
+        og.zero_grad()
+        g.backward()
+        og.step()
+    model.eval()
+    words = torch.stack([torch.ones(16, 4) * 0.5, torch.eye(4).repeat(4, 1)], dim=1)
+    with torch.no_grad():
+        images = model.generator(torch.randn(16, 8), torch.eye(4).repeat(4, 1), words, mask[:16])["images"][-1]
+    assert (_nearest_colour(images) == torch.arange(4).repeat(4)).float().mean() >= 0.75  # chance: 0.25
+
+
+@pytest.mark.slow
+def test_controlgan_trains_samples_searches_and_measures_word_edits_from_the_cli(setup, tmp_path, capsys) -> None:
+    import clipforge
+    from clipforge.cli.main import main
+
+    root, data = setup
+    out = tmp_path / "cg"
+    assert main(["generate", "train", "--method", "controlgan", "--clip", str(root / "clip"), "--data",
+                 str(data / "train.csv"), f"out_dir={out}", "epochs=2", "batch_size=16", "warmup_steps=2",
+                 "log_every_steps=1", "tensorboard=false", "image_size=16", "controlgan.base_size=8",
+                 "controlgan.channels=8", "controlgan.disc_channels=8", "controlgan.cond_dim=4", "gan.z_dim=8",
+                 "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"adversarial", "perceptual", "cosine", "kl", "d_word_real", "d_word_wrong"} <= set(rows[-1])
+    model = clipforge.load(out / "model")
+    assert model.arch == "controlgan" and model.clip is not None
+    grid = tmp_path / "g.png"
+    assert main(["generate", "sample", "--model", str(out / "model"), "a red circle", "-n", "2", "--search", "grad",
+                 "--budget", "4", "--out", str(grid)]) == 0
+    capsys.readouterr()
+    assert main(["generate", "interpolate", "--model", str(out / "model"), "a red circle", "--to", "a blue star",
+                 "--out", str(grid)]) == 2
+    assert "words, which do not interpolate" in capsys.readouterr().err
+    report = tmp_path / "eval"
+    assert main(["eval", "generation", "--model", str(out / "model"), "--judge", str(root / "judge"), "--dataset",
+                 str(data), "-n", "1", "--out", str(report), "--word-edits"]) == 0
+    assert "colour word edited: drawn" in capsys.readouterr().out
+    edits = json.loads((report / "metrics.json").read_text())["word_edits"]
+    assert set(edits) == {"colour", "shape"} and edits["colour"]["n_images"] == 64
+    assert all(0 <= v <= 1 for e in edits.values() for k, v in e.items() if k != "n_images")

@@ -38,7 +38,8 @@ FAMILY_ARCHS = {"prefix_captioner": ("clipforge.captioning.prefix", "PrefixConfi
                 "clip_diffusion": ("clipforge.generation.diffusion", "DiffusionConfig", "CLIPDiffusion"),
                 "unclip": ("clipforge.generation.unclip", "UnCLIPConfig", "UnCLIP"),
                 "bound_clip": ("clipforge.bind.model", "BoundConfig", "BoundCLIP"),
-                "text_gan": ("clipforge.generation.gan", "GANConfig", "TextGAN")}
+                "text_gan": ("clipforge.generation.gan", "GANConfig", "TextGAN"),
+                "controlgan": ("clipforge.generation.controlgan", "ControlGANConfig", "ControlGAN")}
 FORMAT = "clipforge"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

@@ -118,6 +118,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--search", choices=("ga", "grad", "random"), default=None,
                      help="CLIP-guided latent search by the generator's CLIP (ddpm, GANs)")
     gen.add_argument("--budget", type=int, default=64, help="latent search: generator calls per prompt")
+    gen.add_argument("--word-edits", action="store_true", help="also edit one word of each prompt (colour, shape) "
+                     "with the latent fixed: is the edit drawn and the rest kept? (ddpm, GANs)")
     gen.add_argument("--no-prior", action="store_true", help="unclip: decode the text embedding itself")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", default="results/generation", help="folder for metrics.json and report.html")
@@ -294,13 +296,17 @@ def run_generation(args: argparse.Namespace) -> int:
     options = SampleOptions(n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
                             rerank=args.rerank, use_prior=not args.no_prior, seed=args.seed,
                             search=args.search or "none", budget=args.budget)
-    m = evaluate_generator(model, args.dataset, judge, options, out_dir=args.out, progress=True)
+    m = evaluate_generator(model, args.dataset, judge, options, out_dir=args.out, progress=True,
+                           word_edits=args.word_edits)
     for split in ("seen", "heldout"):
         s, c = m[split], m["ceiling"][split]
         print(f"{split:8s} CLIP-score {s['clip_score']:.1f} (real {c['clip_score']:.1f})  R-precision "
               f"{s['r_precision']:.1%}  colour+shape {s['colour_and_shape_acc']:.1%} (real "
               f"{c['colour_and_shape_acc']:.1%})  size {s['size_acc']:.1%}  position {s['position_acc']:.1%}")
     print(f"Frechet distance to real validation images (judge features): {m['frechet_distance']:.3f}")
+    for attribute, e in m.get("word_edits", {}).items():
+        print(f"{attribute} word edited: drawn {e['changed']:.1%} (before the edit {e['before']:.1%}); other "
+              f"attributes as asked {e['kept']:.1%}, as drawn before {e['consistent']:.1%}")
     if "guide_clip_score" in m:
         print(f"the generator's own CLIP scores the same images {m['guide_clip_score']:.1f} (all prompts; the judge's "
               "figures above are the ones to trust)")

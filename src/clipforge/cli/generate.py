@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     gsub = p.add_subparsers(dest="generate_command", required=True, metavar="GENERATE_COMMAND")
 
     t = gsub.add_parser("train", help="train a generator (ddpm: text-conditioned diffusion; unclip: prior + "
-                        "decoder; gan, gan-cls, gan-int, gan-int-cls: Reed et al.'s text-conditional GANs)",
+                        "decoder; gan, gan-cls, gan-int, gan-int-cls: Reed et al.'s text-conditional GANs; controlgan)",
                         description="Options from --config (YAML/JSON) and key=value overrides; --help-config lists "
                         "them. The generator is saved to OUT_DIR/model.")
     t.add_argument("--method", choices=choices(GenerationTrainConfig, "method"), default=None)
@@ -104,7 +104,7 @@ def _load_generator(path: str, device: str | None):
     from clipforge.errors import ConfigError
 
     model = load(path).to(default_device(DistInfo(), device))
-    if getattr(model, "arch", "") not in ("clip_diffusion", "unclip", "text_gan"):
+    if getattr(model, "arch", "") not in ("clip_diffusion", "unclip", "text_gan", "controlgan"):
         raise ConfigError(f"--model {path}: a {getattr(model, 'arch', type(model).__name__)}, not a generator "
                           "(clipforge generate train makes one)")
     if model.clip is None:

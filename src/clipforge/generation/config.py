@@ -10,8 +10,8 @@ from clipforge.engine.budget import MINUTES_HELP
 from clipforge.engine.loop import Precision, Schedule
 from clipforge.errors import ConfigError
 
-Method = Literal["ddpm", "unclip", "gan", "gan-cls", "gan-int", "gan-int-cls"]
-GAN_METHODS = ("gan", "gan-cls", "gan-int", "gan-int-cls")
+Method = Literal["ddpm", "unclip", "gan", "gan-cls", "gan-int", "gan-int-cls", "controlgan"]
+GAN_METHODS = ("gan", "gan-cls", "gan-int", "gan-int-cls", "controlgan")
 
 
 @dataclass
@@ -57,13 +57,27 @@ class GANOptions:
 
 
 @dataclass
+class ControlGANOptions:
+    base_size: int = opt(16, "controlgan: the first stage's side; each later stage doubles it up to image_size")
+    channels: int = opt(32, "controlgan: the generator's width at every stage (AttnGAN: 32)")
+    disc_channels: int = opt(32, "controlgan: the discriminators' first width")
+    cond_dim: int = opt(100, "controlgan: the conditioning augmentation's width (AttnGAN: 100)")
+    word: float = opt(1.0, "controlgan: weight of the word-level discriminator's terms")
+    perceptual: float = opt(1.0, "controlgan: weight of the perceptual loss (the CLIP image tower's middle features)")
+    cosine: float = opt(1.0, "controlgan: weight of the text-image cosine loss (1 - CLIP cosine)")
+    kl: float = opt(1.0, "controlgan: weight of the conditioning augmentation's KL term")
+
+
+@dataclass
 class GenerationTrainConfig(TaskOptions):
     method: Method = opt("ddpm", "ddpm (a UNet conditioned on the caption's CLIP text embedding), unclip (a "
                                  "decoder conditioned on the CLIP image embedding, and a prior mapping text "
                                  "embeddings to image embeddings), or a text-conditional GAN (Reed et al. 2016): "
                                  "gan (the discriminator sees real/right-text and fake pairs), gan-cls (also "
                                  "real/wrong-text pairs: matching-aware), gan-int (interpolated text "
-                                 "embeddings for the generator), gan-int-cls (both)")
+                                 "embeddings for the generator), gan-int-cls (both); controlgan (Li et al. 2019: "
+                                 "multi-stage, word-level attention and discriminator, perceptual and text-image "
+                                 "losses)")
     clip: str = opt("", "the CLIP whose embeddings condition the model (any model clipforge.load reads; frozen)")
     data: str = opt("", "training pairs: a CSV image,caption or a captioned folder")
     image_column: str = opt("image", "CSV column of image paths")
@@ -74,6 +88,7 @@ class GenerationTrainConfig(TaskOptions):
     schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
     prior: PriorOptions = field(default_factory=PriorOptions)
     gan: GANOptions = field(default_factory=GANOptions)
+    controlgan: ControlGANOptions = field(default_factory=ControlGANOptions)
     epochs: int = opt(20, "passes over the training pairs")
     minutes: float | None = opt(None, MINUTES_HELP)
     max_steps: int | None = opt(None, "stop after this many steps in total (the schedule still follows epochs)")

@@ -162,10 +162,17 @@ class CLIPDiffusion(ClipLinked):
     def draw_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn((n, *self.latent_shape()), generator=generator)
 
-    def render(self, latents: torch.Tensor, text_features: torch.Tensor, steps: int = 50, guidance: float = 3.0,
+    def condition(self, prompts: list[str]) -> torch.Tensor:
+        """What :meth:`render` is conditioned on: the prompts' unit CLIP text embeddings."""
+        return self.text_features(prompts)
+
+    def render(self, latents: torch.Tensor, cond: torch.Tensor, steps: int = 50, guidance: float = 3.0,
                **_: Any) -> torch.Tensor:
-        """Deterministic DDIM from x_T = ``latents``, differentiable in them."""
-        return self.denoise(text_features, steps=steps, sampler="ddim", guidance=guidance, eta=0.0, noise=latents)
+        """Deterministic DDIM from x_T = ``latents``, differentiable in them; one condition row is
+        shared by every latent."""
+        if len(cond) == 1:
+            cond = cond.expand(len(latents), -1)
+        return self.denoise(cond, steps=steps, sampler="ddim", guidance=guidance, eta=0.0, noise=latents)
 
 
 def training_draws(n: int, shape: tuple[int, ...] | torch.Size, timesteps: int, seeds: list[int] | None = None,

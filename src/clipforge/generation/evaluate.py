@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,14 @@ from clipforge.generation.sample import SampleOptions, sample_prompts
 log = logging.getLogger(__name__)
 
 
+def scene_prompt(size: str, colour: str, shape: str, position: str) -> dict[str, Any]:
+    """A prompt's text ("a large red circle in the top left") and its attribute targets (indices)."""
+    text = f"{'an' if size[0] in 'aeiou' else 'a'} {size} {colour} {shape} {POSITION_PHRASES[position]}"
+    return {"prompt": text, "target": {"colour": HEADS["colour"].index(colour), "shape": HEADS["shape"].index(shape),
+                                       "size": HEADS["size"].index(size),
+                                       "position": HEADS["position"].index(position)}}
+
+
 def scene_prompts(seed: int = 0) -> list[dict[str, Any]]:
     """One prompt per (colour, shape): its text, split and attribute targets."""
     rng = np.random.default_rng(seed)
@@ -48,10 +57,8 @@ def scene_prompts(seed: int = 0) -> list[dict[str, Any]]:
         for colour in COLOURS:
             size = str(rng.choice(list(SIZES)))
             position = POSITIONS[int(rng.integers(len(POSITIONS)))]
-            text = f"{'an' if size[0] in 'aeiou' else 'a'} {size} {colour} {shape} {POSITION_PHRASES[position]}"
-            out.append({"prompt": text, "split": "heldout" if (shape, colour) in held else "seen",
-                        "target": {"colour": HEADS["colour"].index(colour), "shape": HEADS["shape"].index(shape),
-                                   "size": HEADS["size"].index(size), "position": HEADS["position"].index(position)}})
+            out.append({**scene_prompt(size, colour, shape, position),
+                        "split": "heldout" if (shape, colour) in held else "seen"})
     return out
 
 
@@ -69,9 +76,10 @@ def check_judge(model: Any, judge: Any, rerank_clip: Any = None) -> None:
 
 def evaluate_generator(model: Any, data_dir: str | Path, judge: Any, options: SampleOptions | None = None,
                        out_dir: str | Path | None = None, rerank_clip: Any = None, progress: bool = False,
-                       classifier_cache: str | Path | None = None) -> dict[str, Any]:
+                       classifier_cache: str | Path | None = None, word_edits: bool = False) -> dict[str, Any]:
     """The judge's metrics on seen and held-out prompts (and the real-image ceiling); writes
-    ``metrics.json`` and ``report.html`` to ``out_dir`` when given."""
+    ``metrics.json`` and ``report.html`` to ``out_dir`` when given. ``word_edits``: also ControlGAN's
+    one-word edits (:mod:`clipforge.generation.word_edit`; generators with a latent)."""
     from clipforge.data.pairs import read_pairs
 
     data_dir = Path(data_dir)
@@ -83,7 +91,9 @@ def evaluate_generator(model: Any, data_dir: str | Path, judge: Any, options: Sa
     size = model.decoder.config.image_size if hasattr(model, "decoder") else model.config.image_size
     prompts = scene_prompts()
     texts = [p["prompt"] for p in prompts]
+    start = time.perf_counter()
     out = sample_prompts(model, texts, options, rerank_clip=rerank_clip, progress=progress)
+    sampling_seconds = time.perf_counter() - start
     images = out["images"]  # [P, n, 3, H, W]
     n = images.shape[1]
     flat = images.flatten(0, 1)
@@ -111,10 +121,19 @@ def evaluate_generator(model: Any, data_dir: str | Path, judge: Any, options: Sa
     guide = rerank_clip if rerank_clip is not None else model.clip
     if guide is not None:
         metrics["guide_clip_score"] = clip_score(embed_pixels(guide, flat), embed_texts(guide, texts)[prompt_idx])
+    if word_edits:
+        from clipforge.generation.word_edit import word_edits as measure_edits
+
+        if not hasattr(model, "render"):
+            raise ConfigError(f"word edits need a generator with a latent (ddpm, GANs), not {model.arch}")
+        metrics["word_edits"] = measure_edits(model, classifier, n=n, seed=options.seed, steps=options.steps,
+                                              guidance=options.guidance)
     real = _real_val_features(judge, val_pairs, size)
     metrics["frechet_distance"] = frechet_distance(gen_feats, real)
     metrics["ceiling"] = real_ceiling(judge, classifier, data_dir, size)
     metrics["options"] = {k: getattr(options, k) for k in options.__dataclass_fields__}
+    # Delivered images per second: re-ranked draws and search renders are part of each image's cost.
+    metrics["images_per_s"] = images.shape[0] * images.shape[1] / sampling_seconds
     if out_dir is not None:
         _write(Path(out_dir), metrics, prompts, images, out["scores"])
     return metrics

@@ -158,10 +158,17 @@ class TextGAN(ClipLinked):
         """z ~ N(0, I), drawn on the CPU (the same numbers on every device)."""
         return torch.randn((n, self.config.z_dim), generator=generator)
 
+    def condition(self, prompts: list[str]) -> torch.Tensor:
+        """What :meth:`render` is conditioned on: the prompts' unit CLIP text embeddings."""
+        return self.text_features(prompts)
+
     def render(self, latents: torch.Tensor, text_features: torch.Tensor, **_: Any) -> torch.Tensor:
-        """G(z, t) in [-1, 1], differentiable in ``latents`` (for latent search)."""
+        """G(z, t) in [-1, 1], differentiable in ``latents`` (for latent search); one text row is
+        shared by every latent."""
         device = next(self.parameters()).device
         self.generator.eval()
+        if len(text_features) == 1:
+            text_features = text_features.expand(len(latents), -1)
         return self.generator(latents.to(device), text_features.to(device))
 
     @torch.no_grad()

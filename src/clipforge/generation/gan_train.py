@@ -30,7 +30,10 @@ from clipforge.generation.gan import GANConfig, TextGAN
 from clipforge.generation.rows_task import RowsTask, engine_config
 
 
-def _noise(n: int, dim: int, seed: int, step: int, rank: int, stream: int, device: torch.device) -> torch.Tensor:
+def step_noise(n: int, dim: int, seed: int, step: int, rank: int, stream: int,
+               device: torch.device) -> torch.Tensor:
+    """Noise [n, dim] drawn from the run's seed, the step, the rank and a stream number (so a resumed
+    run draws what the uninterrupted one would)."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + step * 4_099 + rank * 17 + stream) % 2**62)
     return torch.randn((n, dim), generator=g).to(device)
 
@@ -88,7 +91,7 @@ class GANTask(RowsTask):
         images = batch["images"].float() / 127.5 - 1
         text = batch["cond"].float()
         n, zd = len(images), model.config.z_dim
-        z = _noise(n, zd, self.cfg.seed, ctx.step, self.info.rank, 0, self.device)
+        z = step_noise(n, zd, self.cfg.seed, ctx.step, self.info.rank, 0, self.device)
         with ctx.autocast():
             fake = model.generator(z, text)
             d = discriminator_loss(model, images, text, fake, matching_aware=method.endswith("cls"))
@@ -98,7 +101,7 @@ class GANTask(RowsTask):
             if method in ("gan-int", "gan-int-cls"):
                 beta = self.cfg.gan.interpolation
                 t_int = beta * text + (1 - beta) * wrong_texts(text)
-                z2 = _noise(n, zd, self.cfg.seed, ctx.step, self.info.rank, 1, self.device)
+                z2 = step_noise(n, zd, self.cfg.seed, ctx.step, self.info.rank, 1, self.device)
                 interpolated = (model.generator(z2, t_int), t_int)
             g_loss = generator_loss(model, fake, text, interpolated)
         model.discriminator.requires_grad_(False)  # G's step leaves D's gradients alone
@@ -121,7 +124,7 @@ class StyleTask(RowsTask):
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
         text = batch["cond"].float()
-        z = _noise(len(text), self.gan.config.z_dim, self.cfg.seed, ctx.step, self.info.rank, 2, self.device)
+        z = step_noise(len(text), self.gan.config.z_dim, self.cfg.seed, ctx.step, self.info.rank, 2, self.device)
         with torch.no_grad():
             images = self.gan.render(z, text)
         with ctx.autocast():

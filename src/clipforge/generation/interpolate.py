@@ -11,14 +11,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from clipforge.errors import ConfigError
 from clipforge.generation.diffusion import slerp
 
 
-def _decoder_and_condition(model: Any, prompt: str, generator: torch.Generator) -> tuple[Any, torch.Tensor]:
-    text = model.text_features([prompt])
+def _decoder_and_condition(model: Any, prompt: str, generator: torch.Generator) -> tuple[Any, Any]:
     if getattr(model, "arch", "") == "unclip":
-        return model.decoder, model.prior.sample(text, generator=generator)
-    return model, text
+        return model.decoder, model.prior.sample(model.text_features([prompt]), generator=generator)
+    return model, model.condition([prompt])
 
 
 @torch.no_grad()
@@ -32,7 +32,10 @@ def interpolate(model: Any, prompt: str, to: str | None = None, frames: int = 8,
     ws = torch.linspace(0, 1, frames).tolist()
     if to is None:
         noise = torch.cat([slerp(n1, n2, w) for w in ws])
-        cond = a.expand(frames, -1)
+        cond = a
+    elif not isinstance(a, torch.Tensor):
+        raise ConfigError(f"{getattr(model, 'arch', 'this generator')} is conditioned on the prompt's words, which do "
+                          "not interpolate; interpolate between two latents (no second prompt)")
     else:
         _, b = _decoder_and_condition(model, to, g)
         noise = n1.expand(frames, *n1.shape[1:])

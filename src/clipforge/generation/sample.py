@@ -123,11 +123,11 @@ def search_prompts(model: Any, prompts: list[str], options: SampleOptions, guide
         p.requires_grad_(False)
     with progress_bar(f"search ({o.search})", total=len(prompts), enabled=progress) as bar:
         for prompt in prompts:
-            cond = model.text_features([prompt])
+            cond = model.condition([prompt])
             score = clip_scorer(guide, embed_texts(guide, [prompt]))
 
-            def render(z: torch.Tensor, cond: torch.Tensor = cond) -> torch.Tensor:
-                return model.render(z, cond.expand(len(z), -1), steps=o.steps, guidance=o.guidance)
+            def render(z: torch.Tensor, cond: Any = cond) -> torch.Tensor:
+                return model.render(z, cond, steps=o.steps, guidance=o.guidance)
 
             found = search_latents(render, score, lambda k: model.draw_latents(k, g), o.n, search, generator=g)
             with torch.no_grad():

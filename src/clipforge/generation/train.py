@@ -19,6 +19,7 @@ from clipforge.engine import distributed as D
 from clipforge.engine.loop import fit
 from clipforge.errors import ConfigError, DataError
 from clipforge.generation.config import GAN_METHODS, GenerationTrainConfig
+from clipforge.generation.controlgan import ControlGAN
 from clipforge.generation.diffusion import CLIPDiffusion, DiffusionConfig, training_draws
 from clipforge.generation.gan import TextGAN
 from clipforge.generation.prior import PriorConfig
@@ -76,7 +77,7 @@ def read_training_images(paths: list[str], size: int, progress: bool) -> tuple[t
 
 
 def train_generator(cfg: GenerationTrainConfig, resume: str | None = None,
-                    progress: bool = True) -> CLIPDiffusion | UnCLIP | TextGAN:
+                    progress: bool = True) -> CLIPDiffusion | UnCLIP | TextGAN | ControlGAN:
     """Train the generator ``cfg`` describes; it is saved to ``OUT_DIR/model`` and returned."""
     from clipforge.checkpoints import load
     from clipforge.checkpoints.native import save
@@ -113,6 +114,10 @@ def train_generator(cfg: GenerationTrainConfig, resume: str | None = None,
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "generate_config.json")
+    if cfg.method == "controlgan":
+        from clipforge.generation.controlgan_train import train_controlgan
+
+        return train_controlgan(cfg, clip, images, [p.caption for p in pairs], link, info, device, resume, progress)
     if cfg.method in GAN_METHODS:
         from clipforge.generation.gan_train import train_gan
 

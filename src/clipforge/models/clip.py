@@ -43,6 +43,11 @@ class TwoTowers(nn.Module):
         that cross-attend to the image."""
         return self.visual.forward_tokens(images)
 
+    def encode_image_middle(self, images: torch.Tensor) -> torch.Tensor:
+        """The image tower's middle features (ResNet: after its second stage; ViT: after half its
+        blocks), for perceptual losses."""
+        return self.visual.forward_middle(images)
+
     def encode_text_tokens(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """``pooled``: projected text features [N, embed_dim] (unnormalised), ``tokens``: per-token
         outputs [N, L, width], and the tower's extras (``eot`` positions or an attention ``mask``)."""

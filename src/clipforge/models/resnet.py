@@ -166,6 +166,14 @@ class ModifiedResNet(nn.Module):
         x = self._trunk(images)
         return {"pooled": self.attnpool(x), "tokens": x.flatten(2).transpose(1, 2)}
 
+    def forward_middle(self, images: torch.Tensor) -> torch.Tensor:
+        """The feature map after the second of four stages [N, C, H/8, W/8] (a perceptual loss's
+        middle layer, as VGG's relu2_2 or relu3_3 serve in the GAN papers)."""
+        x = self.stem(images)
+        for stage in (self.layer1, self.layer2):
+            x = stage(x)
+        return x
+
     def _trunk(self, images: torch.Tensor) -> torch.Tensor:
         x = self.stem(images)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):

@@ -43,6 +43,15 @@ class VisionTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.transformer.grad_checkpointing = enable
 
+    def forward_middle(self, images: torch.Tensor) -> torch.Tensor:
+        """The patch tokens after half the blocks [N, grid*grid, width] (a perceptual loss's middle layer)."""
+        x = self.conv1(images).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype))
+        for block in self.transformer.resblocks[: max(1, len(self.transformer.resblocks) // 2)]:
+            x = block(x)
+        return x[:, 1:]
+
     def _trunk(self, images: torch.Tensor) -> torch.Tensor:
         x = self.conv1(images).flatten(2).transpose(1, 2)  # [N, grid*grid, width]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
