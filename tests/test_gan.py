@@ -399,3 +399,25 @@ def test_controlgan_trains_samples_searches_and_measures_word_edits_from_the_cli
     edits = json.loads((report / "metrics.json").read_text())["word_edits"]
     assert set(edits) == {"colour", "shape"} and edits["colour"]["n_images"] == 64
     assert all(0 <= v <= 1 for e in edits.values() for k, v in e.items() if k != "n_images")
+
+
+def test_the_perceptual_features_are_the_image_towers_middle() -> None:
+    import clipforge
+    from clipforge.models.resnet import ModifiedResNet
+
+    torch.manual_seed(0)
+    for name in ("tiny-vit-32", "tiny-rn-64"):
+        clip = clipforge.build(name).eval()
+        x = torch.randn(2, 3, clip.visual.config.image_size, clip.visual.config.image_size)
+        mid = clip.encode_image_middle(x)
+        v = clip.visual
+        with torch.no_grad():
+            if isinstance(v, ModifiedResNet):  # after its second stage
+                expected = v.layer2(v.layer1(v.stem(x)))
+            else:  # ViT: the patch tokens after half the blocks
+                h = v.conv1(x).flatten(2).transpose(1, 2)
+                h = v.ln_pre(torch.cat([v.class_embedding.expand(2, 1, -1), h], 1) + v.positional_embedding)
+                for block in v.transformer.resblocks[: len(v.transformer.resblocks) // 2]:
+                    h = block(h)
+                expected = h[:, 1:]
+        torch.testing.assert_close(mid, expected)

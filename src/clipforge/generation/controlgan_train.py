@@ -22,7 +22,7 @@ from clipforge.engine.loop import fit
 from clipforge.errors import ConfigError
 from clipforge.generation.config import GenerationTrainConfig
 from clipforge.generation.controlgan import ControlGAN, ControlGANConfig, text_condition
-from clipforge.generation.gan_train import step_noise, wrong_texts
+from clipforge.generation.gan_train import adam_pair, step_noise, wrong_texts
 from clipforge.generation.rows_task import RowsTask, engine_config
 
 
@@ -90,10 +90,7 @@ class ControlGANTask(RowsTask):
         super().__init__(model, rows, cfg, info, device, ema)
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        betas = (self.cfg.gan.beta1, 0.999)
-        return {"generator": torch.optim.Adam(self.model.generator.parameters(), lr=self.cfg.peak_lr, betas=betas),
-                "discriminator": torch.optim.Adam(self.model.discriminators.parameters(), lr=self.cfg.peak_lr,
-                                                  betas=betas)}
+        return adam_pair(self.model.generator, self.model.discriminators, self.cfg)
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
         model, o = self.model, self.cfg.controlgan

@@ -38,6 +38,14 @@ def step_noise(n: int, dim: int, seed: int, step: int, rank: int, stream: int,
     return torch.randn((n, dim), generator=g).to(device)
 
 
+def adam_pair(generator: torch.nn.Module, discriminator: torch.nn.Module,
+              cfg: GenerationTrainConfig) -> dict[str, torch.optim.Optimizer]:
+    """A GAN's two Adam optimisers (DCGAN's beta1 = 0.5 by default), named as the task steps them."""
+    betas = (cfg.gan.beta1, 0.999)
+    return {"generator": torch.optim.Adam(generator.parameters(), lr=cfg.peak_lr, betas=betas),
+            "discriminator": torch.optim.Adam(discriminator.parameters(), lr=cfg.peak_lr, betas=betas)}
+
+
 def wrong_texts(text: torch.Tensor) -> torch.Tensor:
     """Each row paired with the next row's caption embedding (another caption of the batch)."""
     return text.roll(1, dims=0)
@@ -81,10 +89,7 @@ class GANTask(RowsTask):
     min_batch = 2  # a wrong caption needs another row; BatchNorm needs two samples
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        betas = (self.cfg.gan.beta1, 0.999)
-        return {"generator": torch.optim.Adam(self.model.generator.parameters(), lr=self.cfg.peak_lr, betas=betas),
-                "discriminator": torch.optim.Adam(self.model.discriminator.parameters(), lr=self.cfg.peak_lr,
-                                                  betas=betas)}
+        return adam_pair(self.model.generator, self.model.discriminator, self.cfg)
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
         model, method = self.model, self.cfg.method
