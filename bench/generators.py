@@ -61,7 +61,7 @@ def main() -> None:
     judge = load_judge(args.judge, torch.device("cpu"))
     rows, details, edits = [], {}, []
 
-    def score(name: str, model, minutes: float, steps: int, word_edits: bool = False, **opts) -> None:
+    def score(name: str, model, minutes: float, train_steps: int, word_edits: bool = False, **opts) -> None:
         o = SampleOptions(n=args.n, **opts)
         start = time.perf_counter()
         m = evaluate_generator(model, args.data, judge, o, out_dir=work / "reports" / name.replace(" ", "_"),
@@ -74,7 +74,7 @@ def main() -> None:
                      *(f"{100 * m[s]['colour_and_shape_acc']:.1f}" for s in ("seen", "heldout")),
                      f"{100 * m['seen']['size_acc']:.0f} / {100 * m['seen']['position_acc']:.0f}",
                      f"{m['frechet_distance']:.3f}", "-" if guide is None else f"{guide:.1f}",
-                     f"{minutes:.1f}", steps, f"{m['images_per_s']:.1f}"])
+                     f"{minutes:.1f}", train_steps, f"{m['images_per_s']:.1f}"])
         print(" | ".join(str(c) for c in rows[-1]), flush=True)
         if word_edits:
             e = m["word_edits"]
