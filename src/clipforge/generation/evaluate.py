@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from clipforge.data.synthetic import COLOURS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES, heldout_combinations
+from clipforge.data.synthetic import POSITION_PHRASES
 from clipforge.errors import ConfigError
 from clipforge.evaluation.embed import embed_pixels, embed_texts
 from clipforge.evaluation.generation import clip_score, frechet_distance, r_precision
@@ -35,31 +34,10 @@ from clipforge.evaluation.scene_attributes import (
 from clipforge.evaluation.scene_attributes import (
     VERSION as CLASSIFIER_VERSION,
 )
+from clipforge.generation.prompts import scene_prompts
 from clipforge.generation.sample import SampleOptions, sample_prompts
 
 log = logging.getLogger(__name__)
-
-
-def scene_prompt(size: str, colour: str, shape: str, position: str) -> dict[str, Any]:
-    """A prompt's text ("a large red circle in the top left") and its attribute targets (indices)."""
-    text = f"{'an' if size[0] in 'aeiou' else 'a'} {size} {colour} {shape} {POSITION_PHRASES[position]}"
-    return {"prompt": text, "target": {"colour": HEADS["colour"].index(colour), "shape": HEADS["shape"].index(shape),
-                                       "size": HEADS["size"].index(size),
-                                       "position": HEADS["position"].index(position)}}
-
-
-def scene_prompts(seed: int = 0) -> list[dict[str, Any]]:
-    """One prompt per (colour, shape): its text, split and attribute targets."""
-    rng = np.random.default_rng(seed)
-    held = set(heldout_combinations())
-    out = []
-    for shape in SHAPES:
-        for colour in COLOURS:
-            size = str(rng.choice(list(SIZES)))
-            position = POSITIONS[int(rng.integers(len(POSITIONS)))]
-            out.append({**scene_prompt(size, colour, shape, position),
-                        "split": "heldout" if (shape, colour) in held else "seen"})
-    return out
 
 
 def check_judge(model: Any, judge: Any, rerank_clip: Any = None) -> None:

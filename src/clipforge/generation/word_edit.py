@@ -2,7 +2,7 @@
 
 ControlGAN's claim (Li et al. 2019): with the latent fixed, editing the colour word (or the shape
 word) of a prompt changes the drawn colour (or shape) and leaves the other attributes as they were.
-For each of the 64 evaluation prompts (:func:`~clipforge.generation.evaluate.scene_prompts`) and
+For each of the 64 evaluation prompts (:func:`~clipforge.generation.prompts.scene_prompts`) and
 each latent, the colour is replaced by the next colour of the synthetic palette, or the shape by the
 next shape; original and edited images are drawn from the same latent, and the attribute reader
 (a classifier trained on real scenes, never the generator's CLIP) reads both. Reported per edited
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from clipforge.evaluation.scene_attributes import HEADS, read_attributes
-from clipforge.generation.evaluate import scene_prompt, scene_prompts
+from clipforge.generation.prompts import scene_prompt, scene_prompts
 
 
 def edited_prompts(attribute: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
