@@ -55,8 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default="samples.png", help="the grid PNG (default: samples.png)")
     s.set_defaults(func=run_sample)
 
-    i = gsub.add_parser("interpolate", help="a strip of images between two noises for a prompt, or between two "
-                        "prompts from one noise (DDIM, deterministic)")
+    i = gsub.add_parser("interpolate", help="a strip of images between two latents for a prompt, or between two "
+                        "prompts from one latent (DDIM deterministic; a GAN's z)")
     i.add_argument("--model", required=True, help="a generator folder")
     i.add_argument("prompt")
     i.add_argument("--to", default=None, help="a second prompt: interpolate the embeddings instead of the noise")
