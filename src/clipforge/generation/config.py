@@ -135,3 +135,13 @@ class GenerationTrainConfig(TaskOptions):
         if self.lr is not None:
             return self.lr
         return 2e-4 if self.method in GAN_METHODS else 5e-4
+
+    @property
+    def matching_aware(self) -> bool:
+        """GAN-CLS: the discriminator also sees real images with another caption's text."""
+        return self.method in ("gan-cls", "gan-int-cls")
+
+    @property
+    def interpolates(self) -> bool:
+        """GAN-INT: the generator also draws interpolated captions."""
+        return self.method in ("gan-int", "gan-int-cls")

@@ -92,24 +92,24 @@ class GANTask(RowsTask):
         return adam_pair(self.model.generator, self.model.discriminator, self.cfg)
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
-        model, method = self.model, self.cfg.method
+        model = self.model
         images = batch["images"].float() / 127.5 - 1
         text = batch["cond"].float()
         n, zd = len(images), model.config.z_dim
         z = step_noise(n, zd, self.cfg.seed, ctx.step, self.info.rank, 0, self.device)
         with ctx.autocast():
             fake = model.generator(z, text)
-            d = discriminator_loss(model, images, text, fake, matching_aware=method.endswith("cls"))
+            d = discriminator_loss(model, images, text, fake, matching_aware=self.cfg.matching_aware)
         ctx.optimizer_step("discriminator", d["loss"], model.discriminator)
         interpolated = None
+        model.discriminator.requires_grad_(False)  # G's step computes no gradients for D
         with ctx.autocast():
-            if method in ("gan-int", "gan-int-cls"):
+            if self.cfg.interpolates:
                 beta = self.cfg.gan.interpolation
                 t_int = beta * text + (1 - beta) * wrong_texts(text)
                 z2 = step_noise(n, zd, self.cfg.seed, ctx.step, self.info.rank, 1, self.device)
                 interpolated = (model.generator(z2, t_int), t_int)
             g_loss = generator_loss(model, fake, text, interpolated)
-        model.discriminator.requires_grad_(False)  # G's step leaves D's gradients alone
         ctx.optimizer_step("generator", g_loss, model.generator)
         model.discriminator.requires_grad_(True)
         out = {"loss": g_loss.detach(), "d_loss": d["loss"].detach(),

@@ -104,8 +104,7 @@ def search_prompts(model: Any, prompts: list[str], options: SampleOptions, guide
     """:func:`sample_prompts` by CLIP-guided latent search (``options.search``): per prompt, the ``n``
     best latents the guiding CLIP (``guide_clip``, by default the generator's own) finds within
     ``options.budget`` generator calls, rendered. ``scores`` are the guide's cosines."""
-    from clipforge.generation.latent_search import SearchOptions, clip_scorer, search_latents
-    from clipforge.utils.progress import progress_bar
+    from clipforge.generation.latent_search import SearchOptions
 
     if not hasattr(model, "render"):
         raise ConfigError(f"latent search needs a generator with a latent to search (ddpm or a GAN), not "
@@ -117,10 +116,22 @@ def search_prompts(model: Any, prompts: list[str], options: SampleOptions, guide
                            elite=min(2, o.budget - 1))
     guide = guide_clip if guide_clip is not None else model.clip
     g = torch.Generator().manual_seed(o.seed)
-    images, scores = [], []
     flags = [(p, p.requires_grad) for m in (model, guide) for p in m.parameters()]
     for p, _ in flags:  # gradients reach the latents only
         p.requires_grad_(False)
+    try:
+        return _search_each(model, prompts, o, search, guide, g, progress)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _search_each(model: Any, prompts: list[str], o: SampleOptions, search: Any, guide: Any, g: torch.Generator,
+                 progress: bool) -> dict[str, Any]:
+    from clipforge.generation.latent_search import clip_scorer, search_latents
+    from clipforge.utils.progress import progress_bar
+
+    images, scores = [], []
     with progress_bar(f"search ({o.search})", total=len(prompts), enabled=progress) as bar:
         for prompt in prompts:
             cond = model.condition([prompt])
@@ -134,6 +145,4 @@ def search_prompts(model: Any, prompts: list[str], options: SampleOptions, guide
                 images.append(to_uint8(render(found["latents"])).cpu())
             scores.append(found["scores"])
             bar.advance()
-    for p, flag in flags:
-        p.requires_grad_(flag)
     return {"images": torch.stack(images), "scores": torch.stack(scores)}
