@@ -39,7 +39,12 @@ FAMILY_ARCHS = {"prefix_captioner": ("clipforge.captioning.prefix", "PrefixConfi
                 "unclip": ("clipforge.generation.unclip", "UnCLIPConfig", "UnCLIP"),
                 "bound_clip": ("clipforge.bind.model", "BoundConfig", "BoundCLIP"),
                 "text_gan": ("clipforge.generation.gan", "GANConfig", "TextGAN"),
-                "controlgan": ("clipforge.generation.controlgan", "ControlGANConfig", "ControlGAN")}
+                "controlgan": ("clipforge.generation.controlgan", "ControlGANConfig", "ControlGAN"),
+                "aligndraw": ("clipforge.generation.aligndraw", "AlignDRAWConfig", "AlignDRAW"),
+                "dvae": ("clipforge.generation.dvae", "DVAEConfig", "DiscreteVAE"),
+                "vqvae": ("clipforge.generation.vqvae", "VQVAEConfig", "VQVAE"),
+                "dalle": ("clipforge.generation.dalle", "DALLEConfig", "DALLE"),
+                "dalle_mini": ("clipforge.generation.dalle_mini", "DALLEMiniConfig", "DALLEMini")}
 FORMAT = "clipforge"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

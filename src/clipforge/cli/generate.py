@@ -19,22 +19,37 @@ def _sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=int, default=4, help="enlarge each image this many times in the grid")
 
 
+def _token_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="dalle, dalle-mini: divide the logits by this (0: the most likely token; default: 1)")
+    p.add_argument("--top-k", type=int, default=0, help="dalle, dalle-mini: sample among the k most likely tokens "
+                   "(default: 0, all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="dalle, dalle-mini: sample among the smallest set of "
+                   "tokens reaching this probability (default: 1, all)")
+    p.add_argument("--no-cache", action="store_true", help="dalle, dalle-mini: recompute the whole prefix for each "
+                   "token instead of using the key/value cache (slower; the same tokens)")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from clipforge.cli.options import add_run_options
     from clipforge.config import choices
     from clipforge.generation.config import GenerationTrainConfig
 
-    p = sub.add_parser("generate", help="text-to-image through a CLIP (diffusion, GANs): train, sample, "
-                       "interpolate, variations, style")
+    p = sub.add_parser("generate", help="text-to-image (diffusion, GANs, alignDRAW, DALL-E): train, sample, "
+                       "interpolate, variations, style, reconstruct")
     gsub = p.add_subparsers(dest="generate_command", required=True, metavar="GENERATE_COMMAND")
 
     t = gsub.add_parser("train", help="train a generator (ddpm: text-conditioned diffusion; unclip: prior + "
-                        "decoder; gan, gan-cls, gan-int, gan-int-cls: Reed et al.'s text-conditional GANs; controlgan)",
+                        "decoder; gan, gan-cls, gan-int, gan-int-cls: Reed et al.'s text-conditional GANs; "
+                        "controlgan; aligndraw; dalle, dalle-mini: transformers over the ids of an image tokenizer "
+                        "trained first with dvae or vqvae)",
                         description="Options from --config (YAML/JSON) and key=value overrides; --help-config lists "
                         "them. The generator is saved to OUT_DIR/model.")
     t.add_argument("--method", choices=choices(GenerationTrainConfig, "method"), default=None)
     t.add_argument("--clip", default=None, help="the CLIP whose embeddings condition the generator")
     t.add_argument("--data", default=None, help="training pairs (CSV image,caption or a captioned folder)")
+    t.add_argument("--tokenizer", default=None, help="dalle, dalle-mini: the image tokenizer's folder (trained with "
+                   "--method dvae or vqvae)")
     add_run_options(t)
     t.set_defaults(func=run_train)
 
@@ -52,6 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--budget", type=int, default=64, help="latent search: generator calls per prompt (default: 64)")
     s.add_argument("--no-prior", action="store_true", help="unclip: decode the text embedding itself, not the "
                    "prior's image embedding")
+    _token_sampling(s)
+    s.add_argument("--canvas", default=None, help="aligndraw: also write the canvas after every step, a row per "
+                   "image (.png), or as an animation (.gif)")
     s.add_argument("--out", default="samples.png", help="the grid PNG (default: samples.png)")
     s.set_defaults(func=run_sample)
 
@@ -83,6 +101,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--out", default="style.png", help="the grid PNG (a row per image, the original first)")
     st.set_defaults(func=run_style)
 
+    r = gsub.add_parser("reconstruct", help="image tokenizers (dvae, vqvae): images through their tokens and back, "
+                        "with the error and the codes used")
+    r.add_argument("--model", required=True, help="a tokenizer folder (generate train --method dvae|vqvae)")
+    r.add_argument("images", nargs="+", help="image files")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
+    r.add_argument("--scale", type=int, default=4, help="enlarge each image this many times in the grid")
+    r.add_argument("--out", default="reconstructions.png", help="the grid PNG (a row per image: the original, its "
+                   "reconstruction)")
+    r.set_defaults(func=run_reconstruct)
+
 
 def run_train(args: argparse.Namespace) -> int:
     from clipforge.cli.options import overrides_with_flags, print_config_help
@@ -90,12 +118,16 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.help_config:
         return print_config_help(GenerationTrainConfig)
-    cfg = GenerationTrainConfig.load(args.config, overrides_with_flags(args, ("method", "clip", "data")))
+    cfg = GenerationTrainConfig.load(args.config, overrides_with_flags(args, ("method", "clip", "data", "tokenizer")))
     from clipforge.generation.train import train_generator
 
     train_generator(cfg, resume=args.resume, progress=not args.no_progress)
-    print(f"generator saved to {cfg.out_dir}/model")
+    what = "image tokenizer" if cfg.method in ("dvae", "vqvae") else "generator"
+    print(f"{what} saved to {cfg.out_dir}/model")
     return 0
+
+
+GENERATOR_ARCHS = ("clip_diffusion", "unclip", "text_gan", "controlgan", "aligndraw", "dalle", "dalle_mini")
 
 
 def _load_generator(path: str, device: str | None):
@@ -104,9 +136,12 @@ def _load_generator(path: str, device: str | None):
     from clipforge.errors import ConfigError
 
     model = load(path).to(default_device(DistInfo(), device))
-    if getattr(model, "arch", "") not in ("clip_diffusion", "unclip", "text_gan", "controlgan"):
-        raise ConfigError(f"--model {path}: a {getattr(model, 'arch', type(model).__name__)}, not a generator "
-                          "(clipforge generate train makes one)")
+    arch = getattr(model, "arch", type(model).__name__)
+    if arch in ("dvae", "vqvae"):
+        raise ConfigError(f"--model {path}: an image tokenizer ({arch}), not a generator; train a dalle or dalle-mini "
+                          "over it (generate train --method dalle tokenizer=PATH), or see it with generate reconstruct")
+    if arch not in GENERATOR_ARCHS:
+        raise ConfigError(f"--model {path}: a {arch}, not a generator (clipforge generate train makes one)")
     if model.clip is None:
         raise ConfigError(f"--model {path}: its CLIP ({model.config.clip_path}) is not found; it is needed to embed "
                           "the prompts")
@@ -122,7 +157,9 @@ def _options(args: argparse.Namespace, rerank: int = 1, use_prior: bool = True):
     search = getattr(args, "search", None) or "none"
     return SampleOptions(n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance, eta=args.eta,
                          rerank=rerank, use_prior=use_prior, seed=args.seed, batch_size=args.batch_size,
-                         search=search, budget=getattr(args, "budget", 64))
+                         search=search, budget=getattr(args, "budget", 64),
+                         temperature=getattr(args, "temperature", 1.0), top_k=getattr(args, "top_k", 0),
+                         top_p=getattr(args, "top_p", 1.0), use_cache=not getattr(args, "no_cache", False))
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -137,7 +174,36 @@ def run_sample(args: argparse.Namespace) -> int:
     grid = image_grid(out["images"].flatten(0, 1), columns=options.n, scale=args.scale)
     _save_png(grid, args.out)
     print(f"{len(args.prompts)} prompt(s) x {options.n} image(s): {args.out}")
+    if args.canvas:
+        _write_canvas(model, list(args.prompts), options, args.canvas, args.scale)
     return 0
+
+
+def _write_canvas(model, prompts: list[str], options, path: str, scale: int) -> None:
+    """alignDRAW's canvas after each step for the first draw of each prompt: a strip or a GIF."""
+    import torch
+
+    from clipforge.errors import ConfigError
+    from clipforge.generation.diffusion import to_uint8
+    from clipforge.generation.sample import check_prompts
+    from clipforge.images.grid import image_grid
+
+    if model.arch != "aligndraw":
+        raise ConfigError(f"--canvas: only aligndraw draws on a canvas step by step, not {model.arch}")
+    prompts = check_prompts(model, prompts)
+    out = model.generate(prompts, generator=torch.Generator().manual_seed(options.seed), canvases=True)
+    strip = to_uint8(out["canvases"]).cpu()  # [T, P, 3, H, W]
+    steps = strip.shape[0]
+    if path.lower().endswith(".gif"):
+        frames = [image_grid(strip[t], columns=len(prompts), scale=scale) for t in range(steps)]
+        tmp = f"{path}.tmp"
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=150, loop=0)
+        import os
+
+        os.replace(tmp, path)
+    else:
+        _save_png(image_grid(strip.transpose(0, 1).flatten(0, 1), columns=steps, scale=scale), path)
+    print(f"the canvas over {steps} steps, {len(prompts)} prompt(s): {path}")
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
@@ -217,6 +283,39 @@ def run_style(args: argparse.Namespace) -> int:
         rows += [to_uint8(original[None]), to_uint8(redrawn).cpu()]
     _save_png(image_grid(torch.cat(rows), columns=len(prompts) + 1, scale=args.scale), args.out)
     print(f"{len(args.style)} image(s) x {len(prompts)} prompt(s): {args.out} (the original first in each row)")
+    return 0
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipforge.checkpoints import load
+    from clipforge.data.images import ImageDataset, Uint8Crop, collate_images
+    from clipforge.engine.distributed import DistInfo, default_device
+    from clipforge.errors import ConfigError
+    from clipforge.generation.diffusion import to_uint8
+    from clipforge.generation.image_tokenizer import ImageTokenizer, codebook_usage
+    from clipforge.images.grid import image_grid
+
+    model = load(args.model)
+    if not isinstance(model, ImageTokenizer):
+        raise ConfigError(f"--model {args.model}: a {getattr(model, 'arch', type(model).__name__)}, not an image "
+                          "tokenizer (generate train --method dvae|vqvae makes one)")
+    model = model.to(default_device(DistInfo(), args.device)).eval()
+    data = ImageDataset(list(args.images), Uint8Crop(model.config.image_size))
+    batch = collate_images([data[i] for i in range(len(data))])
+    for s in batch.skipped:
+        raise ConfigError(f"{s.source}: cannot read the image ({s.detail or s.reason})")
+    x = batch.images.float().to(next(model.parameters()).device) / 127.5 - 1
+    with torch.no_grad():
+        tokens = model.encode(x)
+        recon = model.decode(tokens).clamp(-1, 1)
+    mse = float(((recon - x) ** 2).mean())
+    usage = codebook_usage(tokens, model.codebook_size)
+    rows = torch.stack([to_uint8(x).cpu(), to_uint8(recon).cpu()], 1).flatten(0, 1)
+    _save_png(image_grid(rows, columns=2, scale=args.scale), args.out)
+    print(f"{len(args.images)} image(s) as {model.grid}x{model.grid} tokens: MSE {mse:.4f} (pixels in [-1, 1]), "
+          f"{usage['used']} of {model.codebook_size} codes used: {args.out}")
     return 0
 
 

@@ -10,8 +10,11 @@ from clipforge.engine.budget import MINUTES_HELP
 from clipforge.engine.loop import Precision, Schedule
 from clipforge.errors import ConfigError
 
-Method = Literal["ddpm", "unclip", "gan", "gan-cls", "gan-int", "gan-int-cls", "controlgan"]
+Method = Literal["ddpm", "unclip", "gan", "gan-cls", "gan-int", "gan-int-cls", "controlgan", "aligndraw", "dvae",
+                 "vqvae", "dalle", "dalle-mini"]
 GAN_METHODS = ("gan", "gan-cls", "gan-int", "gan-int-cls", "controlgan")
+TOKENIZER_METHODS = ("dvae", "vqvae")
+TRANSFORMER_METHODS = ("dalle", "dalle-mini")
 
 
 @dataclass
@@ -69,6 +72,46 @@ class ControlGANOptions:
 
 
 @dataclass
+class AlignDRAWOptions:
+    steps: int = opt(16, "aligndraw: drawing steps T (Mansimov et al.: 32 on COCO)")
+    read_size: int = opt(6, "aligndraw: side N of the read glimpse")
+    write_size: int = opt(8, "aligndraw: side N of the written patch")
+    z_dim: int = opt(32, "aligndraw: the latent Z_t's width")
+    hidden: int = opt(256, "aligndraw: the inference and generative LSTMs' width")
+    text_hidden: int = opt(128, "aligndraw: each direction of the caption's bidirectional LSTM")
+    pixel_std: float = opt(0.1, "aligndraw: the Gaussian likelihood's standard deviation on pixels in [0, 1]")
+
+
+@dataclass
+class ImageTokenizerOptions:
+    codebook_size: int = opt(256, "dvae, vqvae: codes K (DALL-E: 8192)")
+    downsamples: int = opt(2, "dvae, vqvae: halvings from the image to the token grid (32 px -> 8 x 8)")
+    channels: int = opt(64, "dvae, vqvae: convolution width")
+    code_dim: int = opt(64, "dvae, vqvae: codebook vectors' width")
+    temperature_end: float = opt(1 / 16, "dvae: the Gumbel-softmax temperature after annealing from 1 (DALL-E: "
+                                         "1/16)")
+    anneal_steps: int = opt(2000, "dvae: steps of the temperature's cosine annealing")
+    kl_weight: float = opt(1.0, "dvae: beta on KL(q || uniform), reached linearly over kl_warmup_steps")
+    kl_warmup_steps: int = opt(500, "dvae: steps to raise beta from 0")
+    commitment: float = opt(0.25, "vqvae: beta of the commitment loss (van den Oord et al.: 0.25)")
+    ema_decay: float = opt(0.99, "vqvae: decay of the codebook's moving averages")
+    restart_below: float = opt(1.0, "vqvae: restart codes whose moving count falls below this (0: never)")
+
+
+@dataclass
+class TransformerOptions:
+    width: int = opt(256, "dalle, dalle-mini: the transformer's width")
+    layers: int = opt(4, "dalle: layers; dalle-mini: the decoder's layers")
+    encoder_layers: int = opt(2, "dalle-mini: the caption encoder's layers")
+    heads: int = opt(4, "dalle, dalle-mini: attention heads")
+    attention: Literal["dense", "sparse"] = opt("dense", "dalle: causal attention everywhere (dense) or the paper's "
+                                                         "row / column / convolutional masks over the image tokens "
+                                                         "(sparse)")
+    text_loss_weight: float = opt(0.125, "dalle: weight of the caption's cross-entropy (the image's is 1 minus "
+                                         "it; DALL-E: 1/8)")
+
+
+@dataclass
 class GenerationTrainConfig(TaskOptions):
     method: Method = opt("ddpm", "ddpm (a UNet conditioned on the caption's CLIP text embedding), unclip (a "
                                  "decoder conditioned on the CLIP image embedding, and a prior mapping text "
@@ -77,8 +120,19 @@ class GenerationTrainConfig(TaskOptions):
                                  "real/wrong-text pairs: matching-aware), gan-int (interpolated text "
                                  "embeddings for the generator), gan-int-cls (both); controlgan (Li et al. 2019: "
                                  "multi-stage, word-level attention and discriminator, perceptual and text-image "
-                                 "losses)")
-    clip: str = opt("", "the CLIP whose embeddings condition the model (any model clipforge.load reads; frozen)")
+                                 "losses); aligndraw (Mansimov et al. 2016: a recurrent VAE drawing on a canvas, "
+                                 "attending to the caption's words); dvae or vqvae (an image tokenizer: DALL-E's "
+                                 "discrete VAE, or a VQ-VAE); dalle (a decoder-only transformer over caption and "
+                                 "image tokens) or dalle-mini (a caption encoder and an image-token decoder), each "
+                                 "over a tokenizer trained first (tokenizer=PATH)")
+    clip: str = opt("", "the CLIP whose embeddings condition the model (any model clipforge.load reads; frozen); "
+                        "aligndraw and the transformers read captions themselves and keep it to re-rank; the "
+                        "tokenizers need none")
+    tokenizer: str = opt("", "dalle, dalle-mini: the image tokenizer's folder (generate train --method dvae|vqvae)")
+    text_vocab: int = opt(512, "aligndraw, dalle, dalle-mini: size of the caption BPE learned from the training "
+                               "captions")
+    text_length: int = opt(24, "aligndraw, dalle, dalle-mini: caption tokens, start and end included (longer "
+                               "captions are cut, with a warning)")
     data: str = opt("", "training pairs: a CSV image,caption or a captioned folder")
     image_column: str = opt("image", "CSV column of image paths")
     caption_column: str = opt("caption", "CSV column of captions")
@@ -89,13 +143,17 @@ class GenerationTrainConfig(TaskOptions):
     prior: PriorOptions = field(default_factory=PriorOptions)
     gan: GANOptions = field(default_factory=GANOptions)
     controlgan: ControlGANOptions = field(default_factory=ControlGANOptions)
+    aligndraw: AlignDRAWOptions = field(default_factory=AlignDRAWOptions)
+    image_tokenizer: ImageTokenizerOptions = field(default_factory=ImageTokenizerOptions)
+    transformer: TransformerOptions = field(default_factory=TransformerOptions)
     epochs: int = opt(20, "passes over the training pairs")
     minutes: float | None = opt(None, MINUTES_HELP)
     max_steps: int | None = opt(None, "stop after this many steps in total (the schedule still follows epochs)")
     batch_size: int = opt(64, "images per step")
     micro_batch_size: int | None = opt(None, "split each step into micro-batches of this many images")
     lr: float | None = opt(None, "peak learning rate (default: 5e-4 for diffusion, what docs/benchmarks.md "
-                                 "measured at batch 64; 2e-4 for GANs, as DCGAN and Reed et al.)")
+                                 "measured at batch 64, and for the transformers; 2e-4 for GANs, as DCGAN and Reed "
+                                 "et al.; 1e-3 for aligndraw and the tokenizers)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_steps: int = opt(100, "linear warm-up steps")
     schedule_lr: Schedule = opt("cosine", "'cosine' or 'constant' learning rate after warm-up")
@@ -127,6 +185,18 @@ class GenerationTrainConfig(TaskOptions):
         if self.method in GAN_METHODS and self.micro_batch_size:
             raise ConfigError("micro_batch_size: a GAN's steps are not split (its BatchNorm sees the whole batch); "
                               "lower batch_size instead")
+        if self.text_vocab < 260:
+            raise ConfigError(f"text_vocab must be at least 260 (256 bytes and the start and end tokens), got "
+                              f"{self.text_vocab}")
+        if self.text_length < 3:
+            raise ConfigError(f"text_length must be at least 3 (start, a token, end), got {self.text_length}")
+        if self.method in TRANSFORMER_METHODS and not self.tokenizer:
+            raise ConfigError(f"tokenizer: {self.method} models the ids of an image tokenizer; train one first "
+                              f"(generate train --method {'dvae' if self.method == 'dalle' else 'vqvae'}) and give "
+                              "its folder (tokenizer=PATH)")
+        if not 0 <= self.transformer.text_loss_weight < 1:
+            raise ConfigError(f"transformer.text_loss_weight must be in [0, 1), got "
+                              f"{self.transformer.text_loss_weight}")
         if not 0 < self.prior.epochs_share < 1:
             raise ConfigError(f"prior.epochs_share must be in (0, 1), got {self.prior.epochs_share}")
 
@@ -134,7 +204,9 @@ class GenerationTrainConfig(TaskOptions):
     def peak_lr(self) -> float:
         if self.lr is not None:
             return self.lr
-        return 2e-4 if self.method in GAN_METHODS else 5e-4
+        if self.method in GAN_METHODS:
+            return 2e-4
+        return 1e-3 if self.method in ("aligndraw", *TOKENIZER_METHODS) else 5e-4
 
     @property
     def matching_aware(self) -> bool:

@@ -66,7 +66,7 @@ def evaluate_generator(model: Any, data_dir: str | Path, judge: Any, options: Sa
                           "`clipforge data synth`")
     check_judge(model, judge, rerank_clip)
     options = options or SampleOptions()
-    size = model.decoder.config.image_size if hasattr(model, "decoder") else model.config.image_size
+    size = model.image_size if hasattr(model, "image_size") else model.config.image_size
     prompts = scene_prompts()
     texts = [p["prompt"] for p in prompts]
     start = time.perf_counter()

@@ -87,9 +87,9 @@ class RowsTask(Task):
 
 
 def engine_config(cfg: GenerationTrainConfig, out_dir: Path, epochs: int, minutes: float | None,
-                  label: str) -> EngineConfig:
+                  label: str, grad_clip: float | None = None) -> EngineConfig:
     return EngineConfig(out_dir=str(out_dir), epochs=epochs, minutes=minutes, max_steps=cfg.max_steps,
-                        warmup_steps=cfg.warmup_steps,
+                        warmup_steps=cfg.warmup_steps, grad_clip=grad_clip,
                         schedule=cfg.schedule_lr, precision=cfg.precision, micro_batch_size=cfg.micro_batch_size,
                         log_every_steps=cfg.log_every_steps, save_every_minutes=cfg.save_every_minutes,
                         save_each_epoch=False, eval_every_epochs=0, tensorboard=cfg.tensorboard, label=label)

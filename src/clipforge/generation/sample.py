@@ -32,6 +32,10 @@ class SampleOptions:
     search: str = "none"  # latent search: none, random, ga or grad (clipforge.generation.latent_search)
     budget: int = 64  # latent search: generator calls per prompt
     use_prior: bool = True  # unCLIP: the prior (False: the text embedding itself)
+    temperature: float = 1.0  # token models (DALL-E, DALL-E mini): 0 takes the most likely token
+    top_k: int = 0  # token models: keep the k most likely tokens (0: all)
+    top_p: float = 1.0  # token models: keep the smallest set reaching this probability (1: all)
+    use_cache: bool = True  # token models: the key/value cache (False: recompute the prefix each token)
     seed: int = 0
     batch_size: int = 64
 
@@ -48,6 +52,13 @@ class SampleOptions:
             raise ConfigError("give either rerank or a latent search (its budget already ranks its draws)")
         if self.search != "none" and self.budget < self.n:
             raise ConfigError(f"budget {self.budget} is fewer generator calls than the {self.n} images asked")
+        from clipforge.generation.token_sampling import check_options
+
+        check_options(self.temperature, self.top_k, self.top_p)
+
+
+#: The options a diffusion model's ``generate`` reads; other generators name theirs in ``sampling_keys``.
+DIFFUSION_KEYS = ("steps", "sampler", "guidance", "eta")
 
 
 def check_prompts(model: Any, prompts: list[str]) -> list[str]:
@@ -79,9 +90,7 @@ def sample_prompts(model: Any, prompts: list[str], options: SampleOptions | None
     draw = o.n * o.rerank
     rows = [p for p in prompts for _ in range(draw)]
     g = torch.Generator().manual_seed(o.seed)
-    kwargs = {"steps": o.steps, "sampler": o.sampler, "guidance": o.guidance, "eta": o.eta}
-    if getattr(model, "arch", "") == "unclip":
-        kwargs["use_prior"] = o.use_prior
+    kwargs = {k: getattr(o, k) for k in getattr(model, "sampling_keys", DIFFUSION_KEYS)}
     chunks = []
     with progress_bar("generate", total=(len(rows) + o.batch_size - 1) // o.batch_size, enabled=progress) as bar:
         for i in range(0, len(rows), o.batch_size):

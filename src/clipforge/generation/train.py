@@ -1,5 +1,8 @@
-"""``clipforge generate train``: diffusion generators (and, through :mod:`~clipforge.generation.gan_train`,
-the GANs) as tasks of the engine.
+"""``clipforge generate train``: diffusion generators as tasks of the engine, and the dispatch to the
+other families' training (GANs: :mod:`~clipforge.generation.gan_train` and
+:mod:`~clipforge.generation.controlgan_train`; alignDRAW: :mod:`~clipforge.generation.aligndraw_train`;
+image tokenizers: :mod:`~clipforge.generation.tokenizer_train`; DALL-E and DALL-E mini:
+:mod:`~clipforge.generation.dalle_train`).
 
 The CLIP is frozen, so its embeddings (of the captions for ``ddpm``, of the images for unCLIP's
 decoder, both for its prior) are computed once, and the training images are read once into a
@@ -18,10 +21,8 @@ import torch
 from clipforge.engine import distributed as D
 from clipforge.engine.loop import fit
 from clipforge.errors import ConfigError, DataError
-from clipforge.generation.config import GAN_METHODS, GenerationTrainConfig
-from clipforge.generation.controlgan import ControlGAN
+from clipforge.generation.config import GAN_METHODS, TOKENIZER_METHODS, TRANSFORMER_METHODS, GenerationTrainConfig
 from clipforge.generation.diffusion import CLIPDiffusion, DiffusionConfig, training_draws
-from clipforge.generation.gan import TextGAN
 from clipforge.generation.prior import PriorConfig
 from clipforge.generation.rows_task import RowsTask, engine_config
 from clipforge.generation.schedule import ScheduleConfig
@@ -76,23 +77,23 @@ def read_training_images(paths: list[str], size: int, progress: bool) -> tuple[t
     return torch.cat(chunks), keep, bad
 
 
-def train_generator(cfg: GenerationTrainConfig, resume: str | None = None,
-                    progress: bool = True) -> CLIPDiffusion | UnCLIP | TextGAN | ControlGAN:
-    """Train the generator ``cfg`` describes; it is saved to ``OUT_DIR/model`` and returned."""
+def train_generator(cfg: GenerationTrainConfig, resume: str | None = None, progress: bool = True) -> Any:
+    """Train the generator (or image tokenizer) ``cfg`` describes; it is saved to ``OUT_DIR/model``
+    and returned."""
     from clipforge.checkpoints import load
     from clipforge.checkpoints.native import save
     from clipforge.data.pairs import read_pairs
     from clipforge.evaluation.cache import model_fingerprint
     from clipforge.evaluation.embed import embed_images, embed_texts
 
-    if not cfg.clip:
+    tokenizer = cfg.method in TOKENIZER_METHODS
+    if not cfg.clip and not tokenizer:
         raise ConfigError("clip: give the CLIP whose embeddings condition the generator (clip=PATH)")
     if not cfg.data:
         raise ConfigError("data: give the training pairs (data=train.csv)")
     info = D.init_distributed()
     device = D.default_device(info, cfg.device or None)
     out = Path(cfg.out_dir)
-    clip = load(cfg.clip).to(device).eval()
     pairs, _ = read_pairs(cfg.data, cfg.image_column, cfg.caption_column)
     images, keep, bad = read_training_images([p.image for p in pairs], cfg.image_size, progress and info.is_main)
     if bad:
@@ -100,20 +101,36 @@ def train_generator(cfg: GenerationTrainConfig, resume: str | None = None,
     pairs = [pairs[i] for i in keep]
     if len(pairs) < cfg.batch_size:
         raise DataError(f"{cfg.data}: {len(pairs)} readable pairs, fewer than batch_size={cfg.batch_size}")
-    text_emb = embed_texts(clip, [p.caption for p in pairs]).cpu()
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "generate_config.json")
+    torch.manual_seed(cfg.seed)
+    if tokenizer:
+        from clipforge.generation.tokenizer_train import train_tokenizer
+
+        return train_tokenizer(cfg, images, info, device, resume, progress)
+    clip = load(cfg.clip).to(device).eval()
+    link = {"clip_path": str(Path(cfg.clip).resolve()), "clip_fingerprint": model_fingerprint(clip),
+            "clip_dim": clip.config.embed_dim}
+    captions = [p.caption for p in pairs]
+    if cfg.method == "aligndraw":
+        from clipforge.generation.aligndraw_train import train_aligndraw
+
+        return train_aligndraw(cfg, clip, images, captions, link, info, device, resume, progress)
+    if cfg.method in TRANSFORMER_METHODS:
+        from clipforge.generation.dalle_train import train_transformer
+
+        return train_transformer(cfg, clip, images, captions, link, info, device, resume, progress)
+    del link["clip_dim"]
+    text_emb = embed_texts(clip, captions).cpu()
     unet = UNetConfig(channels=tuple(cfg.unet.channels), layers_per_block=cfg.unet.layers_per_block,
                       attention_levels=tuple(cfg.unet.attention_levels), norm_groups=cfg.unet.norm_groups,
                       head_dim=cfg.unet.head_dim)
     schedule = ScheduleConfig(timesteps=cfg.schedule.timesteps, kind=cfg.schedule.kind,
                               beta_start=cfg.schedule.beta_start, beta_end=cfg.schedule.beta_end,
                               prediction=cfg.schedule.prediction)
-    link = {"clip_path": str(Path(cfg.clip).resolve()), "clip_fingerprint": model_fingerprint(clip)}
     dim = text_emb.shape[1]
     rows = {"images": images, "row": torch.arange(len(pairs))}
-    torch.manual_seed(cfg.seed)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "generate_config.json")
     if cfg.method == "controlgan":
         from clipforge.generation.controlgan_train import train_controlgan
 

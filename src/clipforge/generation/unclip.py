@@ -46,6 +46,11 @@ class UnCLIP(ClipLinked):
 
     arch = "unclip"
     kind = "generator"
+    sampling_keys = ("steps", "sampler", "guidance", "eta", "use_prior")
+
+    @property
+    def image_size(self) -> int:
+        return self.decoder.config.image_size
 
     def __init__(self, config: UnCLIPConfig) -> None:
         super().__init__()
