@@ -1,6 +1,6 @@
 """One image grid of every generator bench/generators.py trained: two rows per generator (plain
-sampling, then a genetic latent search guided by its own CLIP), a column per prompt, the same
-prompts and seed for all.
+sampling, then a genetic latent search guided by its own CLIP, or for the token transformers,
+which have no latent, re-ranking 4x by it), a column per prompt, the same prompts and seed for all.
 
     .venv/bin/python bench/generator_grid.py --work /tmp/genwork/bench --out docs/images/generators.png
 """
@@ -35,8 +35,9 @@ def main() -> None:
         model = clipforge.load(Path(args.work) / method / "model")
         base = {"guidance": 3.0, "steps": 50} if method == "ddpm" else {}
         search = {"guidance": 3.0, "steps": 10} if method == "ddpm" else {}
-        for label, opts in ((method, base), (f"{method} + ga {args.budget}",
-                                             {**search, "search": "ga", "budget": args.budget})):
+        second = (f"{method} + ga {args.budget}", {**search, "search": "ga", "budget": args.budget}) \
+            if hasattr(model, "render") else (f"{method} + re-rank 4x", {"rerank": 4})
+        for label, opts in ((method, base), second):
             out = sample_prompts(model, PROMPTS, SampleOptions(n=1, seed=0, **opts))
             rows.append(out["images"][:, 0])
             labels.append(label)

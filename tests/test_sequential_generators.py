@@ -13,8 +13,8 @@ from clipforge.generation.aligndraw import AlignDRAW, AlignDRAWConfig, gaussian_
 from clipforge.generation.dalle import DALLE, DALLEConfig, image_mask, layer_kinds, sequence_masks
 from clipforge.generation.dalle_mini import DALLEMini, DALLEMiniConfig
 from clipforge.generation.dvae import DiscreteVAE, DVAEConfig
-from clipforge.generation.token_sampling import filter_logits
 from clipforge.generation.vqvae import VQVAE, VQVAEConfig
+from clipforge.models.generation import filter_logits
 
 COLOURS = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]])  # red, green, blue, yellow
 NAMES = ["red", "green", "blue", "yellow"]
@@ -365,7 +365,7 @@ def test_tokenizers_and_transformers_train_resume_sample_and_are_judged_from_the
     assert main(["generate", "sample", "--model", str(tmp_path / "dvae" / "model"), "a"]) == 2
     assert "an image tokenizer (dvae), not a generator" in capsys.readouterr().err
     assert main(["generate", "sample", "--model", str(tmp_path / "dalle" / "model"), "a", "--top-p", "0"]) == 2
-    assert "top_p must be in (0, 1]" in capsys.readouterr().err
+    assert "top_p in (0, 1]" in capsys.readouterr().err
     assert main(["generate", "sample", "--model", str(tmp_path / "dalle" / "model"), "a", "--search", "ga"]) == 2
     assert "latent search needs a generator with a latent" in capsys.readouterr().err
     report = tmp_path / "eval"

@@ -90,7 +90,7 @@ class ImageTokenizerOptions:
     code_dim: int = opt(64, "dvae, vqvae: codebook vectors' width")
     temperature_end: float = opt(1 / 16, "dvae: the Gumbel-softmax temperature after annealing from 1 (DALL-E: "
                                          "1/16)")
-    anneal_steps: int = opt(2000, "dvae: steps of the temperature's cosine annealing")
+    anneal_steps: int = opt(1000, "dvae: steps of the temperature's cosine annealing")
     kl_weight: float = opt(1.0, "dvae: beta on KL(q || uniform), reached linearly over kl_warmup_steps")
     kl_warmup_steps: int = opt(500, "dvae: steps to raise beta from 0")
     commitment: float = opt(0.25, "vqvae: beta of the commitment loss (van den Oord et al.: 0.25)")

@@ -12,8 +12,11 @@ over one stream of caption tokens then image tokens.
   and the end of the row above), a column mask the tokens above it in its column, a convolutional
   mask the earlier tokens of a k x k neighbourhood; every image token sees the whole caption.
 
-Sampling is token by token with temperature / top-k / top-p, batched, with a key/value cache; the
-image is decoded by the tokenizer. The attached CLIP only re-ranks (``--rerank``), as in the paper.
+The blocks are the library's pre-norm transformer blocks (:mod:`clipforge.models.transformer`),
+run one by one with their layer's mask. Sampling is the library's autoregressive decoding
+(:func:`clipforge.models.generation.generate`: temperature / top-k / top-p, batched, with a
+key/value cache); the image is decoded by the tokenizer. The attached CLIP only re-ranks
+(``--rerank``), as in the paper.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from clipforge.config import build_config
 from clipforge.errors import ConfigError
 from clipforge.generation.caption_tokens import caption_ids
 from clipforge.generation.image_tokenizer import ImageTokenizer, build_image_tokenizer
-from clipforge.generation.token_sampling import check_options, sample_next
-from clipforge.generation.token_transformer import Stack, init_weights, new_cache
 from clipforge.models.clip_linked import ClipLinked
+from clipforge.models.generation import GenerationConfig, KVCache, generate
+from clipforge.models.transformer import ResidualBlock, init_blocks
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,15 @@ def sequence_masks(text_length: int, grid: int, kinds: list[str], kernel: int = 
     return out
 
 
+def token_sampling(n: int, temperature: float, top_k: int, top_p: float) -> GenerationConfig:
+    """Decoding options for ``n`` image tokens (no end token; temperature 0 is greedy)."""
+    if temperature < 0:
+        raise ConfigError(f"temperature must be at least 0 (0: the most likely token), got {temperature}")
+    if temperature == 0:
+        return GenerationConfig(strategy="greedy", max_len=n)
+    return GenerationConfig(strategy="sample", max_len=n, temperature=temperature, top_k=top_k, top_p=top_p)
+
+
 class DALLE(ClipLinked):
     """Saved as arch ``dalle``; holds its image tokenizer (``image_tokenizer``) and its caption BPE
     (``self.tokenizer``)."""
@@ -129,12 +141,16 @@ class DALLE(ClipLinked):
         self.image_embed = nn.Embedding(k, c.width)
         self.row_pos = nn.Embedding(g, c.width)
         self.col_pos = nn.Embedding(g, c.width)
-        self.stack = Stack(c.width, c.layers, c.heads)
+        self.blocks = nn.ModuleList(ResidualBlock(c.width, c.heads, 4.0, "gelu") for _ in range(c.layers))
+        self.ln_final = nn.LayerNorm(c.width)
         self.text_head = nn.Linear(c.width, c.vocab_size)
         self.image_head = nn.Linear(c.width, k)
-        for part in (self.text_embed, self.text_pos, self.image_embed, self.row_pos, self.col_pos, self.stack,
-                     self.text_head, self.image_head):
-            init_weights(part)
+        init_blocks(self.blocks, c.width)
+        for emb in (self.text_embed, self.text_pos, self.image_embed, self.row_pos, self.col_pos):
+            nn.init.normal_(emb.weight, std=0.02)
+        for head in (self.text_head, self.image_head):
+            nn.init.normal_(head.weight, std=c.width ** -0.5)
+            nn.init.zeros_(head.bias)
         kinds = layer_kinds(c.attention, c.layers)
         self._masks = sequence_masks(c.text_length, g, kinds, c.conv_kernel)
 
@@ -150,12 +166,19 @@ class DALLE(ClipLinked):
     def _embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text_embed(ids) + self.text_pos(torch.arange(ids.shape[1], device=ids.device))
 
+    def _run(self, x: torch.Tensor, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        """The blocks over stream positions start .. start + T - 1, each with its layer's mask."""
+        end = start + x.shape[1]
+        for i, (block, mask) in enumerate(zip(self.blocks, self.masks(x.device))):
+            x = block(x, mask=mask[start:end, :end], cache=cache, name=str(i))
+        return self.ln_final(x)
+
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of the text tokens after the first (``text_logits`` [B, L-1, V]) and of every image
         token (``image_logits`` [B, g^2, K]) for text ids [B, L] and image ids [B, g^2]."""
         length = self.config.text_length
         x = torch.cat([self._embed_text(text), self._embed_image(image[:, :-1])], 1)
-        h = self.stack(x, self.masks(x.device))
+        h = self._run(x)
         return {"text_logits": self.text_head(h[:, :length - 1]), "image_logits": self.image_head(h[:, length - 1:])}
 
     def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -177,25 +200,22 @@ class DALLE(ClipLinked):
     @torch.no_grad()
     def sample_tokens(self, text: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                       generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
-        """Image ids [B, g^2] for text ids [B, L], one token at a time."""
-        check_options(temperature, top_k, top_p)
-        n, length, device = self.grid ** 2, self.config.text_length, text.device
-        masks = self.masks(device)
-        tokens = torch.zeros(len(text), 0, dtype=torch.long, device=device)
-        cache = new_cache(self.config.layers) if use_cache else None
-        x = self._embed_text(text)
-        for a in range(n):
-            if use_cache:
-                start = length + a - x.shape[1]
-                step_masks = [m[start:length + a, :length + a] for m in masks]
-                h = self.stack(x, step_masks, cache=cache)
-            else:
-                seq = torch.cat([self._embed_text(text), self._embed_image(tokens)], 1)
-                h = self.stack(seq, [m[:length + a, :length + a] for m in masks])
-            nxt = sample_next(self.image_head(h[:, -1]), temperature, top_k, top_p, generator).to(device)
-            tokens = torch.cat([tokens, nxt[:, None]], 1)
-            x = self._embed_image(nxt[:, None], start=a)
-        return tokens
+        """Image ids [B, g^2] for text ids [B, L], one token at a time (temperature 0: greedy)."""
+        length = self.config.text_length
+
+        def step(ids: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+            if cache is None:  # the whole stream again: the caption, then the image ids so far
+                x = torch.cat([self._embed_text(ids[:, :length]), self._embed_image(ids[:, length:])], 1)
+                return self.image_head(self._run(x)[:, -1])
+            start = cache.length
+            x = self._embed_text(ids) if start == 0 else self._embed_image(ids, start=start - length)
+            h = self._run(x, start, cache)
+            cache.length += ids.shape[1]
+            return self.image_head(h[:, -1])
+
+        out = generate(step, text, eos=-1, config=token_sampling(self.grid ** 2, temperature, top_k, top_p),
+                       use_cache=use_cache, generator=generator)
+        return out[:, length:]
 
     @torch.no_grad()
     def generate(self, prompts: list[str], generator: torch.Generator | None = None, temperature: float = 1.0,

@@ -37,7 +37,7 @@ class DVAEConfig:
     code_dim: int = 64
     temperature_start: float = 1.0
     temperature_end: float = 1 / 16
-    anneal_steps: int = 2000
+    anneal_steps: int = 1000
     kl_weight: float = 1.0  # beta
     kl_warmup_steps: int = 500
     pixel_std: float = 0.1  # on pixels in [-1, 1]

@@ -52,9 +52,9 @@ class SampleOptions:
             raise ConfigError("give either rerank or a latent search (its budget already ranks its draws)")
         if self.search != "none" and self.budget < self.n:
             raise ConfigError(f"budget {self.budget} is fewer generator calls than the {self.n} images asked")
-        from clipforge.generation.token_sampling import check_options
-
-        check_options(self.temperature, self.top_k, self.top_p)
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError(f"temperature and top_k must be at least 0 and top_p in (0, 1] (1: all), got "
+                              f"{self.temperature}, {self.top_k} and {self.top_p}")
 
 
 #: The options a diffusion model's ``generate`` reads; other generators name theirs in ``sampling_keys``.

@@ -96,7 +96,7 @@ def _adjust(logits: torch.Tensor, ids: torch.Tensor, generated: int, cfg: Genera
     return logits
 
 
-def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Top-k then nucleus filtering: the rest get -inf."""
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
@@ -125,7 +125,7 @@ def generate(step: Step, prompt: torch.Tensor, eos: int, pad: int = 0, config: G
     for t in range(cfg.max_len):
         logits = _adjust(step(new if use_cache else ids, cache), ids, t, cfg, eos)
         if cfg.strategy == "sample":
-            probs = _filter(logits / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
+            probs = filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             nxt = logits.argmax(-1)

@@ -91,7 +91,7 @@ class SelfAttention(nn.Module):
 
 class ResidualBlock(nn.Module):
     """x + attn(ln_1(x)), then x + mlp(ln_2(x)). A cross-attention block (``cross=True``) attends to
-    ``ln_1_kv(context)`` instead of to itself."""
+    ``ln_1_kv(context)`` instead of to itself (``mask`` then hides context positions, e.g. pads)."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, activation: str, cross: bool = False,
                  context_width: int | None = None) -> None:
@@ -115,7 +115,8 @@ class ResidualBlock(nn.Module):
         if hasattr(self, "ln_1_kv"):
             cached = cache is not None and name in cache.static
             ctx = None if cached else self.ln_1_kv(context)
-            x = x + self.attn(self.ln_1(x), context=ctx if ctx is not None else x, cache=cache, name=name)
+            x = x + self.attn(self.ln_1(x), mask=mask, context=ctx if ctx is not None else x, cache=cache,
+                              name=name)
         else:
             x = x + self.attn(self.ln_1(x), causal=causal, mask=mask, cache=cache, name=name)
         return x + self.mlp(self.ln_2(x))
