@@ -30,10 +30,8 @@ from torch import nn
 
 from clipforge.config import build_config
 from clipforge.errors import ConfigError
-from clipforge.generation.caption_tokens import caption_ids
-from clipforge.generation.image_tokenizer import ImageTokenizer, build_image_tokenizer
-from clipforge.models.clip_linked import ClipLinked
-from clipforge.models.generation import GenerationConfig, KVCache, generate
+from clipforge.generation.token_generator import TokenGenerator, check_transformer, token_sampling
+from clipforge.models.generation import KVCache, generate
 from clipforge.models.transformer import ResidualBlock, init_blocks
 
 
@@ -50,16 +48,13 @@ class DALLEConfig:
     text_loss_weight: float = 0.125
     tokenizer_arch: str = "dvae"
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
+    tokenizer_path: str = ""  # where the tokenizer was trained (its weights are part of this model)
     clip_dim: int = 512
     clip_path: str = ""
     clip_fingerprint: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "text_length", "width", "layers", "heads", "conv_kernel"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"dalle {name} must be at least 1, got {getattr(self, name)}")
-        if self.width % self.heads:
-            raise ConfigError(f"dalle width {self.width} must be divisible by heads {self.heads}")
+        check_transformer("dalle", self, ("vocab_size", "text_length", "width", "layers", "heads", "conv_kernel"))
         if self.attention not in ("dense", "sparse"):
             raise ConfigError(f"dalle attention must be dense or sparse, got {self.attention!r}")
         if not 0 <= self.text_loss_weight < 1:
@@ -112,30 +107,16 @@ def sequence_masks(text_length: int, grid: int, kinds: list[str], kernel: int = 
     return out
 
 
-def token_sampling(n: int, temperature: float, top_k: int, top_p: float) -> GenerationConfig:
-    """Decoding options for ``n`` image tokens (no end token; temperature 0 is greedy)."""
-    if temperature < 0:
-        raise ConfigError(f"temperature must be at least 0 (0: the most likely token), got {temperature}")
-    if temperature == 0:
-        return GenerationConfig(strategy="greedy", max_len=n)
-    return GenerationConfig(strategy="sample", max_len=n, temperature=temperature, top_k=top_k, top_p=top_p)
-
-
-class DALLE(ClipLinked):
+class DALLE(TokenGenerator):
     """Saved as arch ``dalle``; holds its image tokenizer (``image_tokenizer``) and its caption BPE
-    (``self.tokenizer``)."""
+    (``self.tokenizer``) (:class:`~clipforge.generation.token_generator.TokenGenerator`)."""
 
     arch = "dalle"
-    kind = "generator"
-    sampling_keys = ("temperature", "top_k", "top_p", "use_cache")
 
     def __init__(self, config: DALLEConfig) -> None:
-        super().__init__()
+        super().__init__(config.tokenizer_arch, config.tokenizer_config)
         self.config = c = config
-        self.image_tokenizer: ImageTokenizer = build_image_tokenizer(c.tokenizer_arch, c.tokenizer_config)
-        self.image_tokenizer.requires_grad_(False)
-        g, k = self.image_tokenizer.grid, self.image_tokenizer.codebook_size
-        self.grid, self.codes = g, k
+        g, k = self.grid, self.codes
         self.text_embed = nn.Embedding(c.vocab_size + 1, c.width)
         self.text_pos = nn.Embedding(c.text_length, c.width)
         self.image_embed = nn.Embedding(k, c.width)
@@ -192,11 +173,6 @@ class DALLE(ClipLinked):
         return {"loss": w * text_ce + (1 - w) * image_ce, "text_ce": text_ce.detach(), "image_ce": image_ce.detach()}
 
     # -- sampling -----------------------------------------------------------------------------------
-    def caption_ids(self, prompts: list[str]) -> torch.Tensor:
-        if self.tokenizer is None:
-            raise ConfigError(f"this {self.arch} has no caption tokenizer (tokenizer.json is missing from its folder)")
-        return caption_ids(self.tokenizer, prompts)[0].to(next(self.parameters()).device)
-
     @torch.no_grad()
     def sample_tokens(self, text: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                       generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
@@ -216,13 +192,3 @@ class DALLE(ClipLinked):
         out = generate(step, text, eos=-1, config=token_sampling(self.grid ** 2, temperature, top_k, top_p),
                        use_cache=use_cache, generator=generator)
         return out[:, length:]
-
-    @torch.no_grad()
-    def generate(self, prompts: list[str], generator: torch.Generator | None = None, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, use_cache: bool = True, **_: Any) -> dict[str, torch.Tensor]:
-        """Images [N, 3, H, W] in [-1, 1] for ``prompts`` and their image ``tokens``. Other generators'
-        sampling options (steps, guidance) do not apply and are ignored."""
-        self.eval()
-        tokens = self.sample_tokens(self.caption_ids(prompts), temperature, top_k, top_p, generator, use_cache)
-        images = self.image_tokenizer.decode(tokens.view(-1, self.grid, self.grid)).clamp(-1, 1)
-        return {"images": images, "tokens": tokens}

@@ -24,11 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipforge.config import build_config
-from clipforge.errors import ConfigError
-from clipforge.generation.caption_tokens import caption_ids
-from clipforge.generation.dalle import token_sampling
-from clipforge.generation.image_tokenizer import ImageTokenizer, build_image_tokenizer
-from clipforge.models.clip_linked import ClipLinked
+from clipforge.generation.token_generator import TokenGenerator, check_transformer, token_sampling
 from clipforge.models.generation import KVCache, generate
 from clipforge.models.transformer import ResidualBlock, Transformer, init_blocks
 
@@ -44,16 +40,14 @@ class DALLEMiniConfig:
     heads: int = 4
     tokenizer_arch: str = "vqvae"
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
+    tokenizer_path: str = ""  # where the tokenizer was trained (its weights are part of this model)
     clip_dim: int = 512
     clip_path: str = ""
     clip_fingerprint: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "text_length", "width", "encoder_layers", "decoder_layers", "heads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"dalle-mini {name} must be at least 1, got {getattr(self, name)}")
-        if self.width % self.heads:
-            raise ConfigError(f"dalle-mini width {self.width} must be divisible by heads {self.heads}")
+        check_transformer("dalle-mini", self, ("vocab_size", "text_length", "width", "encoder_layers",
+                                               "decoder_layers", "heads"))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,20 +57,15 @@ class DALLEMiniConfig:
         return build_config(cls, dict(d), "", strict=True)
 
 
-class DALLEMini(ClipLinked):
+class DALLEMini(TokenGenerator):
     """Saved as arch ``dalle_mini``."""
 
     arch = "dalle_mini"
-    kind = "generator"
-    sampling_keys = ("temperature", "top_k", "top_p", "use_cache")
 
     def __init__(self, config: DALLEMiniConfig) -> None:
-        super().__init__()
+        super().__init__(config.tokenizer_arch, config.tokenizer_config)
         self.config = c = config
-        self.image_tokenizer: ImageTokenizer = build_image_tokenizer(c.tokenizer_arch, c.tokenizer_config)
-        self.image_tokenizer.requires_grad_(False)
-        g, k = self.image_tokenizer.grid, self.image_tokenizer.codebook_size
-        self.grid, self.codes = g, k
+        g, k = self.grid, self.codes
         self.text_embed = nn.Embedding(c.vocab_size + 1, c.width)
         self.text_pos = nn.Embedding(c.text_length, c.width)
         self.encoder = Transformer(c.width, c.encoder_layers, c.heads)
@@ -126,11 +115,6 @@ class DALLEMini(ClipLinked):
         image_ce = F.cross_entropy(self(text, image)["image_logits"].flatten(0, 1).float(), image.flatten())
         return {"loss": image_ce, "image_ce": image_ce.detach()}
 
-    def caption_ids(self, prompts: list[str]) -> torch.Tensor:
-        if self.tokenizer is None:
-            raise ConfigError("this dalle_mini has no caption tokenizer (tokenizer.json is missing from its folder)")
-        return caption_ids(self.tokenizer, prompts)[0].to(next(self.parameters()).device)
-
     @torch.no_grad()
     def sample_tokens(self, text: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                       generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
@@ -148,12 +132,3 @@ class DALLEMini(ClipLinked):
         out = generate(step, start, eos=-1, config=token_sampling(self.grid ** 2, temperature, top_k, top_p),
                        use_cache=use_cache, generator=generator)
         return out[:, 1:]
-
-    @torch.no_grad()
-    def generate(self, prompts: list[str], generator: torch.Generator | None = None, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, use_cache: bool = True, **_: Any) -> dict[str, torch.Tensor]:
-        """Images [N, 3, H, W] in [-1, 1] for ``prompts`` and their image ``tokens``."""
-        self.eval()
-        tokens = self.sample_tokens(self.caption_ids(prompts), temperature, top_k, top_p, generator, use_cache)
-        images = self.image_tokenizer.decode(tokens.view(-1, self.grid, self.grid)).clamp(-1, 1)
-        return {"images": images, "tokens": tokens}

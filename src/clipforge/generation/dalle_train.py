@@ -69,6 +69,7 @@ def train_transformer(cfg: GenerationTrainConfig, clip: Any, images: torch.Tenso
     o = cfg.transformer
     shared = {"image_size": cfg.image_size, "vocab_size": text_tok.vocab_size, "text_length": cfg.text_length,
               "width": o.width, "heads": o.heads, "tokenizer_arch": tok.arch, "tokenizer_config": tok.config.to_dict(),
+              "tokenizer_path": str(Path(cfg.tokenizer).resolve()),
               **link}
     if cfg.method == "dalle":
         model: DALLE | DALLEMini = DALLE(DALLEConfig(**shared, layers=o.layers, attention=o.attention,
