@@ -68,8 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-prior", action="store_true", help="unclip: decode the text embedding itself, not the "
                    "prior's image embedding")
     _token_sampling(s)
-    s.add_argument("--canvas", default=None, help="aligndraw: also write the canvas after every step, a row per "
-                   "image (.png), or as an animation (.gif)")
+    s.add_argument("--canvas", default=None, help="aligndraw: also write the canvas after every step for each "
+                   "prompt's first image: a row per prompt (.png), or an animation (.gif)")
     s.add_argument("--out", default="samples.png", help="the grid PNG (default: samples.png)")
     s.set_defaults(func=run_sample)
 
@@ -191,8 +191,9 @@ def _write_canvas(model, prompts: list[str], options, path: str, scale: int) -> 
     if model.arch != "aligndraw":
         raise ConfigError(f"--canvas: only aligndraw draws on a canvas step by step, not {model.arch}")
     prompts = check_prompts(model, prompts)
-    out = model.generate(prompts, generator=torch.Generator().manual_seed(options.seed), canvases=True)
-    strip = to_uint8(out["canvases"]).cpu()  # [T, P, 3, H, W]
+    rows = [p for p in prompts for _ in range(options.n)]  # drawn as the grid draws them: the same latents
+    out = model.generate(rows, generator=torch.Generator().manual_seed(options.seed), canvases=True)
+    strip = to_uint8(out["canvases"][:, ::options.n]).cpu()  # [T, P, 3, H, W]: each prompt's first image
     steps = strip.shape[0]
     if path.lower().endswith(".gif"):
         frames = [image_grid(strip[t], columns=len(prompts), scale=scale) for t in range(steps)]

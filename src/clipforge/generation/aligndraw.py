@@ -50,7 +50,7 @@ class AlignDRAWConfig:
     text_hidden: int = 128  # each direction of the language LSTM
     word_dim: int = 64
     align_dim: int = 128
-    pixel_std: float = 0.1  # the likelihood's standard deviation, on pixels in [0, 1]
+    pixel_std: float = 0.3  # the likelihood's standard deviation, on pixels in [0, 1]
     clip_dim: int = 512
     clip_path: str = ""
     clip_fingerprint: str = ""
