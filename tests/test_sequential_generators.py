@@ -368,6 +368,8 @@ def test_tokenizers_and_transformers_train_resume_sample_and_are_judged_from_the
     assert "top_p in (0, 1]" in capsys.readouterr().err
     assert main(["generate", "sample", "--model", str(tmp_path / "dalle" / "model"), "a", "--search", "ga"]) == 2
     assert "latent search needs a generator with a latent" in capsys.readouterr().err
+    assert main(["generate", "interpolate", "--model", str(tmp_path / "dalle" / "model"), "a"]) == 2
+    assert "no latent to interpolate" in capsys.readouterr().err
     report = tmp_path / "eval"
     assert main(["eval", "generation", "--model", str(tmp_path / "dalle-mini" / "model"), "--judge",
                  str(root / "judge"), "--dataset", str(data), "-n", "1", "--out", str(report)]) == 0

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from clipforge.errors import ConfigError
 from clipforge.generation.diffusion import slerp
+from clipforge.generation.token_generator import TokenGenerator
 
 
 def _decoder_and_condition(model: Any, prompt: str, generator: torch.Generator) -> tuple[Any, Any]:
@@ -27,9 +28,9 @@ def interpolate(model: Any, prompt: str, to: str | None = None, frames: int = 8,
     """``frames`` images [-1, 1]: from one noise to another for ``prompt``, or (``to`` given) from
     ``prompt``'s embedding to ``to``'s with one noise."""
     g = torch.Generator().manual_seed(seed)
-    if not hasattr(model, "render") and getattr(model, "arch", "") != "unclip":
-        raise ConfigError(f"{getattr(model, 'arch', 'this generator')} draws discrete tokens and has no latent to "
-                          "interpolate (ddpm, unclip, the GANs and aligndraw have one)")
+    if isinstance(model, TokenGenerator):
+        raise ConfigError(f"{model.arch} draws discrete tokens and has no latent to interpolate (ddpm, unclip, the "
+                          "GANs and aligndraw have one)")
     decoder, a = _decoder_and_condition(model, prompt, g)
     n1, n2 = decoder.draw_latents(2, g).split(1)
     ws = torch.linspace(0, 1, frames).tolist()
