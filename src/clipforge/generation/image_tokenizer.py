@@ -2,7 +2,8 @@
 share: an image in [-1, 1] becomes a grid of codebook ids and back, and their codebook usage.
 
 A DALL-E transformer holds its tokenizer as a submodule, built from the tokenizer's arch and
-config saved in its own config (:func:`build_image_tokenizer`), so its folder is complete.
+config saved in its own config (:func:`clipforge.generation.token_generator.build_image_tokenizer`),
+so its folder is complete.
 """
 
 from __future__ import annotations
@@ -52,19 +53,6 @@ def check_sizes(image_size: int, downsamples: int, codebook_size: int) -> None:
         raise ConfigError(f"image_size={image_size} must be divisible by 2^downsamples ({2 ** downsamples})")
     if codebook_size < 2:
         raise ConfigError(f"codebook_size must be at least 2, got {codebook_size}")
-
-
-def build_image_tokenizer(arch: str, config: dict[str, Any]) -> ImageTokenizer:
-    """The tokenizer an arch name and config dict describe (what a transformer's config names)."""
-    if arch == "dvae":
-        from clipforge.generation.dvae import DiscreteVAE, DVAEConfig
-
-        return DiscreteVAE(DVAEConfig.from_dict(config))
-    if arch == "vqvae":
-        from clipforge.generation.vqvae import VQVAE, VQVAEConfig
-
-        return VQVAE(VQVAEConfig.from_dict(config))
-    raise ConfigError(f"unknown image tokenizer arch {arch!r} (expected dvae or vqvae)")
 
 
 def codebook_usage(tokens: torch.Tensor, codebook_size: int) -> dict[str, float]:

@@ -14,9 +14,20 @@ import torch
 
 from clipforge.errors import ConfigError
 from clipforge.generation.caption_tokens import caption_ids
-from clipforge.generation.image_tokenizer import ImageTokenizer, build_image_tokenizer
+from clipforge.generation.dvae import DiscreteVAE, DVAEConfig
+from clipforge.generation.image_tokenizer import ImageTokenizer
+from clipforge.generation.vqvae import VQVAE, VQVAEConfig
 from clipforge.models.clip_linked import ClipLinked
 from clipforge.models.generation import GenerationConfig
+
+
+def build_image_tokenizer(arch: str, config: dict[str, Any]) -> ImageTokenizer:
+    """The tokenizer an arch name and config dict describe (what a transformer's config names)."""
+    if arch == "dvae":
+        return DiscreteVAE(DVAEConfig.from_dict(config))
+    if arch == "vqvae":
+        return VQVAE(VQVAEConfig.from_dict(config))
+    raise ConfigError(f"unknown image tokenizer arch {arch!r} (expected dvae or vqvae)")
 
 
 def token_sampling(n: int, temperature: float, top_k: int, top_p: float) -> GenerationConfig:
