@@ -408,7 +408,8 @@ def test_top_images_rank_by_the_units_own_activation(tmp_path) -> None:
 def test_a_feature_visualisation_raises_its_target(kind: str) -> None:
     from clipforge.analysis.neurons import Target, visualise
 
-    model = clipforge.build("tiny-vit-32")
+    torch.manual_seed(0)  # the random tower must not depend on what earlier tests drew (a CI run drew one
+    model = clipforge.build("tiny-vit-32")  # whose unit 7 barely moved)
     target = Target(module="visual.transformer.resblocks.1", channel=7) if kind == "unit" \
         else Target(prompt="a red star")
     vis = visualise(model, target, steps=24, lr=0.1, seed=0)
