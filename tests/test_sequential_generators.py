@@ -127,12 +127,12 @@ def test_a_tiny_aligndraw_draws_the_colour_it_is_asked_for() -> None:
 # --- tokenizers -----------------------------------------------------------------------------------------
 
 def _train_tokenizer(model, steps: int = 150):
-    from clipforge.generation.tokenizer_train import step_generator
+    from clipforge.generation.rows_task import step_generator
 
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for step in range(steps):
         x = _colour_images(torch.randint(0, 4, (32,)), noise=0.1)
-        g = step_generator(0, step, 0)
+        g = step_generator(0, step, 0, stream=7)
         if isinstance(model, DiscreteVAE):
             out = model.loss(x, step, torch.rand((32, model.codebook_size, model.grid, model.grid), generator=g))
         else:

@@ -193,26 +193,32 @@ class AlignDRAW(ClipLinked):
         ids, lengths = caption_ids(self.tokenizer, prompts)
         return self.encode_captions(ids.to(device), lengths.to(device))
 
-    def render(self, latents: torch.Tensor, text: dict[str, torch.Tensor], canvases: bool = False,
-               **_: Any) -> torch.Tensor:
-        """sigmoid(c_T) mapped to [-1, 1], differentiable in ``latents``; one caption row is shared by
-        every latent. With ``canvases``: [T, N, 3, H, W], the image after each step."""
+    def _unroll(self, latents: torch.Tensor, text: dict[str, torch.Tensor]) -> tuple[list, list]:
+        """Draw from the prior with noise ``latents``: the canvas sigmoid(c_t) in [-1, 1] and the
+        alignment over the words after each step."""
         c = self.config
         device = next(self.parameters()).device
         eps = latents.to(device).view(len(latents), c.steps, c.z_dim)
         if text["words"].shape[0] == 1 and len(latents) > 1:
             text = {k: v.expand(len(latents), *v.shape[1:]) for k, v in text.items()}
         gen, canvas = self._start(len(latents), device)
-        strip = []
+        strip, alignment = [], []
         for t in range(c.steps):
             mu_p, logsig_p = self._prior(gen[0])
             z = mu_p + logsig_p.exp() * eps[:, t]
-            s, _ = self.align(gen[0], text["words_u"], text["words"], text["mask"])
+            s, a = self.align(gen[0], text["words_u"], text["words"], text["mask"])
             gen = self.decoder(torch.cat([z, s], 1), gen)
             canvas = canvas + self._write(gen[0])
-            if canvases:
-                strip.append(torch.sigmoid(canvas) * 2 - 1)
-        return torch.stack(strip) if canvases else torch.sigmoid(canvas) * 2 - 1
+            strip.append(torch.sigmoid(canvas) * 2 - 1)
+            alignment.append(a)
+        return strip, alignment
+
+    def render(self, latents: torch.Tensor, text: dict[str, torch.Tensor], canvases: bool = False,
+               **_: Any) -> torch.Tensor:
+        """sigmoid(c_T) mapped to [-1, 1], differentiable in ``latents``; one caption row is shared by
+        every latent. With ``canvases``: [T, N, 3, H, W], the image after each step."""
+        strip, _ = self._unroll(latents, text)
+        return torch.stack(strip) if canvases else strip[-1]
 
     @torch.no_grad()
     def generate(self, prompts: list[str], generator: torch.Generator | None = None,
@@ -227,20 +233,11 @@ class AlignDRAW(ClipLinked):
             return {"images": strip[-1], "canvases": strip}
         return {"images": self.render(eps, text)}
 
+    @torch.no_grad()
     def attention_over_words(self, text: dict[str, torch.Tensor], latents: torch.Tensor) -> torch.Tensor:
         """The alignment a [T, N, L] over each caption's tokens at every step (what the paper plots);
         ``text`` from :meth:`condition` or :meth:`encode_captions`."""
-        c = self.config
-        eps = latents.to(text["words"].device).view(len(latents), c.steps, c.z_dim)
-        gen, _ = self._start(len(latents), eps.device)
-        out = []
-        with torch.no_grad():
-            for t in range(c.steps):
-                mu_p, logsig_p = self._prior(gen[0])
-                s, a = self.align(gen[0], text["words_u"], text["words"], text["mask"])
-                gen = self.decoder(torch.cat([mu_p + logsig_p.exp() * eps[:, t], s], 1), gen)
-                out.append(a)
-        return torch.stack(out)
+        return torch.stack(self._unroll(latents, text)[1])
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -264,4 +261,4 @@ def validation_elbo(model: AlignDRAW, images: torch.Tensor, ids: torch.Tensor, l
             out = model.loss(x, text, noise)
             for k in sums:
                 sums[k] += float(out[k].sum())
-    return {k: v / len(images) for k, v in sums.items()} | {"pixels": images[0].numel()}
+    return {k: v / len(images) for k, v in sums.items()}

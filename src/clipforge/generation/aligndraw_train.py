@@ -11,19 +11,17 @@ from typing import Any
 import torch
 
 from clipforge.engine import distributed as D
-from clipforge.engine.loop import fit
 from clipforge.generation.aligndraw import AlignDRAW, AlignDRAWConfig, to_unit
 from clipforge.generation.caption_tokens import caption_ids, train_caption_tokenizer
 from clipforge.generation.config import GenerationTrainConfig
-from clipforge.generation.rows_task import RowsTask, engine_config
+from clipforge.generation.rows_task import RowsTask, engine_config, fit_rows, step_generator
 
 
 class AlignDRAWTask(RowsTask):
     def training_step(self, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
         c = self.model.config
         x = to_unit(batch["images"])
-        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + ctx.step * 4_099 + self.info.rank * 17)
-                                          % 2**62)
+        g = step_generator(self.cfg.seed, ctx.step, self.info.rank)
         noise = torch.randn((len(x), c.steps, c.z_dim), generator=g).to(self.device)
         with ctx.autocast():
             text = self.model.encode_captions(batch["ids"], batch["lengths"])
@@ -36,7 +34,6 @@ class AlignDRAWTask(RowsTask):
 def train_aligndraw(cfg: GenerationTrainConfig, clip: Any, images: torch.Tensor, captions: list[str], link: dict,
                     info: D.DistInfo, device: torch.device, resume: str | None, progress: bool) -> AlignDRAW:
     """Train alignDRAW on uint8 ``images`` and their ``captions``; saved to ``OUT_DIR/model``."""
-    from clipforge.checkpoints.native import save
 
     tokenizer = train_caption_tokenizer(captions, cfg.text_vocab, cfg.text_length)
     ids, lengths = caption_ids(tokenizer, captions)
@@ -50,14 +47,8 @@ def train_aligndraw(cfg: GenerationTrainConfig, clip: Any, images: torch.Tensor,
     rows = {"images": images, "ids": ids, "lengths": lengths, "row": torch.arange(len(images))}
     task = AlignDRAWTask(model, rows, cfg, info, device, cfg.ema)
 
-    def save_final(run_dir: Path) -> Path:
-        model.load_state_dict(task.final_weights().state_dict())
-        return save(model, run_dir / "model")
-
-    task.save_final = save_final  # type: ignore[method-assign]
     # LSTMs over 16 steps: clipping keeps an early large gradient from throwing the canvas off.
-    fit(task, engine_config(cfg, Path(cfg.out_dir), cfg.epochs, cfg.minutes, "generate aligndraw", grad_clip=1.0),
-        info, device, resume=resume, progress=progress)
-    model.load_state_dict(task.final_weights().state_dict())
+    fit_rows(task, model, engine_config(cfg, Path(cfg.out_dir), cfg.epochs, cfg.minutes, "generate aligndraw",
+                                        grad_clip=1.0), info, device, resume, progress)
     model.attach_clip(clip)
     return model

@@ -12,6 +12,7 @@ import logging
 
 import torch
 
+from clipforge.tokenizer.bpe import pack
 from clipforge.tokenizer.trained import TrainedBPETokenizer
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,10 @@ def train_caption_tokenizer(captions: list[str], vocab_size: int, length: int) -
 
 def caption_ids(tokenizer: TrainedBPETokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids [N, L] with pads set to ``tokenizer.vocab_size``, lengths [N]); warns when captions are cut."""
-    ids = tokenizer(texts)
-    is_end = ids == tokenizer.eot_token_id
-    lengths = is_end.float().argmax(1) + 1
-    cut = sum(len(tokenizer.encode(t)) + 2 > tokenizer.context_length for t in texts)
+    encoded = [tokenizer.encode(t) for t in texts]  # once: the cut count and the packing share it
+    ids = pack(encoded, tokenizer.sot_token_id, tokenizer.eot_token_id, tokenizer.context_length)
+    lengths = (ids == tokenizer.eot_token_id).float().argmax(1) + 1
+    cut = sum(len(e) + 2 > tokenizer.context_length for e in encoded)
     if cut:
         log.warning(f"{cut} caption(s) longer than the generator's {tokenizer.context_length} text tokens are cut")
     pos = torch.arange(ids.shape[1])

@@ -18,12 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from clipforge.engine import distributed as D
-from clipforge.engine.loop import fit
 from clipforge.errors import ConfigError
 from clipforge.generation.config import GenerationTrainConfig
 from clipforge.generation.controlgan import ControlGAN, ControlGANConfig, text_condition
 from clipforge.generation.gan_train import adam_pair, step_noise, wrong_texts
-from clipforge.generation.rows_task import RowsTask, engine_config
+from clipforge.generation.rows_task import RowsTask, engine_config, fit_rows
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -138,7 +137,6 @@ def caption_words(clip: Any, captions: list[str], batch_size: int = 256) -> dict
 def train_controlgan(cfg: GenerationTrainConfig, clip: Any, images: torch.Tensor, captions: list[str], link: dict,
                      info: D.DistInfo, device: torch.device, resume: str | None, progress: bool) -> ControlGAN:
     """Train ControlGAN on uint8 ``images`` and their ``captions``; saved to ``OUT_DIR/model``."""
-    from clipforge.checkpoints.native import save
 
     if not hasattr(clip.visual, "forward_middle"):
         raise ConfigError("controlgan: the CLIP's image tower has no middle features for the perceptual loss "
@@ -155,13 +153,7 @@ def train_controlgan(cfg: GenerationTrainConfig, clip: Any, images: torch.Tensor
             "row": torch.arange(len(images))}
     task = ControlGANTask(model, clip, rows, cfg, info, device, cfg.ema)
 
-    def save_final(run_dir: Path) -> Path:
-        model.load_state_dict(task.final_weights().state_dict())
-        return save(model, run_dir / "model")
-
-    task.save_final = save_final  # type: ignore[method-assign]
-    fit(task, engine_config(cfg, Path(cfg.out_dir), cfg.epochs, cfg.minutes, "generate controlgan"), info, device,
-        resume=resume, progress=progress)
-    model.load_state_dict(task.final_weights().state_dict())
+    fit_rows(task, model, engine_config(cfg, Path(cfg.out_dir), cfg.epochs, cfg.minutes, "generate controlgan"), info,
+             device, resume, progress)
     model.attach_clip(clip)
     return model

@@ -21,51 +21,32 @@ key/value cache); the image is decoded by the tokenizer. The attached CLIP only 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.config import build_config
 from clipforge.errors import ConfigError
-from clipforge.generation.token_generator import TokenGenerator, check_transformer, token_sampling
+from clipforge.generation.token_generator import TokenGenerator, TokenTransformerConfig, token_sampling
 from clipforge.models.generation import KVCache, generate
 from clipforge.models.transformer import ResidualBlock, init_blocks
 
 
 @dataclass(frozen=True)
-class DALLEConfig:
-    image_size: int = 32
-    vocab_size: int = 512  # the caption BPE's ids; one more is the pad
-    text_length: int = 24
-    width: int = 256
+class DALLEConfig(TokenTransformerConfig):
     layers: int = 4
-    heads: int = 4
     attention: Literal["dense", "sparse"] = "dense"
     conv_kernel: int = 3  # the sparse pattern's last layer: a k x k causal neighbourhood
     text_loss_weight: float = 0.125
-    tokenizer_arch: str = "dvae"
-    tokenizer_config: dict[str, Any] = field(default_factory=dict)
-    tokenizer_path: str = ""  # where the tokenizer was trained (its weights are part of this model)
-    clip_dim: int = 512
-    clip_path: str = ""
-    clip_fingerprint: str = ""
 
     def __post_init__(self) -> None:
-        check_transformer("dalle", self, ("vocab_size", "text_length", "width", "layers", "heads", "conv_kernel"))
+        self.check("dalle", ("layers", "conv_kernel"))
         if self.attention not in ("dense", "sparse"):
             raise ConfigError(f"dalle attention must be dense or sparse, got {self.attention!r}")
         if not 0 <= self.text_loss_weight < 1:
             raise ConfigError(f"text_loss_weight must be in [0, 1), got {self.text_loss_weight}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DALLEConfig:
-        return build_config(cls, dict(d), "", strict=True)
 
 
 def image_mask(kind: str, grid: int, kernel: int = 3) -> torch.Tensor:

@@ -16,45 +16,25 @@ top-p, key/value cache; the caption's cross-attention keys and values are comput
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.config import build_config
-from clipforge.generation.token_generator import TokenGenerator, check_transformer, token_sampling
+from clipforge.generation.token_generator import TokenGenerator, TokenTransformerConfig, token_sampling
 from clipforge.models.generation import KVCache, generate
 from clipforge.models.transformer import ResidualBlock, Transformer, init_blocks
 
 
 @dataclass(frozen=True)
-class DALLEMiniConfig:
-    image_size: int = 32
-    vocab_size: int = 512
-    text_length: int = 24
-    width: int = 256
+class DALLEMiniConfig(TokenTransformerConfig):
+    tokenizer_arch: str = "vqvae"
     encoder_layers: int = 2
     decoder_layers: int = 4
-    heads: int = 4
-    tokenizer_arch: str = "vqvae"
-    tokenizer_config: dict[str, Any] = field(default_factory=dict)
-    tokenizer_path: str = ""  # where the tokenizer was trained (its weights are part of this model)
-    clip_dim: int = 512
-    clip_path: str = ""
-    clip_fingerprint: str = ""
 
     def __post_init__(self) -> None:
-        check_transformer("dalle-mini", self, ("vocab_size", "text_length", "width", "encoder_layers",
-                                               "decoder_layers", "heads"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DALLEMiniConfig:
-        return build_config(cls, dict(d), "", strict=True)
+        self.check("dalle-mini", ("encoder_layers", "decoder_layers"))
 
 
 class DALLEMini(TokenGenerator):

@@ -15,14 +15,13 @@ from typing import Any
 import torch
 
 from clipforge.engine import distributed as D
-from clipforge.engine.loop import fit
 from clipforge.errors import ConfigError
 from clipforge.generation.caption_tokens import caption_ids, train_caption_tokenizer
 from clipforge.generation.config import GenerationTrainConfig
 from clipforge.generation.dalle import DALLE, DALLEConfig
 from clipforge.generation.dalle_mini import DALLEMini, DALLEMiniConfig
 from clipforge.generation.image_tokenizer import ImageTokenizer
-from clipforge.generation.rows_task import RowsTask, engine_config
+from clipforge.generation.rows_task import RowsTask, engine_config, fit_rows
 
 
 class TokenTransformerTask(RowsTask):
@@ -60,7 +59,6 @@ def train_transformer(cfg: GenerationTrainConfig, clip: Any, images: torch.Tenso
                       link: dict, info: D.DistInfo, device: torch.device, resume: str | None,
                       progress: bool) -> DALLE | DALLEMini:
     """Train ``dalle`` or ``dalle-mini`` on uint8 ``images`` and ``captions``; saved to ``OUT_DIR/model``."""
-    from clipforge.checkpoints.native import save
 
     tok = load_image_tokenizer(cfg.tokenizer, cfg.image_size, device)
     image_ids = tokenize_images(tok, images, device)
@@ -83,13 +81,7 @@ def train_transformer(cfg: GenerationTrainConfig, clip: Any, images: torch.Tenso
     rows = {"text": text_ids, "image": image_ids, "row": torch.arange(len(images))}
     task = TokenTransformerTask(model, rows, cfg, info, device, cfg.ema)
 
-    def save_final(run_dir: Path) -> Path:
-        model.load_state_dict(task.final_weights().state_dict())
-        return save(model, run_dir / "model")
-
-    task.save_final = save_final  # type: ignore[method-assign]
-    fit(task, engine_config(cfg, Path(cfg.out_dir), cfg.epochs, cfg.minutes, f"generate {cfg.method}", grad_clip=1.0),
-        info, device, resume=resume, progress=progress)
-    model.load_state_dict(task.final_weights().state_dict())
+    fit_rows(task, model, engine_config(cfg, Path(cfg.out_dir), cfg.epochs, cfg.minutes, f"generate {cfg.method}",
+                                        grad_clip=1.0), info, device, resume, progress)
     model.attach_clip(clip)
     return model

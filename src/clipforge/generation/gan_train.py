@@ -27,15 +27,14 @@ from clipforge.engine import distributed as D
 from clipforge.engine.loop import fit
 from clipforge.generation.config import GenerationTrainConfig
 from clipforge.generation.gan import GANConfig, TextGAN
-from clipforge.generation.rows_task import RowsTask, engine_config
+from clipforge.generation.rows_task import RowsTask, engine_config, fit_rows, step_generator
 
 
 def step_noise(n: int, dim: int, seed: int, step: int, rank: int, stream: int,
                device: torch.device) -> torch.Tensor:
     """Noise [n, dim] drawn from the run's seed, the step, the rank and a stream number (so a resumed
     run draws what the uninterrupted one would)."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + step * 4_099 + rank * 17 + stream) % 2**62)
-    return torch.randn((n, dim), generator=g).to(device)
+    return torch.randn((n, dim), generator=step_generator(seed, step, rank, stream)).to(device)
 
 
 def adam_pair(generator: torch.nn.Module, discriminator: torch.nn.Module,
@@ -156,14 +155,8 @@ def train_gan(cfg: GenerationTrainConfig, clip: Any, images: torch.Tensor, text_
     else:
         gan_epochs, gan_minutes = cfg.epochs, cfg.minutes
 
-    def save_final(run_dir: Path) -> Path:
-        model.load_state_dict(task.final_weights().state_dict())
-        return save(model, run_dir / "model")
-
-    task.save_final = save_final  # type: ignore[method-assign]
-    fit(task, engine_config(cfg, out, gan_epochs, gan_minutes, f"generate {cfg.method}"), info, device,
-        resume=resume, progress=progress)
-    model.load_state_dict(task.final_weights().state_dict())
+    fit_rows(task, model, engine_config(cfg, out, gan_epochs, gan_minutes, f"generate {cfg.method}"), info, device,
+             resume, progress)
     if style_share:
         assert model.style is not None
         style_task = StyleTask(model, {"cond": text_emb, "row": torch.arange(len(text_emb))}, cfg, info, device)

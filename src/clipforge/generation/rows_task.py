@@ -13,15 +13,24 @@ from safetensors.torch import load_file, save_file
 
 from clipforge.data.sampler import epoch_batches
 from clipforge.engine import distributed as D
-from clipforge.engine.loop import EngineConfig
+from clipforge.engine.loop import EngineConfig, fit
 from clipforge.engine.schedule import param_groups
 from clipforge.engine.task import Task
 from clipforge.generation.config import GenerationTrainConfig
 
 
+def step_generator(seed: int, step: int, rank: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator seeded by the run's seed, the step, the rank and a stream number: a resumed
+    run draws what the uninterrupted one would."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 4_099 + rank * 17 + stream) % 2**62)
+
+
 class RowsTask(Task):
     """Rows held in memory (images and/or embeddings), batched by the engine's sampler; the model's
-    EMA is updated after each step and is what :meth:`final_weights` gives."""
+    EMA is updated after each step and is what :meth:`final_weights` gives. ``product`` (set by
+    :func:`fit_rows`) is the model saved at the end: the task's model or the one holding it."""
+
+    product: torch.nn.Module | None = None
 
     def __init__(self, model: torch.nn.Module, rows: dict[str, torch.Tensor], cfg: GenerationTrainConfig,
                  info: D.DistInfo, device: torch.device, ema: float) -> None:
@@ -74,6 +83,19 @@ class RowsTask(Task):
     def final_weights(self) -> torch.nn.Module:
         return self.ema if self.ema is not None else self.model
 
+    def use_final_weights(self) -> None:
+        """Put the final weights (the EMA when kept) into the trained model."""
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.state_dict())
+
+    def save_final(self, run_dir: Path) -> Path | None:
+        if self.product is None:
+            return None
+        from clipforge.checkpoints.native import save
+
+        self.use_final_weights()
+        return save(self.product, run_dir / "model")
+
     def save_state(self, folder: Path) -> None:
         super().save_state(folder)
         if self.ema is not None:
@@ -93,3 +115,12 @@ def engine_config(cfg: GenerationTrainConfig, out_dir: Path, epochs: int, minute
                         schedule=cfg.schedule_lr, precision=cfg.precision, micro_batch_size=cfg.micro_batch_size,
                         log_every_steps=cfg.log_every_steps, save_every_minutes=cfg.save_every_minutes,
                         save_each_epoch=False, eval_every_epochs=0, tensorboard=cfg.tensorboard, label=label)
+
+
+def fit_rows(task: RowsTask, product: torch.nn.Module, config: EngineConfig, info: D.DistInfo,
+             device: torch.device, resume: str | None, progress: bool) -> None:
+    """Fit ``task`` on the engine; ``product`` (the model it trains, or the one holding it) is saved
+    to RUN/model with the final weights, which every rank's model holds afterwards."""
+    task.product = product
+    fit(task, config, info, device, resume=resume, progress=progress)
+    task.use_final_weights()

@@ -8,10 +8,12 @@ Sampling options are the library's autoregressive decoding
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from clipforge.config import build_config
 from clipforge.errors import ConfigError
 from clipforge.generation.caption_tokens import caption_ids
 from clipforge.generation.dvae import DiscreteVAE, DVAEConfig
@@ -39,13 +41,36 @@ def token_sampling(n: int, temperature: float, top_k: int, top_p: float) -> Gene
     return GenerationConfig(strategy="sample", max_len=n, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
-def check_transformer(name: str, config: Any, counts: tuple[str, ...]) -> None:
-    """Refuse a transformer config with a count below 1 or a width the heads do not divide."""
-    for field in counts:
-        if getattr(config, field) < 1:
-            raise ConfigError(f"{name} {field} must be at least 1, got {getattr(config, field)}")
-    if config.width % config.heads:
-        raise ConfigError(f"{name} width {config.width} must be divisible by heads {config.heads}")
+@dataclass(frozen=True)
+class TokenTransformerConfig:
+    """The fields DALL-E's and DALL-E mini's configs share (each adds its layers)."""
+
+    image_size: int = 32
+    vocab_size: int = 512  # the caption BPE's ids; one more is the pad
+    text_length: int = 24
+    width: int = 256
+    heads: int = 4
+    tokenizer_arch: str = "dvae"
+    tokenizer_config: dict[str, Any] = field(default_factory=dict)
+    tokenizer_path: str = ""  # where the tokenizer was trained (its weights are part of this model)
+    clip_dim: int = 512
+    clip_path: str = ""
+    clip_fingerprint: str = ""
+
+    def check(self, name: str, counts: tuple[str, ...]) -> None:
+        """Refuse a count below 1 or a width the heads do not divide."""
+        for key in ("vocab_size", "text_length", "width", "heads", *counts):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{name} {key} must be at least 1, got {getattr(self, key)}")
+        if self.width % self.heads:
+            raise ConfigError(f"{name} width {self.width} must be divisible by heads {self.heads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return build_config(cls, dict(d), "", strict=True)
 
 
 class TokenGenerator(ClipLinked):

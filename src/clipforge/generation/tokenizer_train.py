@@ -13,16 +13,11 @@ from typing import Any
 import torch
 
 from clipforge.engine import distributed as D
-from clipforge.engine.loop import fit
 from clipforge.generation.config import GenerationTrainConfig
 from clipforge.generation.dvae import DiscreteVAE, DVAEConfig
 from clipforge.generation.image_tokenizer import ImageTokenizer
-from clipforge.generation.rows_task import RowsTask, engine_config
+from clipforge.generation.rows_task import RowsTask, engine_config, fit_rows, step_generator
 from clipforge.generation.vqvae import VQVAE, VQVAEConfig
-
-
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 4_099 + rank * 17 + 7) % 2**62)
 
 
 def tokenizer_from_options(cfg: GenerationTrainConfig) -> ImageTokenizer:
@@ -41,7 +36,7 @@ class TokenizerTask(RowsTask):
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: Any) -> dict[str, Any]:
         x = batch["images"].float() / 127.5 - 1
-        g = step_generator(self.cfg.seed, ctx.step, self.info.rank)
+        g = step_generator(self.cfg.seed, ctx.step, self.info.rank, stream=7)
         with ctx.autocast():
             if isinstance(self.model, DiscreteVAE):
                 grid = self.model.grid
@@ -53,19 +48,12 @@ class TokenizerTask(RowsTask):
 def train_tokenizer(cfg: GenerationTrainConfig, images: torch.Tensor, info: D.DistInfo, device: torch.device,
                     resume: str | None, progress: bool) -> ImageTokenizer:
     """Train a ``dvae`` or ``vqvae`` on uint8 ``images``; saved to ``OUT_DIR/model`` and returned."""
-    from clipforge.checkpoints.native import save
 
     model = tokenizer_from_options(cfg).to(device)
     D.broadcast_parameters(model, info)
     # No weight average: the VQ codebook follows the live encoder (it is itself a moving average).
     task = TokenizerTask(model, {"images": images, "row": torch.arange(len(images))}, cfg, info, device, 0.0)
 
-    def save_final(run_dir: Path) -> Path:
-        model.load_state_dict(task.final_weights().state_dict())
-        return save(model, run_dir / "model")
-
-    task.save_final = save_final  # type: ignore[method-assign]
-    fit(task, engine_config(cfg, Path(cfg.out_dir), cfg.epochs, cfg.minutes, f"generate {cfg.method}"), info,
-        device, resume=resume, progress=progress)
-    model.load_state_dict(task.final_weights().state_dict())
+    fit_rows(task, model, engine_config(cfg, Path(cfg.out_dir), cfg.epochs, cfg.minutes, f"generate {cfg.method}"),
+             info, device, resume, progress)
     return model.eval()

@@ -24,7 +24,7 @@ from clipforge.errors import ConfigError, DataError
 from clipforge.generation.config import GAN_METHODS, TOKENIZER_METHODS, TRANSFORMER_METHODS, GenerationTrainConfig
 from clipforge.generation.diffusion import CLIPDiffusion, DiffusionConfig, training_draws
 from clipforge.generation.prior import PriorConfig
-from clipforge.generation.rows_task import RowsTask, engine_config
+from clipforge.generation.rows_task import RowsTask, engine_config, fit_rows
 from clipforge.generation.schedule import ScheduleConfig
 from clipforge.generation.unclip import UnCLIP, UnCLIPConfig
 from clipforge.generation.unet import UNetConfig
@@ -81,7 +81,6 @@ def train_generator(cfg: GenerationTrainConfig, resume: str | None = None, progr
     """Train the generator (or image tokenizer) ``cfg`` describes; it is saved to ``OUT_DIR/model``
     and returned."""
     from clipforge.checkpoints import load
-    from clipforge.checkpoints.native import save
     from clipforge.data.pairs import read_pairs
     from clipforge.evaluation.cache import model_fingerprint
     from clipforge.evaluation.embed import embed_images, embed_texts
@@ -173,12 +172,7 @@ def train_generator(cfg: GenerationTrainConfig, resume: str | None = None, progr
     D.broadcast_parameters(decoder, info)
     task = DiffusionTask(decoder, rows, cfg, info, device, cfg.ema)
 
-    def save_final(run_dir: Path) -> Path:
-        decoder.load_state_dict(task.final_weights().state_dict())
-        return save(model, run_dir / "model")
-
-    task.save_final = save_final  # type: ignore[method-assign]
-    fit(task, engine_config(cfg, out, epochs, minutes, f"generate {cfg.method}"), info, device, resume=resume,
-        progress=progress)
+    fit_rows(task, model, engine_config(cfg, out, epochs, minutes, f"generate {cfg.method}"), info, device, resume,
+             progress)
     model.attach_clip(clip)
     return model
