@@ -156,3 +156,159 @@ def test_a_built_in_name_means_its_training_split() -> None:
         unlabelled_images("digits:test")
     train, test = labelled_sets("digits")
     assert not set(train.images) & set(test.images) and set(unlabelled_images("digits")) == set(train.images)
+
+
+def _lars_reference(w0, grads, lrs, momentum, wd, trust, adapt):
+    """SimCLR's LARS (google-research/simclr lars_optimizer.py), one float64 element loop per step."""
+    import numpy as np
+
+    w, v = np.array(w0, dtype=np.float64), np.zeros(len(w0))
+    for g, lr in zip(grads, lrs):
+        g = np.array(g, dtype=np.float64)
+        if adapt:
+            g = g + wd * w
+            wn, gn = np.sqrt(sum(x * x for x in w)), np.sqrt(sum(x * x for x in g))
+            ratio = trust * wn / gn if wn > 0 and gn > 0 else 1.0
+        else:
+            ratio = 1.0
+        for i in range(len(w)):
+            v[i] = momentum * v[i] + lr * ratio * g[i]
+            w[i] -= v[i]
+    return w
+
+
+@pytest.mark.parametrize("adapt", [True, False])
+def test_lars_follows_simclrs_update_rule(adapt) -> None:
+    from clipforge.engine.lars import LARS
+
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(6, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(6, generator=gen, dtype=torch.float64) for _ in range(5)]
+    lrs = [0.5, 1.0, 0.8, 0.3, 0.1]  # a schedule: the rate sits inside the momentum, as in SimCLR's code
+    p = torch.nn.Parameter(w0.clone())
+    opt = LARS([{"params": [p], "lars": adapt, "weight_decay": 0.1 if adapt else 0.0}], lr=1.0, momentum=0.9,
+               weight_decay=0.1, trust=1e-3)
+    for g, lr in zip(grads, lrs):
+        opt.param_groups[0]["lr"] = lr
+        p.grad = g.clone()
+        opt.step()
+    expected = _lars_reference(w0.tolist(), [g.tolist() for g in grads], lrs, 0.9, 0.1, 1e-3, adapt)
+    assert torch.allclose(p.detach(), torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+
+
+def test_lars_groups_and_default_rates() -> None:
+    from clipforge.engine.lars import LARS, lars_groups
+    from clipforge.errors import ConfigError
+    from clipforge.ssl.trainer import build_method, build_optimizer
+
+    cfg = SSLConfig.from_dict({"optimizer": "lars", "batch_size": 256, "image_size": 16, "embed_dim": 16})
+    assert cfg.peak_lr() == pytest.approx(0.075 * 16)  # the SimCLR paper's 0.075 sqrt(N)
+    assert SSLConfig.from_dict({}).peak_lr() == 1e-3 and SSLConfig.from_dict({"lr": 0.01}).peak_lr() == 0.01
+    method = build_method(cfg, _encoder())
+    opt = build_optimizer(cfg, method)
+    assert isinstance(opt, LARS)
+    adapt, plain = lars_groups(method, 1e-6)
+    names = {id(p): n for n, p in method.named_parameters()}
+    assert all(p.ndim >= 2 for p in adapt["params"])  # weights adapt; biases, gains, embeddings do not
+    assert {names[id(p)] for p in plain["params"]} == {n for n, p in method.named_parameters()
+                                                        if p.ndim < 2 or "positional_embedding" in n}
+    assert not plain["lars"] and plain["weight_decay"] == 0
+    with pytest.raises(ConfigError, match="optimizer must be one of 'adamw', 'lars'"):
+        SSLConfig.from_dict({"optimizer": "sgd"})
+
+
+def test_channels_last_gives_the_same_loss_and_gradients() -> None:
+    from clipforge.ssl.trainer import build_method
+
+    cfg = SSLConfig.from_dict({"image_size": 16, "embed_dim": 16, "proj_hidden": 32})
+    a = build_method(cfg, _encoder())
+    b = build_method(cfg, _encoder())
+    b.load_state_dict(a.state_dict())
+    b = b.to(memory_format=torch.channels_last)
+    x1, x2 = _images(8), _images(8, seed=1)
+    la = a(x1, x2)
+    lb = b(x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last))
+    la.backward()
+    lb.backward()
+    assert torch.allclose(la, lb, atol=1e-5)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-4, rtol=1e-3), name
+
+
+def test_object_crops_hold_their_object(tmp_path) -> None:
+    import csv
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from clipforge.data.synthetic import COLOURS, POSITIONS
+    from clipforge.data.synthetic_objects import crop_box, write_object_crops
+    from helpers import tiny_synth
+
+    for position in POSITIONS:  # every box is inside the scene and around its cell's centre
+        x0, y0, x1, y1 = crop_box(position, 64)
+        row, col = divmod(POSITIONS.index(position), 3)
+        assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64 and x1 - x0 == y1 - y0 == 26
+        assert x0 <= (col + 0.5) * 64 / 3 <= x1 and y0 <= (row + 0.5) * 64 / 3 <= y1
+    scenes = tiny_synth(tmp_path / "synth", n_train=20)
+    counts = write_object_crops(scenes, tmp_path / "objects", train_scenes=10)
+    meta = json.loads((scenes / "meta.json").read_text())
+    assert counts["labelled"] == sum(meta["counts"][s] for s in ("zeroshot_seen", "zeroshot_heldout"))
+    assert counts["train_crops"] == len(list((tmp_path / "objects" / "train").glob("*.png"))) >= 10
+    with open(tmp_path / "objects" / "labelled.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:  # the labelled object's colour is in its crop (a shape is at least ~20 pixels here)
+        pixels = np.asarray(Image.open(tmp_path / "objects" / r["image"]), dtype=np.float64).reshape(-1, 3)
+        near = np.linalg.norm(pixels - np.array(COLOURS[r["colour"]]), axis=1) < 30
+        assert near.sum() >= 10, r
+
+
+def test_multi_crop_adds_small_views_as_positives_of_the_global_ones() -> None:
+    from clipforge.ssl.methods import view_pairs
+
+    assert view_pairs(2) == [(0, 1), (1, 0)] and view_pairs(3) == [(0, 1), (0, 2), (1, 0), (1, 2)]
+    enc = _encoder()
+    x1, x2 = _images(8, 16), _images(8, 16, seed=1)
+    small = [_images(8, 8, seed=2), _images(8, 8, seed=3)]  # half the side: the pool resamples its grid
+    torch.manual_seed(0)
+    simclr = SimCLR(enc, 16, 0.5, 32, 16).eval()
+    z = [simclr.projector(enc(v)) for v in (x1, x2, *small)]
+    by_hand = (nt_xent(z[0], z[1]) + nt_xent(z[0], z[2]) + nt_xent(z[0], z[3]) + nt_xent(z[1], z[2])
+               + nt_xent(z[1], z[3])) / 5
+    assert torch.allclose(simclr(x1, x2, small), by_hand, atol=1e-6)
+    assert torch.allclose(simclr(x1, x2), nt_xent(z[0], z[1]), atol=1e-6)  # no small view: the paper's loss
+
+    siam = SimSiam(enc, 16, 32, 8).eval()
+    z = [siam.projector(enc(v)) for v in (x1, x2, *small)]
+    p = [siam.predictor(v) for v in z]
+    d = lambda a, b: -F.cosine_similarity(a, b, dim=-1).mean()  # noqa: E731
+    by_hand = (d(p[1], z[0]) + d(p[2], z[0]) + d(p[3], z[0]) + d(p[0], z[1]) + d(p[2], z[1]) + d(p[3], z[1])) / 6
+    assert torch.allclose(siam(x1, x2, small), by_hand, atol=1e-6)
+
+    byol = BYOL(enc, 16, 32, 16).eval()
+    loss = byol(x1, x2, small)
+    loss.backward()
+    assert all(q.grad is None for q in byol.target_parameters())  # targets: the global views, no gradient
+    t = [byol.target_projector(byol.target_encoder(v)) for v in (x1, x2)]
+    p = [byol.predictor(byol.projector(enc(v))) for v in (x1, x2, *small)]
+    term = lambda a, b: (2 - 2 * F.cosine_similarity(a, b, dim=-1)).mean()  # noqa: E731
+    by_hand = (term(p[1], t[0]) + term(p[2], t[0]) + term(p[3], t[0]) + term(p[0], t[1]) + term(p[2], t[1])
+               + term(p[3], t[1])) * 2 / 6
+    assert torch.allclose(loss, by_hand, atol=1e-6)
+
+
+def test_multi_crop_trains_and_refuses_a_vit(tmp_path) -> None:
+    from clipforge.errors import ConfigError
+    from clipforge.ssl.trainer import train_ssl
+
+    base = {"method": "simclr", "data": "digits", "image_size": 16, "embed_dim": 16, "proj_hidden": 32,
+            "proj_out": 16, "epochs": 1, "max_steps": 2, "batch_size": 64, "eval_every_steps": 0,
+            "tensorboard": False, "eval_linear_probe": False, "out_dir": str(tmp_path / "run"),
+            "augment": {"small_crops": 2, "small_crop_size": 8},
+            "encoder": {"type": "resnet", "layers": [1, 1, 1, 1], "width": 8, "head_width": 8, "stem": "small"}}
+    _, state = train_ssl(SSLConfig.from_dict(base), progress=False)
+    assert state.step == 2
+    vit = {**base, "encoder": {"type": "vit", "patch_size": 4, "width": 16, "layers": 1, "heads": 2}}
+    with pytest.raises(ConfigError, match="needs a resnet encoder"):
+        train_ssl(SSLConfig.from_dict(vit), progress=False)

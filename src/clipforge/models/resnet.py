@@ -8,6 +8,7 @@ place of global average pooling.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
@@ -77,9 +78,15 @@ class AttentionPool2d(nn.Module):
         self.c_proj = nn.Linear(width, output_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, _, _ = x.shape
+        n, c, hh, ww = x.shape
         x = x.flatten(2).transpose(1, 2)  # [N, HW, C]
-        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + self.positional_embedding.to(x.dtype)
+        pe = self.positional_embedding
+        if hh * ww != pe.shape[0] - 1:  # another input size (e.g. multi-crop's small views): resample the grid
+            side = math.isqrt(pe.shape[0] - 1)
+            grid = pe[1:].T.reshape(1, c, side, side)
+            grid = F.interpolate(grid, size=(hh, ww), mode="bicubic", align_corners=False)
+            pe = torch.cat([pe[:1], grid.reshape(c, hh * ww).T])
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + pe.to(x.dtype)
         h, dh = self.heads, c // self.heads
         q = self.q_proj(x[:, :1]).view(n, 1, h, dh).transpose(1, 2)
         k = self.k_proj(x).view(n, -1, h, dh).transpose(1, 2)

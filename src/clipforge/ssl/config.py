@@ -12,6 +12,7 @@ from clipforge.errors import ConfigError
 
 Method = Literal["simclr", "byol", "simsiam"]
 METHODS: tuple[str, ...] = get_args(Method)
+Optimizer = Literal["adamw", "lars"]
 
 
 @dataclass
@@ -26,6 +27,10 @@ class SSLAugment:
     blur_sigma: list[float] = opt([0.1, 2.0], "Gaussian blur sigma range")
     blur_kernel: float = opt(0.1, "Gaussian blur kernel side as a fraction of the image side (SimCLR: 0.1; at "
                                   "least 3 pixels, odd)")
+    small_crops: int = opt(0, "multi-crop (SwAV): this many extra low-resolution views per image, each a "
+                              "positive of both global views (0: the papers' two views); ResNet encoders")
+    small_crop_size: int = opt(16, "side of the small views in pixels")
+    small_crop_scale: list[float] = opt([0.08, 0.25], "area range of the small views' crops")
 
 
 @dataclass
@@ -33,11 +38,13 @@ class SSLConfig(TaskOptions):
     method: Method = opt("simclr", "simclr, byol or simsiam")
     data: str = opt("synthetic", "unlabelled images: a folder (searched recursively), webdataset shards, or a "
                     "built-in name, which means its training split (digits = digits:train, 1,257 images; "
-                    "synthetic = the demo scenes' training images)")
+                    "synthetic = the demo scenes' training images; objects = those scenes' objects cut out at their "
+                    "grid cells)")
     eval_data: str | None = opt(None, "labelled data for kNN and linear-probe accuracy: a built-in name; the "
                                 "probes fit on its training split and are scored on its held-out split "
                                 "(digits: digits:train / digits:test; synthetic: shape as the label, a 70/30 "
-                                "split of the single-object scenes); default: data if built-in")
+                                "split of the single-object scenes; objects / objects-colour: those objects cut "
+                                "out at their cells, by shape / colour); default: data if built-in")
     image_size: int = opt(32, "input side; images are resized (short side) and centre-cropped to it first")
     encoder: dict[str, Any] = opt({"type": "resnet", "layers": [1, 1, 1, 1], "width": 16, "head_width": 16,
                                    "stem": "small"},
@@ -51,8 +58,14 @@ class SSLConfig(TaskOptions):
     augment: SSLAugment = field(default_factory=SSLAugment)
     epochs: int = opt(20, "passes over the data")
     batch_size: int = opt(256, "images per step (2 views each)")
-    lr: float = opt(1e-3, "AdamW learning rate (peak; cosine decay after warm-up)")
-    weight_decay: float = opt(1e-6, "AdamW weight decay")
+    optimizer: Optimizer = opt("adamw", "adamw, or lars as in the SimCLR paper (SGD with momentum and layer-wise "
+                                        "trust ratios; biases and norms left out of decay and adaptation)")
+    lr: float | None = opt(None, "peak learning rate (cosine decay after warm-up); default: 1e-3 with adamw, "
+                                 "0.075 sqrt(batch_size) with lars (the SimCLR paper's rule for small batches)")
+    momentum: float = opt(0.9, "LARS momentum")
+    weight_decay: float = opt(1e-6, "weight decay (the SimCLR paper's 1e-6)")
+    channels_last: bool = opt(False, "run a ResNet encoder channels-last (faster convolutions on most CPUs and "
+                                      "GPUs; the same numbers)")
     warmup_steps: int = opt(50, "linear warm-up steps")
     precision: Precision = opt("fp32", "fp32, bf16 (autocast) or fp16 (autocast with loss scaling; CUDA only)")
     seed: int = opt(0, "seed for initialisation, order and augmentation")
@@ -78,6 +91,15 @@ class SSLConfig(TaskOptions):
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+
+    def peak_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        from clipforge.engine.lars import sqrt_scaled_lr
+
+        return sqrt_scaled_lr(self.batch_size) if self.optimizer == "lars" else 1e-3
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

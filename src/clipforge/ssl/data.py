@@ -9,12 +9,20 @@ from clipforge.data.pairs import IMAGE_SUFFIXES
 from clipforge.data.shards import is_shard_source
 from clipforge.errors import DataError
 
+OBJECTS = "objects"  # the scenes' objects cut out at their cells (clipforge.data.synthetic_objects)
+EVAL_SETS = ("digits", "synthetic", OBJECTS, f"{OBJECTS}-colour")
+
 
 def unlabelled_images(source: str) -> list[str]:
     """Image paths of a folder (recursive), shards (extracted once) or a built-in set's training split
-    (``digits`` is ``digits:train``: a built-in name never means its held-out split)."""
+    (``digits`` is ``digits:train``: a built-in name never means its held-out split; ``objects`` is the
+    training scenes' objects, cut out at their cells)."""
     from pathlib import Path
 
+    if source == OBJECTS:
+        from clipforge.data.synthetic_objects import training_crops
+
+        return training_crops()
     if source.endswith(":train") and source.removesuffix(":train") in BUILTIN:
         source = source.removesuffix(":train")
     elif ":" in source and source.split(":")[0] in BUILTIN:
@@ -41,21 +49,33 @@ def unlabelled_images(source: str) -> list[str]:
 
 def labelled_sets(name: str, seed: int = 0) -> tuple[LabelledImages, LabelledImages]:
     """(train, test) for kNN / linear probes: the probes fit on ``train`` and are scored on the held-out
-    ``test`` (their ``name`` fields say which). ``synthetic``: single-object scenes labelled by shape."""
+    ``test`` (their ``name`` fields say which). ``synthetic``: single-object scenes labelled by shape;
+    ``objects`` / ``objects-colour``: the same objects cut out at their cells, labelled by shape / colour."""
     name = name.removesuffix(":train").removesuffix(":test")  # the evaluation always uses both splits
     if name == "digits":
         return load_classification("digits", "train"), load_classification("digits", "test")
+    from clipforge.data.synthetic import COLOURS, SHAPES
+
+    if name in (OBJECTS, f"{OBJECTS}-colour"):
+        from clipforge.data.synthetic_objects import labelled_crops
+
+        key, classes = ("shape", list(SHAPES)) if name == OBJECTS else ("colour", list(COLOURS))
+        rows = labelled_crops()
+        return _split(name, [r["image"] for r in rows], [classes.index(r[key]) for r in rows], classes, seed)
     if name != "synthetic":
-        raise DataError(f"eval_data must be synthetic or digits, got {name!r}")
+        raise DataError(f"eval_data must be one of {', '.join(EVAL_SETS)}, got {name!r}")
+    seen, held = load_classification("synthetic", "seen"), load_classification("synthetic", "heldout")
+    shapes = [seen.classes[i].split()[1] for i in seen.labels] + [held.classes[i].split()[1] for i in held.labels]
+    return _split("synthetic-shape", seen.images + held.images, [SHAPES.index(s) for s in shapes], list(SHAPES),
+                  seed)
+
+
+def _split(name: str, images: list[str], labels: list[int], classes: list[str], seed: int
+           ) -> tuple[LabelledImages, LabelledImages]:
+    """A stratified 70/30 split, fixed by the seed."""
     from sklearn.model_selection import train_test_split
 
-    from clipforge.data.synthetic import SHAPES
-
-    seen, held = load_classification("synthetic", "seen"), load_classification("synthetic", "heldout")
-    images = seen.images + held.images
-    shapes = [seen.classes[i].split()[1] for i in seen.labels] + [held.classes[i].split()[1] for i in held.labels]
-    labels = [SHAPES.index(s) for s in shapes]
     tr, te = train_test_split(np.arange(len(images)), test_size=0.3, random_state=seed, stratify=labels)
-    mk = lambda idx, split: LabelledImages(f"synthetic-shape/{split}", [images[i] for i in idx],  # noqa: E731
-                                           [labels[i] for i in idx], list(SHAPES))
+    mk = lambda idx, split: LabelledImages(f"{name}/{split}", [images[i] for i in idx],  # noqa: E731
+                                           [labels[i] for i in idx], classes)
     return mk(sorted(tr), "train"), mk(sorted(te), "test")

@@ -7,12 +7,18 @@
   tau_base = 0.996; loss 2 - 2 cos, symmetrised. The target gets no gradient.
 * SimSiam (Chen & He 2021): D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2 with D the negative
   cosine similarity.
+
+Multi-crop (SwAV, Caron et al. 2020, sec. 3.2): ``small`` views (low-resolution crops) are extra
+positives of each of the two global views; only the global views are targets (BYOL's target network
+and SimSiam's stop-gradient branch see them alone). The loss averages the pairs (global i, view
+j != i), scaled so that no small view gives each paper's loss exactly.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +38,11 @@ class SimCLR(nn.Module):
         self.encoder, self.temperature = encoder, temperature
         self.projector = simclr_projector(dim, hidden, out)
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
-        # Under torchrun every rank's loss sees the global 2N views.
-        return nt_xent(all_gather_with_grad(z1), all_gather_with_grad(z2), self.temperature)
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, small: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        # Under torchrun every rank's loss sees the global views of every rank.
+        z = [all_gather_with_grad(self.projector(f)) for f in encode_views(self.encoder, v1, v2, small)]
+        pairs = [(i, j) for i, j in view_pairs(len(z)) if (i, j) != (1, 0)]  # NT-Xent is symmetric already
+        return sum(nt_xent(z[i], z[j], self.temperature) for i, j in pairs) / len(pairs)
 
 
 class BYOL(nn.Module):
@@ -70,14 +77,13 @@ class BYOL(nn.Module):
         for t, o in zip(target_b, online_b):
             t.copy_(o)
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-        p1 = self.predictor(self.projector(self.encoder(v1)))
-        p2 = self.predictor(self.projector(self.encoder(v2)))
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, small: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        p = [self.predictor(self.projector(f)) for f in encode_views(self.encoder, v1, v2, small)]
         with torch.no_grad():
-            t1 = self.target_projector(self.target_encoder(v1))
-            t2 = self.target_projector(self.target_encoder(v2))
-        loss = (2 - 2 * F.cosine_similarity(p1, t2, dim=-1)) + (2 - 2 * F.cosine_similarity(p2, t1, dim=-1))
-        return loss.mean()
+            t = [self.target_projector(self.target_encoder(v)) for v in (v1, v2)]
+        pairs = view_pairs(len(p))  # (target i, online j): the paper's sum of two terms without small views
+        loss = sum((2 - 2 * F.cosine_similarity(p[j], t[i], dim=-1)).mean() for i, j in pairs)
+        return loss * 2 / len(pairs)
 
 
 class SimSiam(nn.Module):
@@ -89,8 +95,23 @@ class SimSiam(nn.Module):
         self.projector = simsiam_projector(dim, proj_dim)
         self.predictor = simsiam_predictor(proj_dim, bottleneck)
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-        z1, z2 = self.projector(self.encoder(v1)), self.projector(self.encoder(v2))
-        p1, p2 = self.predictor(z1), self.predictor(z2)
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, small: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        z = [self.projector(f) for f in encode_views(self.encoder, v1, v2, small)]
+        p = [self.predictor(x) for x in z]
         d = lambda p, z: -F.cosine_similarity(p, z.detach(), dim=-1).mean()  # noqa: E731 - stop-gradient on z
-        return d(p1, z2) / 2 + d(p2, z1) / 2
+        pairs = view_pairs(len(z))
+        return sum(d(p[j], z[i]) for i, j in pairs) / len(pairs)
+
+
+def view_pairs(n_views: int) -> list[tuple[int, int]]:
+    """(i, j) for each global view i (0, 1) and every other view j: (0, 1), (1, 0), then the small views."""
+    return [(i, j) for i in (0, 1) for j in range(n_views) if j != i]
+
+
+def encode_views(encoder: nn.Module, v1: torch.Tensor, v2: torch.Tensor,
+                 small: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Features of the two global views, then of each small view (the small ones in one pass)."""
+    out = [encoder(v1), encoder(v2)]
+    if small:
+        out += list(encoder(torch.cat(list(small))).chunk(len(small)))
+    return out

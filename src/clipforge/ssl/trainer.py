@@ -26,6 +26,7 @@ from clipforge.data.sampler import epoch_batches
 from clipforge.engine import distributed as D
 from clipforge.engine.checkpoint import TrainState
 from clipforge.engine.context import StepContext
+from clipforge.engine.lars import LARS, lars_groups
 from clipforge.engine.loop import EngineConfig, fit
 from clipforge.engine.schedule import param_groups
 from clipforge.engine.task import Task
@@ -34,8 +35,8 @@ from clipforge.images.preprocess import OPENAI_MEAN, OPENAI_STD
 from clipforge.models.config import CLIPConfig
 from clipforge.models.towers import build_image_tower
 from clipforge.ssl.augment import AugmentConfig, ViewAugment
-from clipforge.ssl.config import SSLConfig
-from clipforge.ssl.data import labelled_sets, unlabelled_images
+from clipforge.ssl.config import SSLAugment, SSLConfig
+from clipforge.ssl.data import OBJECTS, labelled_sets, unlabelled_images
 from clipforge.ssl.knn import knn_accuracy
 from clipforge.ssl.methods import BYOL, SimCLR, SimSiam
 
@@ -54,6 +55,19 @@ def build_method(cfg: SSLConfig, encoder: nn.Module) -> nn.Module:
     if cfg.method == "byol":
         return BYOL(encoder, d, cfg.proj_hidden or 4096, cfg.proj_out or 256, cfg.tau_base)
     return SimSiam(encoder, d, cfg.proj_out or 2048, cfg.proj_hidden or 512)
+
+
+def augment_config(a: SSLAugment, crop_scale: list[float]) -> AugmentConfig:
+    return AugmentConfig(tuple(crop_scale), flip_p=a.flip_p, jitter_p=a.jitter_p, jitter_strength=a.jitter_strength,
+                         greyscale_p=a.greyscale_p, blur_p=a.blur_p, blur_sigma=tuple(a.blur_sigma),
+                         blur_kernel_fraction=a.blur_kernel)
+
+
+def build_optimizer(cfg: SSLConfig, method: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "lars":
+        return LARS(lars_groups(method, cfg.weight_decay), lr=cfg.peak_lr(), momentum=cfg.momentum,
+                    weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(param_groups(method, cfg.weight_decay), lr=cfg.peak_lr())
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -105,9 +119,11 @@ class SSLTask(Task):
     def __init__(self, cfg: SSLConfig, method: nn.Module, dataset: ImageDataset, augment: ViewAugment,
                  encoder_cfg: CLIPConfig, info: D.DistInfo, device: torch.device) -> None:
         self.cfg, self.model, self.dataset, self.augment = cfg, method, dataset, augment
+        a = cfg.augment
+        self.small_augment = ViewAugment(a.small_crop_size, augment_config(a, a.small_crop_scale))
         self.encoder_cfg, self.info, self.device = encoder_cfg, info, device
-        self.optimizer = torch.optim.AdamW(param_groups(method, cfg.weight_decay), lr=cfg.lr)
-        self.eval_name = cfg.eval_data or (cfg.data if cfg.data in ("synthetic", "digits") else None)
+        self.optimizer = build_optimizer(cfg, method)
+        self.eval_name = cfg.eval_data or (cfg.data if cfg.data in ("synthetic", "digits", OBJECTS) else None)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"main": self.optimizer}
@@ -132,9 +148,12 @@ class SSLTask(Task):
     def training_step(self, batch: SSLBatch, ctx: StepContext) -> dict[str, torch.Tensor]:
         x = batch.images.to(self.device).float() / 255
         base = (self.cfg.seed * 1_000_003 + ctx.step * 2 + self.info.rank * 7919) % 2**31
-        v1, v2 = normalise(self.augment(x, seed=base)), normalise(self.augment(x, seed=base + 1))
+        fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        v1, v2 = (normalise(self.augment(x, seed=base + i)).contiguous(memory_format=fmt) for i in (0, 1))
+        small = [normalise(self.small_augment(x, seed=(base + 2**30 + 7 * k) % 2**31)).contiguous(memory_format=fmt)
+                 for k in range(self.cfg.augment.small_crops)]
         with ctx.autocast():
-            loss = self.model(v1, v2)
+            loss = self.model(v1, v2, small)
         return {"loss": loss.float()}
 
     def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
@@ -145,8 +164,12 @@ class SSLTask(Task):
     def evaluate(self, epoch: int, last: bool) -> dict[str, Any]:
         if not self.eval_name:
             return {}
-        return evaluate_encoder(self.model.encoder, self.eval_name, self.cfg.image_size,
-                                linear=last and self.cfg.eval_linear_probe)
+        linear = last and self.cfg.eval_linear_probe
+        out = evaluate_encoder(self.model.encoder, self.eval_name, self.cfg.image_size, linear=linear)
+        if self.eval_name == OBJECTS:  # the objects are labelled by shape and by colour: report both
+            colour = evaluate_encoder(self.model.encoder, f"{OBJECTS}-colour", self.cfg.image_size, linear=linear)
+            out.update({f"colour_{k}": v for k, v in colour.items() if k in ("knn_acc1", "lp_acc1")})
+        return out
 
     def save_state(self, folder: Path) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
@@ -163,6 +186,11 @@ def train_ssl(cfg: SSLConfig, resume: str | None = None, progress: bool = True) 
     info = D.init_distributed()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.augment.small_crops and cfg.encoder.get("type", "resnet") != "resnet":
+        raise ConfigError("augment.small_crops (multi-crop) needs a resnet encoder, whose attention pool resamples "
+                          f"its positional grid to the small views; got encoder.type={cfg.encoder.get('type')!r}")
+    if cfg.augment.small_crops < 0:
+        raise ConfigError(f"augment.small_crops must be 0 or more, got {cfg.augment.small_crops}")
     if cfg.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"precision must be 'fp32', 'bf16' or 'fp16', got {cfg.precision!r}")
     device = D.default_device(info, cfg.device)
@@ -172,18 +200,18 @@ def train_ssl(cfg: SSLConfig, resume: str | None = None, progress: bool = True) 
     enc_cfg = encoder_config(cfg)
     torch.manual_seed(cfg.seed)
     method = build_method(cfg, build_image_tower(enc_cfg)).to(device)
+    if cfg.channels_last:
+        method = method.to(memory_format=torch.channels_last)
     D.broadcast_parameters(method, info)
-    a = cfg.augment
-    augment = ViewAugment(cfg.image_size, AugmentConfig(tuple(a.crop_scale), flip_p=a.flip_p, jitter_p=a.jitter_p,
-                                                        jitter_strength=a.jitter_strength, greyscale_p=a.greyscale_p,
-                                                        blur_p=a.blur_p, blur_sigma=tuple(a.blur_sigma),
-                                                        blur_kernel_fraction=a.blur_kernel))
+    augment = ViewAugment(cfg.image_size, augment_config(cfg.augment, cfg.augment.crop_scale))
     task = SSLTask(cfg, method, dataset, augment, enc_cfg, info, device)
     if task.eval_name and info.is_main:
         train_set, test_set = labelled_sets(task.eval_name, 0)
-        log.info(f"training on {cfg.data} ({len(dataset)} images); evaluation: kNN every {cfg.eval_every_steps} steps "
-                 f"and kNN + linear probe at the end, fit on {train_set.name} ({len(train_set.images)} images) and "
-                 f"scored on the held-out {test_set.name} ({len(test_set.images)})")
+        every = f"kNN every {cfg.eval_every_steps} steps and " if cfg.eval_every_steps else ""
+        final = "kNN + linear probe" if cfg.eval_linear_probe else "kNN"
+        log.info(f"training on {cfg.data} ({len(dataset)} images); evaluation: {every}{final} at the end, fit on "
+                 f"{train_set.name} ({len(train_set.images)} images) and scored on the held-out {test_set.name} "
+                 f"({len(test_set.images)})")
     if info.is_main:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         cfg.save(Path(cfg.out_dir) / "ssl_config.json")
