@@ -5,7 +5,7 @@ a separate environment (see docs/benchmarks.md, "Self-supervised encoders"):
 
     python3 -m venv /tmp/lightlyenv
     /tmp/lightlyenv/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly==1.6.0 scikit-learn pillow \
-        safetensors kornia pyyaml
+        safetensors kornia pyyaml webdataset rich ftfy regex tokenizers matplotlib threadpoolctl
     /tmp/lightlyenv/bin/python bench/ssl_lightly.py --out /tmp/lightly-runs --datasets digits --seeds 3
     .venv/bin/python bench/ssl_pretrain.py --lightly /tmp/lightly-runs ...
 

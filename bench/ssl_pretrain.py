@@ -17,7 +17,8 @@ environment with torchvision), scored here by the same code.
 
     .venv/bin/python bench/ssl_pretrain.py                                  # every recipe, 3 seeds, 2 min each
     .venv/bin/python bench/ssl_pretrain.py --datasets digits --recipes simclr clipforge --seeds 1
-    .venv/bin/python bench/ssl_pretrain.py --recipes simclr "try:method=simclr,temperature=0.2"
+    .venv/bin/python bench/ssl_pretrain.py --recipes simclr "clipforge:batch_size=256"   # a known recipe, changed
+    .venv/bin/python bench/ssl_pretrain.py --datasets objects --seeds 0 --ceiling-seeds 1  # trained with the labels
 """
 
 from __future__ import annotations
@@ -125,10 +126,10 @@ def main() -> None:
                     "threads": args.threads, "seed": seed, **overrides,
                     "out_dir": str(work / f"{ds}-{name}-{seed}")})
                 encoder, state = train_ssl(cfg, progress=False)
-                summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+                run = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
                 record(ds, name, seed, evaluate_all(evaluate_encoder, encoder, evals), steps=state.step,
-                       minutes=round(state.train_seconds / 60, 2), schedule_steps=summary["schedule_steps"],
-                       warmup_steps=summary["warmup_steps"], recipe=overrides)
+                       minutes=round(state.train_seconds / 60, 2), schedule_steps=run["schedule_steps"],
+                       warmup_steps=run["warmup_steps"], recipe=overrides)
         for seed in range(args.ceiling_seeds):
             for ev in evals:
                 scores = supervised_ceiling(evaluate_encoder, ev, seed, args.minutes)
