@@ -48,7 +48,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "byol": {"method": "byol", **FAST},
     "simsiam": {"method": "simsiam", **FAST},
 }
-EVAL_SETS = {"digits": ["digits"], "objects": ["objects", "objects-colour"], "synthetic": ["synthetic"]}
+DATASETS = ("digits", "objects", "synthetic")
 
 
 def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
@@ -76,14 +76,14 @@ def main() -> None:
     from clipforge.evaluation.linear_probe import linear_probe
     from clipforge.models.towers import build_image_tower
     from clipforge.ssl.config import SSLConfig
-    from clipforge.ssl.data import labelled_sets
+    from clipforge.ssl.data import labelled_sets, scored_sets
     from clipforge.ssl.knn import knn_accuracy
-    from clipforge.ssl.trainer import encoder_config, evaluate_encoder, train_ssl
-    from common import machine, markdown_table
+    from clipforge.ssl.trainer import encoder_config, train_ssl
+    from common import machine
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=2.0, help="training budget per run")
-    parser.add_argument("--datasets", nargs="+", default=["digits", "objects"], choices=list(EVAL_SETS))
+    parser.add_argument("--datasets", nargs="+", default=["digits", "objects"], choices=DATASETS)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -104,7 +104,7 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
 
     for ds in args.datasets:
-        evals = EVAL_SETS[ds]
+        evals = list(scored_sets(ds).values())
         scores: dict[str, float] = {}
         for ev in evals:
             train, test = labelled_sets(ev)
@@ -117,7 +117,7 @@ def main() -> None:
         for seed in range(args.seeds):
             torch.manual_seed(seed)
             encoder = build_image_tower(encoder_config(SSLConfig.from_dict({"method": "simclr"})))
-            record(ds, "random-init encoder", seed, evaluate_all(evaluate_encoder, encoder, evals))
+            record(ds, "random-init encoder", seed, evaluate_all(encoder, evals))
         for name, overrides in recipes:
             for seed in range(args.seeds):
                 cfg = SSLConfig.from_dict({
@@ -127,27 +127,27 @@ def main() -> None:
                     "out_dir": str(work / f"{ds}-{name}-{seed}")})
                 encoder, state = train_ssl(cfg, progress=False)
                 run = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
-                record(ds, name, seed, evaluate_all(evaluate_encoder, encoder, evals), steps=state.step,
+                record(ds, name, seed, evaluate_all(encoder, evals), steps=state.step,
                        minutes=round(state.train_seconds / 60, 2), schedule_steps=run["schedule_steps"],
                        warmup_steps=run["warmup_steps"], recipe=overrides)
         for seed in range(args.ceiling_seeds):
             for ev in evals:
-                scores = supervised_ceiling(evaluate_encoder, ev, seed, args.minutes)
+                scores = supervised_ceiling(ev, seed, args.minutes)
                 record(ds, f"supervised on {ev} (ceiling)", seed, {k: v for k, v in scores.items() if k != "steps"},
                        steps=scores["steps"])
         if args.lightly:
             for meta_file in sorted(args.lightly.glob(f"{ds}-*/meta.json")):
                 meta = json.loads(meta_file.read_text())
                 encoder = load_lightly_encoder(meta_file.parent, encoder_config(SSLConfig.from_dict({})))
-                record(ds, meta["label"], meta["seed"], evaluate_all(evaluate_encoder, encoder, evals),
+                record(ds, meta["label"], meta["seed"], evaluate_all(encoder, evals),
                        steps=meta["steps"], minutes=round(meta["seconds"] / 60, 2), recipe=meta["recipe"])
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     print()
-    print(table(results, markdown_table))
+    print(table(results))
 
 
-def supervised_ceiling(evaluate_encoder, ev: str, seed: int, minutes: float) -> dict[str, float]:  # noqa: ANN001
+def supervised_ceiling(ev: str, seed: int, minutes: float) -> dict[str, float]:
     """The same encoder trained with the labels of ``ev``'s training split (cross-entropy through a linear
     head, random crops of at least half the image, AdamW 1e-3) for ``minutes``, then scored like the others:
     how far this encoder can go on the task when it is told what matters."""
@@ -178,10 +178,12 @@ def supervised_ceiling(evaluate_encoder, ev: str, seed: int, minutes: float) -> 
         loss.float().backward()
         opt.step()
         step += 1
-    return {**evaluate_all(evaluate_encoder, encoder, [ev]), "steps": step}
+    return {**evaluate_all(encoder, [ev]), "steps": step}
 
 
-def evaluate_all(evaluate_encoder, encoder: torch.nn.Module, evals: list[str]) -> dict[str, float]:  # noqa: ANN001
+def evaluate_all(encoder: torch.nn.Module, evals: list[str]) -> dict[str, float]:
+    from clipforge.ssl.trainer import evaluate_encoder
+
     out = {}
     for ev in evals:
         m = evaluate_encoder(encoder, ev, 32)
@@ -199,7 +201,9 @@ def load_lightly_encoder(folder: Path, config) -> torch.nn.Module:  # noqa: ANN0
     return encoder
 
 
-def table(results: list[dict[str, Any]], markdown_table) -> str:  # noqa: ANN001
+def table(results: list[dict[str, Any]]) -> str:
+    from common import markdown_table
+
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["dataset"], r["features"]), []).append(r)

@@ -185,6 +185,21 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return d
 
 
+class StoredConfig:
+    """Mixin of a model config that is saved with the model: ``to_dict`` gives its JSON, ``from_dict``
+    reads it back strictly (a model file's ``"128"`` is a mistake, not 128). ``where`` prefixes the keys
+    named in errors."""
+
+    where: typing.ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return build_config(cls, dict(d), cls.where, strict=True)
+
+
 class TaskOptions:
     """Mixin of a command's option dataclass (``caption train``, ``generate train``, ``ssl train``):
     built from a mapping, loaded from a config file plus ``key=value`` overrides, saved as JSON."""

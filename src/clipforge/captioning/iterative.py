@@ -24,22 +24,22 @@ The CLIP guiding it must not be the one that judges its captions.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from clipforge.captioning.hf_lm import HFLMConfig
 from clipforge.captioning.lm import LMConfig, build_lm
-from clipforge.config import build_config
+from clipforge.config import StoredConfig
 from clipforge.errors import ConfigError
 from clipforge.models.clip_linked import ClipLinked
 from clipforge.models.generation import GenerationConfig
 
 
 @dataclass(frozen=True)
-class IterativeConfig:
+class IterativeConfig(StoredConfig):
     lm: LMConfig | HFLMConfig = field(default_factory=LMConfig)
     candidates: int = 8  # next tokens tried per hypothesis
     beams: int = 4  # hypotheses kept
@@ -59,12 +59,6 @@ class IterativeConfig:
         if self.candidates < 1 or self.beams < 1:
             raise ConfigError("candidates and beams must be at least 1")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IterativeConfig:
-        return build_config(cls, dict(d), "", strict=True)
 
 
 class IterativeCaptioner(ClipLinked):

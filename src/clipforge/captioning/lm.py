@@ -8,13 +8,13 @@ embedding) before the caption's tokens; it decodes with the shared
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from clipforge.config import build_config
+from clipforge.config import StoredConfig
 from clipforge.errors import ConfigError
 from clipforge.models.config import Activation
 from clipforge.models.generation import KVCache
@@ -43,7 +43,7 @@ def build_lm(config: Any) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class LMConfig:
+class LMConfig(StoredConfig):
     """Attributes: vocabulary, positions (prefix and caption together), width, blocks, heads."""
 
     type: Literal["small"] = "small"
@@ -59,12 +59,7 @@ class LMConfig:
         if self.width % self.heads:
             raise ConfigError(f"lm.width={self.width} is not a multiple of lm.heads={self.heads}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LMConfig:
-        return build_config(cls, dict(d), "lm.", strict=True)
+    where = "lm."
 
 
 class CausalLM(nn.Module):

@@ -21,8 +21,8 @@ fingerprint) and is given that CLIP's embeddings.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from torch import nn
 
 from clipforge.captioning.hf_lm import HFLMConfig
 from clipforge.captioning.lm import IGNORE, LMConfig, build_lm, caption_labels
-from clipforge.config import build_config
+from clipforge.config import StoredConfig
 from clipforge.errors import ConfigError
 from clipforge.models.clip_linked import ClipLinked
 from clipforge.models.generation import GenerationConfig, KVCache, fit_to, generate
@@ -41,7 +41,7 @@ METHODS: tuple[str, ...] = ("clipcap", "clipcap-frozen", "capdec", "decap")
 
 
 @dataclass(frozen=True)
-class PrefixConfig:
+class PrefixConfig(StoredConfig):
     method: Method = "clipcap"
     clip_dim: int = 512
     prefix_length: int = 10
@@ -66,12 +66,6 @@ class PrefixConfig:
     def text_only(self) -> bool:
         return self.method in ("capdec", "decap")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PrefixConfig:
-        return build_config(cls, dict(d), "", strict=True)
 
 
 class MLPMapper(nn.Module):

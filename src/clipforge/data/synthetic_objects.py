@@ -52,11 +52,12 @@ def write_object_crops(scenes: Path, root: Path, train_scenes: int) -> dict[str,
     config = SynthConfig(**json.loads((scenes / "meta.json").read_text())["config"])
     n = 0
     for i, objs in enumerate(scene_objects("train", config)[:train_scenes]):
-        with Image.open(scenes / "images" / "train" / f"{i:06d}.png") as scene:
-            for k, obj in enumerate(objs):
-                scene.convert("RGB").crop(crop_box(obj.position, scene.width)).save(
-                    root / "train" / f"{i:06d}_{k}.png", compress_level=1)
-                n += 1
+        with Image.open(scenes / "images" / "train" / f"{i:06d}.png") as f:
+            scene = f.convert("RGB")
+        for k, obj in enumerate(objs):
+            scene.crop(crop_box(obj.position, scene.width)).save(root / "train" / f"{i:06d}_{k}.png",
+                                                                 compress_level=1)
+            n += 1
     rows = []
     for split in ("zeroshot_seen", "zeroshot_heldout"):
         (root / split).mkdir(exist_ok=True)

@@ -23,14 +23,14 @@ Sampling draws Z_t from the prior. The noise of the T steps, eps [N, T * z_dim],
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from clipforge.config import build_config
+from clipforge.config import StoredConfig
 from clipforge.errors import ConfigError
 from clipforge.generation import filterbank
 from clipforge.generation.caption_tokens import caption_ids
@@ -38,7 +38,7 @@ from clipforge.models.clip_linked import ClipLinked
 
 
 @dataclass(frozen=True)
-class AlignDRAWConfig:
+class AlignDRAWConfig(StoredConfig):
     image_size: int = 32
     vocab_size: int = 512  # the caption BPE's ids; one more is the pad
     text_length: int = 24
@@ -63,12 +63,6 @@ class AlignDRAWConfig:
         if self.pixel_std <= 0:
             raise ConfigError(f"aligndraw pixel_std must be positive, got {self.pixel_std}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AlignDRAWConfig:
-        return build_config(cls, dict(d), "", strict=True)
 
 
 def gaussian_kl(mu_q: torch.Tensor, logsig_q: torch.Tensor, mu_p: torch.Tensor,

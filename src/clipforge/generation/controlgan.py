@@ -24,21 +24,21 @@ text embedding and the words are the frozen CLIP text tower's per-token outputs.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.config import build_config
+from clipforge.config import StoredConfig
 from clipforge.errors import ConfigError
 from clipforge.generation.gan import dcgan_init
 from clipforge.models.clip_linked import ClipLinked
 
 
 @dataclass(frozen=True)
-class ControlGANConfig:
+class ControlGANConfig(StoredConfig):
     image_size: int = 32  # the last stage's side
     base_size: int = 16  # the first stage's side; each later stage doubles it
     clip_dim: int = 512  # the sentence embedding's width
@@ -62,12 +62,6 @@ class ControlGANConfig:
         n = int(math.log2(self.image_size // self.base_size)) + 1
         return [self.base_size * 2 ** i for i in range(n)]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ControlGANConfig:
-        return build_config(cls, dict(d), "", strict=True)
 
 
 def _up(c_in: int, c_out: int) -> nn.Sequential:

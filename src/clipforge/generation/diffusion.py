@@ -14,14 +14,14 @@ of steps, deterministic at eta = 0), from :mod:`clipforge.generation.schedule`.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.config import build_config
+from clipforge.config import StoredConfig
 from clipforge.errors import ConfigError
 from clipforge.generation.schedule import NoiseSchedule, ScheduleConfig
 from clipforge.generation.unet import UNet, UNetConfig
@@ -33,7 +33,7 @@ Sampler = Literal["ddim", "ddpm"]
 
 
 @dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(StoredConfig):
     image_size: int = 32
     condition: Condition = "text"
     clip_dim: int = 512
@@ -50,12 +50,6 @@ class DiffusionConfig:
         if not 0 <= self.cond_drop < 1:
             raise ConfigError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DiffusionConfig:
-        return build_config(cls, dict(d), "", strict=True)
 
 
 class CLIPDiffusion(ClipLinked):

@@ -16,20 +16,19 @@ logits' argmax; decoding feeds their one-hot.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.config import build_config
+from clipforge.config import StoredConfig
 from clipforge.generation.codec_layers import ConvDecoder, ConvEncoder
 from clipforge.generation.image_tokenizer import ImageTokenizer, check_sizes
 
 
 @dataclass(frozen=True)
-class DVAEConfig:
+class DVAEConfig(StoredConfig):
     image_size: int = 32
     codebook_size: int = 256  # K (the paper: 8192)
     downsamples: int = 2  # the grid is image_size / 2^downsamples (the paper: 256 -> 32)
@@ -45,12 +44,6 @@ class DVAEConfig:
     def __post_init__(self) -> None:
         check_sizes(self.image_size, self.downsamples, self.codebook_size)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DVAEConfig:
-        return build_config(cls, dict(d), "", strict=True)
 
 
 class DiscreteVAE(ImageTokenizer):

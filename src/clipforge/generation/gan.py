@@ -13,19 +13,19 @@ background of x.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from clipforge.config import build_config
+from clipforge.config import StoredConfig
 from clipforge.errors import ConfigError
 from clipforge.models.clip_linked import ClipLinked
 
 
 @dataclass(frozen=True)
-class GANConfig:
+class GANConfig(StoredConfig):
     image_size: int = 32
     clip_dim: int = 512
     z_dim: int = 100  # Reed et al.: 100
@@ -48,12 +48,6 @@ class GANConfig:
         """Doublings from 4x4 to the image side."""
         return int(math.log2(self.image_size // 4))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GANConfig:
-        return build_config(cls, dict(d), "", strict=True)
 
 
 def _text_projection(clip_dim: int, text_dim: int) -> nn.Sequential:

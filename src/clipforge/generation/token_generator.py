@@ -8,12 +8,12 @@ Sampling options are the library's autoregressive decoding
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from clipforge.config import build_config
+from clipforge.config import StoredConfig
 from clipforge.errors import ConfigError
 from clipforge.generation.caption_tokens import caption_ids
 from clipforge.generation.dvae import DiscreteVAE, DVAEConfig
@@ -42,7 +42,7 @@ def token_sampling(n: int, temperature: float, top_k: int, top_p: float) -> Gene
 
 
 @dataclass(frozen=True)
-class TokenTransformerConfig:
+class TokenTransformerConfig(StoredConfig):
     """The fields DALL-E's and DALL-E mini's configs share (each adds its layers)."""
 
     image_size: int = 32
@@ -65,12 +65,6 @@ class TokenTransformerConfig:
         if self.width % self.heads:
             raise ConfigError(f"{name} width {self.width} must be divisible by heads {self.heads}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Any:
-        return build_config(cls, dict(d), "", strict=True)
 
 
 class TokenGenerator(ClipLinked):

@@ -9,12 +9,12 @@ the decoder directly, the baseline the paper compares the prior with.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from clipforge.config import build_config
+from clipforge.config import StoredConfig
 from clipforge.errors import ConfigError
 from clipforge.generation.diffusion import CLIPDiffusion, DiffusionConfig
 from clipforge.generation.prior import DiffusionPrior, PriorConfig
@@ -22,7 +22,7 @@ from clipforge.models.clip_linked import ClipLinked
 
 
 @dataclass(frozen=True)
-class UnCLIPConfig:
+class UnCLIPConfig(StoredConfig):
     decoder: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(condition="image"))
     prior: PriorConfig = field(default_factory=PriorConfig)
     clip_dim: int = 512
@@ -33,12 +33,6 @@ class UnCLIPConfig:
         if self.decoder.condition != "image":
             raise ConfigError("unCLIP's decoder is conditioned on CLIP image embeddings (decoder.condition=image)")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> UnCLIPConfig:
-        return build_config(cls, dict(d), "", strict=True)
 
 
 class UnCLIP(ClipLinked):

@@ -13,22 +13,21 @@ is replaced by its nearest codebook vector.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.config import build_config
+from clipforge.config import StoredConfig
 from clipforge.errors import ConfigError
 from clipforge.generation.codec_layers import ConvDecoder, ConvEncoder
 from clipforge.generation.image_tokenizer import ImageTokenizer, check_sizes
 
 
 @dataclass(frozen=True)
-class VQVAEConfig:
+class VQVAEConfig(StoredConfig):
     image_size: int = 32
     codebook_size: int = 256
     downsamples: int = 2
@@ -43,12 +42,6 @@ class VQVAEConfig:
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"vqvae ema_decay must be in (0, 1), got {self.ema_decay}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VQVAEConfig:
-        return build_config(cls, dict(d), "", strict=True)
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipforge.config import build_config
+from clipforge.config import StoredConfig
 from clipforge.errors import ConfigError
 from clipforge.images.preprocess import Preprocess
 from clipforge.models.clip import TwoTowers
@@ -56,7 +56,7 @@ class DecoderConfig:
 
 
 @dataclass(frozen=True)
-class CoCaConfig:
+class CoCaConfig(StoredConfig):
     """A whole CoCa. ``pad_id``/``start_id``/``end_id`` are the tokenizer's; the loss weights are the
     paper's (contrastive 1, captioning 2)."""
 
@@ -85,12 +85,6 @@ class CoCaConfig:
         if self.embed_dim % self.attn_pooler_heads:
             raise ConfigError(f"embed_dim={self.embed_dim} is not a multiple of attn_pooler_heads")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CoCaConfig:
-        return build_config(cls, dict(d), "", strict=True)
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)

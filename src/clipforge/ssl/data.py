@@ -13,6 +13,12 @@ OBJECTS = "objects"  # the scenes' objects cut out at their cells (clipforge.dat
 EVAL_SETS = ("digits", "synthetic", OBJECTS, f"{OBJECTS}-colour")
 
 
+def scored_sets(name: str) -> dict[str, str]:
+    """The labelled sets an encoder trained for ``name`` is scored on, by metric prefix: the objects
+    are labelled by shape and by colour, every other set by one label."""
+    return {"": name, "colour_": f"{OBJECTS}-colour"} if name == OBJECTS else {"": name}
+
+
 def unlabelled_images(source: str) -> list[str]:
     """Image paths of a folder (recursive), shards (extracted once) or a built-in set's training split
     (``digits`` is ``digits:train``: a built-in name never means its held-out split; ``objects`` is the

@@ -36,7 +36,7 @@ from clipforge.models.config import CLIPConfig
 from clipforge.models.towers import build_image_tower
 from clipforge.ssl.augment import AugmentConfig, ViewAugment
 from clipforge.ssl.config import SSLAugment, SSLConfig
-from clipforge.ssl.data import OBJECTS, labelled_sets, unlabelled_images
+from clipforge.ssl.data import OBJECTS, labelled_sets, scored_sets, unlabelled_images
 from clipforge.ssl.knn import knn_accuracy
 from clipforge.ssl.methods import BYOL, SimCLR, SimSiam
 
@@ -165,10 +165,10 @@ class SSLTask(Task):
         if not self.eval_name:
             return {}
         linear = last and self.cfg.eval_linear_probe
-        out = evaluate_encoder(self.model.encoder, self.eval_name, self.cfg.image_size, linear=linear)
-        if self.eval_name == OBJECTS:  # the objects are labelled by shape and by colour: report both
-            colour = evaluate_encoder(self.model.encoder, f"{OBJECTS}-colour", self.cfg.image_size, linear=linear)
-            out.update({f"colour_{k}": v for k, v in colour.items() if k in ("knn_acc1", "lp_acc1")})
+        out: dict[str, Any] = {}
+        for prefix, name in scored_sets(self.eval_name).items():
+            m = evaluate_encoder(self.model.encoder, name, self.cfg.image_size, linear=linear)
+            out.update(m if not prefix else {f"{prefix}{k}": m[k] for k in ("knn_acc1", "lp_acc1") if k in m})
         return out
 
     def save_state(self, folder: Path) -> None:
