@@ -189,9 +189,9 @@ def test_literal_options_are_checked_and_feed_the_cli_choices() -> None:
 
     # every configurable loss is implemented, and the reverse (bag_of_words is a task of its own, not a pair loss)
     assert set(get_args(Loss)) == set(LOSSES) | {"bag_of_words"}
-    assert choices(TrainConfig, "precision") == ("fp32", "bf16", "fp16")
+    assert choices(TrainConfig, "precision") == ("fp32", "bf16", "fp16", "auto")
     assert choices(SSLConfig, "method") == ("simclr", "byol", "simsiam")
-    with pytest.raises(ConfigError, match=r"^precision must be one of 'fp32', 'bf16', 'fp16', got 'fp64'$"):
+    with pytest.raises(ConfigError, match=r"^precision must be one of 'fp32', 'bf16', 'fp16', 'auto', got 'fp64'$"):
         TrainConfig.from_dict({"precision": "fp64"})
     with pytest.raises(ConfigError, match=r"^model\.text_pooling must be one of"):
         TrainConfig.from_dict({"model": {"text_pooling": "first"}})

@@ -40,8 +40,9 @@ def test_the_held_out_figure_comes_with_its_spread_over_the_last_epochs() -> Non
     results = {"report": "r", "zeroshot_seen": {"acc1": 0.9}, "zeroshot_heldout": {"acc1": 0.5},
                "retrieval_val": {f"{d}_retrieval_recall@{k}": 0.5 for d in ("image", "text") for k in (1, 5, 10)},
                "zeroshot_heldout_last_epochs": s, "train_seconds": 60, "captioner_train_seconds": 6,
-               "total_seconds": 90}
+               "total_seconds": 90, "epochs": 18, "precision": "bf16"}
     assert "held-out combinations 50.0% (last 3 epochs: 48.7% ± 17.0%)" in demo_summary(results)
+    assert "(18 epochs, bf16;" in demo_summary(results)
 
 
 @pytest.mark.slow

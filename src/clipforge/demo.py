@@ -38,16 +38,38 @@ DEMO_MODELS = {
 }
 
 
-def demo_config(data_dir: Path, run_dir: Path, epochs: int = 12, model: dict | None = None) -> TrainConfig:
-    """The demo's training setup: a small CLIP on 64x64 scenes with a BPE learned on the captions."""
+# What issue 21's levers kept (bench/learning.py, docs/benchmarks.md): a phrasing of each scene drawn
+# per epoch from the grammar's true ones, and bf16 with channels-last where the CPU computes bf16
+# natively. `recipe=[]` gives the recipe before them.
+DEMO_RECIPE = ["data.caption_column=phrasings", "data.caption_split=' | '", "precision=auto", "channels_last=true"]
+# 15 bf16 epochs take the minutes 12 fp32 ones did on a CPU with AVX512-BF16 (docs/benchmarks.md);
+# without native bf16 the demo trains them in fp32, about a quarter longer.
+DEMO_EPOCHS = 15
+
+
+def demo_config(data_dir: Path, run_dir: Path, epochs: int = DEMO_EPOCHS, model: dict | None = None,
+                recipe: list[str] | None = None) -> TrainConfig:
+    """The demo's training setup: a small CLIP on 64x64 scenes with a BPE learned on the captions;
+    ``recipe``: options changed from the base (``key=value``; default :data:`DEMO_RECIPE`)."""
+    from clipforge.config import apply_overrides
+
     zs = [{"name": split, "csv": str(data_dir / f"zeroshot_{split}.csv"), "classes": class_names(),
            "templates": TEMPLATES} for split in ("seen", "heldout")]
-    return TrainConfig.from_dict({
+    return TrainConfig.from_dict(apply_overrides({
         "data": {"train": str(data_dir / "train.csv"), "val": str(data_dir / "val.csv"), "zeroshot": zs},
         "model": {"tokenizer": "train", "vocab_size": 512, "context_length": 32, **(model or DEMO_MODEL)},
         "optim": {"lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 50},
         "epochs": epochs, "batch_size": 128, "out_dir": str(run_dir), "log_every_steps": 10, "seed": 0,
-    })
+    }, DEMO_RECIPE if recipe is None else recipe))
+
+
+def reusable_data(data_dir: Path, synth: SynthConfig) -> bool:
+    """Whether ``data_dir`` holds the scenes ``synth`` makes, in today's layout (with the phrasings)."""
+    meta, train = data_dir / "meta.json", data_dir / "train.csv"
+    if not (meta.is_file() and train.is_file() and json.loads(meta.read_text()).get("config") == asdict(synth)):
+        return False
+    with open(train) as f:
+        return "phrasings" in f.readline()
 
 
 def demo_captioner_config(data_dir: Path, clip_dir: Path, out_dir: Path, epochs: int = 2) -> Any:
@@ -61,12 +83,15 @@ def demo_captioner_config(data_dir: Path, clip_dir: Path, out_dir: Path, epochs:
     })
 
 
-def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 12, progress: bool = True,
+def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = DEMO_EPOCHS, progress: bool = True,
              command: str = "make demo", model: dict | None = None, caption_epochs: int = 2) -> dict[str, Any]:
     """``caption_epochs``: of the captioner shown in the report (0: no captioner)."""
+    import torch
+
     from clipforge.captioning.train import train_captioner
     from clipforge.checkpoints import load
     from clipforge.engine.checkpoint import TrainState
+    from clipforge.engine.precision import resolve_precision
     from clipforge.report.demo_report import build_demo_report
     from clipforge.training.trainer import train
 
@@ -75,8 +100,7 @@ def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 12
     data_dir, run_dir, report_dir, caption_dir = out / "data", out / "run", out / "report", out / "captioner"
     steps = 4 if caption_epochs else 3
     t0 = time.perf_counter()
-    meta = data_dir / "meta.json"
-    if not (meta.is_file() and json.loads(meta.read_text()).get("config") == asdict(synth)):
+    if not reusable_data(data_dir, synth):
         log.info(f"[1/{steps}] generating the synthetic dataset in {data_dir}")
         write_dataset(data_dir, synth, progress=progress)
     else:
@@ -85,7 +109,8 @@ def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 12
         if folder.exists():
             shutil.rmtree(folder)
     config = demo_config(data_dir, run_dir, epochs, model)
-    log.info(f"[2/{steps}] training a {config.model.name}-based CLIP for {epochs} epochs on the CPU")
+    precision = resolve_precision(config.precision, torch.device("cpu"))
+    log.info(f"[2/{steps}] training a {config.model.name}-based CLIP for {epochs} epochs on the CPU ({precision})")
     t1 = time.perf_counter()
     result = train(config, progress=progress)
     train_s = time.perf_counter() - t1
@@ -102,6 +127,8 @@ def run_demo(out: str | Path, synth: SynthConfig | None = None, epochs: int = 12
     results = build_demo_report(model, data_dir, state, report_dir, TEMPLATES, command, captioner,
                                 str(caption_dir / "model"))
     results["zeroshot_heldout_last_epochs"] = last_epochs_spread(state.evals, "heldout/acc1")
+    results["epochs"] = epochs
+    results["precision"] = precision
     results["train_seconds"] = round(train_s, 1)
     results["captioner_train_seconds"] = round(caption_s, 1)
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
@@ -128,8 +155,7 @@ def run_generation_demo(out: str | Path, minutes: float = 10.0, judge_epochs: in
     out = Path(out)
     synth = synth or SynthConfig()
     data_dir = out / "data"
-    meta = data_dir / "meta.json"
-    if not (meta.is_file() and json.loads(meta.read_text()).get("config") == asdict(synth)):
+    if not reusable_data(data_dir, synth):
         log.info(f"[1/4] generating the synthetic dataset in {data_dir}")
         write_dataset(data_dir, synth, progress=progress)
     clip_dir = out / "run" / "model"
@@ -182,6 +208,7 @@ def demo_summary(results: dict[str, Any]) -> str:
         f"{ret['text_retrieval_recall@10']:.1%}",
         *(["captions (ClipCap on this CLIP) of validation images: "
            + "; ".join(f"'{c['generated']}'" for c in results["captions"][:3])] if results.get("captions") else []),
-        f"training took {results['train_seconds'] / 60:.1f} min (captioner "
+        f"training took {results['train_seconds'] / 60:.1f} min ({results['epochs']} epochs, "
+        f"{results['precision']}; captioner "
         f"{results['captioner_train_seconds'] / 60:.1f} min); whole demo {results['total_seconds'] / 60:.1f} min",
     ])

@@ -8,7 +8,8 @@ from typing import Any, Literal, get_args
 from clipforge.bind.inputs import KINDS
 from clipforge.config import TaskOptions, opt
 from clipforge.engine.budget import MINUTES_HELP
-from clipforge.engine.loop import Precision, Schedule
+from clipforge.engine.loop import Schedule
+from clipforge.engine.precision import PRECISION_HELP, Precision
 from clipforge.errors import ConfigError
 
 PairWith = Literal["image", "text"]
@@ -37,7 +38,7 @@ class BindTrainConfig(TaskOptions):
     warmup_steps: int = opt(50, "linear warm-up steps")
     schedule: Schedule = opt("cosine", "cosine, linear or constant after the warm-up")
     grad_clip: float | None = opt(None, "clip the global gradient norm")
-    precision: Precision = opt("fp32", "fp32, bf16 (autocast) or fp16 (CUDA)")
+    precision: Precision = opt("fp32", PRECISION_HELP)
     workers: int = opt(0, "data loader processes reading and transforming the files")
     cache_inputs: bool = opt(True, "with workers=0, keep each file's encoder input in memory (float16) after its "
                              "first read, so later epochs skip decoding (24 kB a speech clip, 8 kB a depth map)")

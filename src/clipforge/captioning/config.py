@@ -7,7 +7,8 @@ from typing import Literal
 
 from clipforge.config import TaskOptions, opt
 from clipforge.engine.budget import MINUTES_HELP
-from clipforge.engine.loop import Precision, Schedule
+from clipforge.engine.loop import Schedule
+from clipforge.engine.precision import PRECISION_HELP, Precision
 from clipforge.errors import ConfigError
 
 TrainMethod = Literal["clipcap", "clipcap-frozen", "capdec", "decap", "iterative"]
@@ -62,7 +63,7 @@ class CaptionTrainConfig(TaskOptions):
     weight_decay: float = opt(0.01, "AdamW weight decay")
     warmup_steps: int = opt(100, "linear warm-up steps")
     schedule: Schedule = opt("cosine", "'cosine' or 'constant' after warm-up")
-    precision: Precision = opt("fp32", "fp32, bf16 (autocast) or fp16 (CUDA only)")
+    precision: Precision = opt("fp32", PRECISION_HELP)
     out_dir: str = opt("runs/captioner", "run folder; the captioner is saved to OUT_DIR/model")
     seed: int = opt(0, "random seed")
     log_every_steps: int = opt(20, "steps between log lines")

@@ -8,7 +8,7 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="generate synthetic data, train a small CLIP on the CPU, evaluate, write a report")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, help="epochs of the CLIP (default: clipforge.demo.DEMO_EPOCHS, 15)")
     p.add_argument("--train", type=int, default=10000, help="training scenes")
     p.add_argument("--val", type=int, default=1000, help="validation scenes")
     p.add_argument("--zeroshot-per-class", type=int, default=20)
@@ -41,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
                   f"{m[split]['colour_and_shape_acc']:.1%} (real {m['ceiling'][split]['colour_and_shape_acc']:.1%})")
         print(f"report: {m['report']}")
         return 0
-    results = run_demo(args.out, synth, epochs=args.epochs, progress=not args.no_progress,
-                       model=DEMO_MODELS[args.image_tower], caption_epochs=args.caption_epochs)
+    results = run_demo(args.out, synth, **({"epochs": args.epochs} if args.epochs else {}),
+                       progress=not args.no_progress, model=DEMO_MODELS[args.image_tower],
+                       caption_epochs=args.caption_epochs)
     print()
     print(demo_summary(results))
     return 0

@@ -169,8 +169,9 @@ def _from_shards(source: str, classes: list[str] | None) -> LabelledImages:
 
 
 def load_retrieval(source: str, image_column: str = "image", caption_column: str = "caption",
-                   separator: str | None = None) -> CaptionedImages:
-    """Image-caption pairs (CSV, folder of x.jpg + x.txt, or ``synthetic``) grouped by image."""
+                   separator: str | None = None, caption_split: str | None = None) -> CaptionedImages:
+    """Image-caption pairs (CSV, folder of x.jpg + x.txt, or ``synthetic``) grouped by image.
+    ``caption_split``: a row's caption holds alternatives separated by it; the first is kept."""
     from clipforge.data.pairs import read_pairs
 
     name = source
@@ -184,7 +185,8 @@ def load_retrieval(source: str, image_column: str = "image", caption_column: str
     captions, t2i = [], []
     for p in pairs:
         idx = images.setdefault(p.image, len(images))
-        for cap in p.caption.split("\n") if p.caption else []:
+        caption = p.caption.split(caption_split)[0] if caption_split and p.caption else p.caption
+        for cap in caption.split("\n") if caption else []:
             if cap.strip():
                 captions.append(cap.strip())
                 t2i.append(idx)

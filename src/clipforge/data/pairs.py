@@ -145,15 +145,18 @@ class PairDataset(Dataset):
         train: use the random training crop.
         seed: with ``epoch`` (see :meth:`set_epoch`), seeds each sample's augmentation, so
             augmentations do not depend on worker count or on resuming.
+        caption_split: each caption holds alternatives separated by this string; training draws
+            one per sample and epoch (from the same seed), otherwise the first is used.
     """
 
     def __init__(self, pairs: list[Pair], preprocess: Preprocess, tokenizer: Callable, train: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, caption_split: str | None = None) -> None:
         self.pairs = pairs
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.train = train
         self.seed = seed
+        self.caption_split = caption_split
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -174,7 +177,11 @@ class PairDataset(Dataset):
         except ImageReadError as e:
             reason = "missing image" if "no such image file" in str(e) else "unreadable image"
             return Skipped(reason, pair.image, str(e).removeprefix(f"{pair.image}: "))
-        return Sample(index, image, self.tokenizer([pair.caption])[0])
+        caption = pair.caption
+        if self.caption_split:
+            options = [c for c in (c.strip() for c in caption.split(self.caption_split)) if c] or [caption]
+            caption = options[int(torch.randint(len(options), (1,), generator=gen))] if gen else options[0]
+        return Sample(index, image, self.tokenizer([caption])[0])
 
 
 @dataclass

@@ -9,8 +9,9 @@ colour, but never together).
 
 Splits written by :func:`write_dataset`:
 
-* ``train.csv`` -- scenes without held-out combinations;
-* ``val.csv`` -- scenes from the same distribution, for retrieval recall;
+* ``train.csv`` -- scenes without held-out combinations; its ``phrasings`` column holds the caption
+  and every other phrasing of the scene, separated by `` | `` (``data.caption_split``);
+* ``val.csv`` -- scenes from the same distribution, for retrieval recall (the same columns);
 * ``zeroshot_seen.csv`` / ``zeroshot_heldout.csv`` -- single-object images with a ``label``
   column (``"red circle"``) of seen / held-out combinations, for zero-shot classification, and the
   object's ``size`` and ``position`` (groups for ``clipforge eval audit``).
@@ -194,6 +195,21 @@ def caption_forms(objs: list[SceneObject], with_size: bool) -> list[str]:
     return [f"{_a(phrases[0])}, {_a(phrases[1])} and {_a(phrases[2])}"]
 
 
+PHRASING_SEPARATOR = " | "
+
+
+def phrasings(objs: list[SceneObject], caption: str) -> list[str]:
+    """``caption`` first, then every other true phrasing of the scene the grammar has: objects in any
+    order, with and without their sizes (the ``phrasings`` column; ``data.caption_split`` trains on them)."""
+    import itertools
+
+    out = {caption: None}
+    for order in itertools.permutations(objs):
+        for with_size in (True, False):
+            out.update(dict.fromkeys(caption_forms(list(order), with_size)))
+    return list(out)
+
+
 def _caption(objs: list[SceneObject], rng: np.random.Generator) -> str:
     forms = caption_forms(objs, with_size=bool(rng.random() < 0.6))
     if len(objs) > 2:
@@ -349,7 +365,7 @@ def write_dataset(out_dir: str | Path, config: SynthConfig | None = None, progre
             (out / "depth" / split).mkdir(parents=True, exist_ok=True)
         rows = []
         single = split.startswith("zeroshot")
-        objects = scene_objects(split, config) if single else []
+        objects = scene_objects(split, config)
         with progress_bar(f"synth {split}", total=_split_size(split, config), enabled=progress) as bar:
             for i, (img, caption, label, dmap) in enumerate(generate_with_depth(split, config, "depth" in modalities)):
                 rel = f"images/{split}/{i:06d}.png"
@@ -360,10 +376,13 @@ def write_dataset(out_dir: str | Path, config: SynthConfig | None = None, progre
                     Image.fromarray(dmap).save(out / rows[-1]["depth"], compress_level=1)
                 if single:  # the object's other attributes: groups for analyses (eval audit --group-column)
                     rows[-1].update(size=objects[i][0].size, position=objects[i][0].position)
+                else:
+                    rows[-1]["phrasings"] = PHRASING_SEPARATOR.join(phrasings(objects[i], caption))
                 bar.advance()
         if "speech" in modalities:
             _write_speech(out, split, rows, config.seed, progress)
-        fields = (["image", "caption", "label", "size", "position"] if single else ["image", "caption"]) + \
+        fields = (["image", "caption", "label", "size", "position"] if single
+                  else ["image", "caption", "phrasings"]) + \
             [m for m in MODALITIES if m in modalities]
         tmp = out / f".{split}.csv.tmp"
         with open(tmp, "w", newline="") as f:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from clipforge.engine.distributed import DistInfo
+from clipforge.engine.precision import resolve_precision
 
 
 def grads_finite(module: torch.nn.Module) -> bool:
@@ -32,6 +33,7 @@ class StepContext:
     scaler: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.precision = resolve_precision(self.precision, self.device)
         # fp16 needs loss scaling (CUDA only); bf16 has fp32's range and needs none.
         if self.precision == "fp16":
             if self.device.type != "cuda":

@@ -9,6 +9,7 @@ progress bar, one cadence), evaluation, atomic checkpoints, exact resume and the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from clipforge.engine.accumulate import forward_backward
 from clipforge.engine.budget import TimeBudget
 from clipforge.engine.checkpoint import TrainState, commit_checkpoint, latest_checkpoint, truncate_log
 from clipforge.engine.context import StepContext, grads_finite
+from clipforge.engine.precision import PRECISIONS, Precision, resolve_precision
 from clipforge.engine.schedule import learning_rate
 from clipforge.engine.task import Task
 from clipforge.errors import ConfigError, TrainingDiverged
@@ -33,7 +35,6 @@ from clipforge.utils.progress import progress_bar
 log = logging.getLogger(__name__)
 
 
-Precision = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -76,8 +77,11 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
 
     ``skipped``: samples already left out while reading the data (counted into the summary).
     """
-    if config.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"precision must be 'fp32', 'bf16' or 'fp16', got {config.precision!r}")
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    if config.precision == "auto":
+        config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
+        log.info(f"precision=auto: {config.precision} on this {device.type}")
     run_dir = Path(config.out_dir)
     optimizers = task.optimizers()
     for opt in optimizers.values():

@@ -13,16 +13,20 @@ from torch import nn
 _EMBEDDING_NAMES = ("token_embedding", "positional_embedding", "class_embedding", "embeddings.", "logit_scale")
 
 
-def no_decay(name: str, param: torch.Tensor) -> bool:
-    """Gains, biases (1-D), embeddings and the temperature are not decayed."""
+def no_decay(name: str, param: torch.Tensor, decay_embeddings: bool = False) -> bool:
+    """Gains, biases (1-D), embeddings and the temperature are not decayed. ``decay_embeddings``:
+    open_clip's rule instead, which decays the 2-D token and positional embeddings too (every
+    parameter of two or more dimensions but the temperature)."""
+    if decay_embeddings:
+        return param.ndim < 2 or "logit_scale" in name
     return param.ndim < 2 or any(part in name for part in _EMBEDDING_NAMES)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
     decay, plain = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (plain if no_decay(name, p) else decay).append(p)
+            (plain if no_decay(name, p, decay_embeddings) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 

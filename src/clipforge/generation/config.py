@@ -7,7 +7,8 @@ from typing import Literal
 
 from clipforge.config import TaskOptions, opt
 from clipforge.engine.budget import MINUTES_HELP
-from clipforge.engine.loop import Precision, Schedule
+from clipforge.engine.loop import Schedule
+from clipforge.engine.precision import PRECISION_HELP, Precision
 from clipforge.errors import ConfigError
 
 Method = Literal["ddpm", "unclip", "gan", "gan-cls", "gan-int", "gan-int-cls", "controlgan", "aligndraw", "dvae",
@@ -160,7 +161,7 @@ class GenerationTrainConfig(TaskOptions):
     warmup_steps: int = opt(100, "linear warm-up steps")
     schedule_lr: Schedule = opt("cosine", "'cosine' or 'constant' learning rate after warm-up")
     ema: float = opt(0.999, "decay of the exponential moving average of the weights that is saved (0: none)")
-    precision: Precision = opt("fp32", "fp32, bf16 (autocast) or fp16 (CUDA only)")
+    precision: Precision = opt("fp32", PRECISION_HELP)
     out_dir: str = opt("runs/generator", "run folder; the generator is saved to OUT_DIR/model")
     seed: int = opt(0, "random seed")
     log_every_steps: int = opt(20, "steps between log lines")

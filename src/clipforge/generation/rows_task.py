@@ -4,15 +4,14 @@ settings from :class:`~clipforge.generation.config.GenerationTrainConfig`."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from clipforge.data.sampler import epoch_batches
 from clipforge.engine import distributed as D
+from clipforge.engine.ema import WeightEMA
 from clipforge.engine.loop import EngineConfig, fit
 from clipforge.engine.schedule import param_groups
 from clipforge.engine.task import Task
@@ -36,8 +35,7 @@ class RowsTask(Task):
                  info: D.DistInfo, device: torch.device, ema: float) -> None:
         self.model, self.rows, self.cfg, self.info, self.device = model, rows, cfg, info, device
         self.n = len(next(iter(rows.values())))
-        self.ema_decay = ema
-        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if ema else None
+        self.ema = WeightEMA(model, ema) if ema else None
         self._optimizers = self.make_optimizers()
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -72,21 +70,16 @@ class RowsTask(Task):
     @torch.no_grad()
     def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
         if self.ema is not None:
-            # The usual warm-up of the decay (min(decay, (1 + step) / (10 + step))): early weights fade fast.
-            d = min(self.ema_decay, (1 + step) / (10 + step))
-            for e, p in zip(self.ema.parameters(), self.model.parameters()):
-                e.lerp_(p.detach(), 1 - d)
-            for e, b in zip(self.ema.buffers(), self.model.buffers()):  # BatchNorm's statistics
-                e.copy_(b)
+            self.ema.update(self.model, step)
         return {}
 
     def final_weights(self) -> torch.nn.Module:
-        return self.ema if self.ema is not None else self.model
+        return self.ema.model if self.ema is not None else self.model
 
     def use_final_weights(self) -> None:
         """Put the final weights (the EMA when kept) into the trained model."""
         if self.ema is not None:
-            self.model.load_state_dict(self.ema.state_dict())
+            self.model.load_state_dict(self.ema.model.state_dict())
 
     def save_final(self, run_dir: Path) -> Path | None:
         if self.product is None:
@@ -99,13 +92,12 @@ class RowsTask(Task):
     def save_state(self, folder: Path) -> None:
         super().save_state(folder)
         if self.ema is not None:
-            save_file({k: v.contiguous().cpu() for k, v in self.ema.state_dict().items()},
-                      str(folder / "ema.safetensors"))
+            self.ema.save(folder / "ema.safetensors")
 
     def load_state(self, folder: Path) -> None:
         super().load_state(folder)
         if self.ema is not None:
-            self.ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+            self.ema.load(folder / "ema.safetensors")
 
 
 def engine_config(cfg: GenerationTrainConfig, out_dir: Path, epochs: int, minutes: float | None,

@@ -121,6 +121,7 @@ class Preprocess:
         mean, std: per-channel normalisation.
         interpolation: ``"bicubic"`` (CLIP's), ``"bilinear"`` or ``"nearest"``.
         train_crop_scale: area range of the random crop used when ``train=True``.
+        train_crop_ratio: its aspect-ratio range.
     """
 
     image_size: int = 224
@@ -128,11 +129,13 @@ class Preprocess:
     std: tuple[float, float, float] = OPENAI_STD
     interpolation: str = "bicubic"
     train_crop_scale: tuple[float, float] = field(default=(0.9, 1.0))
+    train_crop_ratio: tuple[float, float] = field(default=(3 / 4, 4 / 3))
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(x) for x in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(x) for x in self.std)  # type: ignore[assignment]
         self.train_crop_scale = tuple(float(x) for x in self.train_crop_scale)  # type: ignore[assignment]
+        self.train_crop_ratio = tuple(float(x) for x in self.train_crop_ratio)  # type: ignore[assignment]
         if self.interpolation not in _RESAMPLE:
             raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
 
@@ -146,7 +149,8 @@ class Preprocess:
         img = open_image(image)
         if train:
             check_aspect(img, name)  # the eval path checks inside resize_short_side
-            crop = RandomResizedCrop(self.image_size, scale=self.train_crop_scale, interpolation=self.interpolation)
+            crop = RandomResizedCrop(self.image_size, scale=self.train_crop_scale, ratio=self.train_crop_ratio,
+                                     interpolation=self.interpolation)
             img = crop(img, generator=generator)
         else:
             img = center_crop(resize_short_side(img, self.image_size, self.interpolation, name), self.image_size)

@@ -7,7 +7,7 @@ from typing import Any, Literal, get_args
 
 from clipforge.config import TaskOptions, opt
 from clipforge.engine.budget import MINUTES_HELP
-from clipforge.engine.loop import Precision
+from clipforge.engine.precision import PRECISION_HELP, Precision
 from clipforge.errors import ConfigError
 
 Method = Literal["simclr", "byol", "simsiam"]
@@ -67,7 +67,7 @@ class SSLConfig(TaskOptions):
     channels_last: bool = opt(False, "run a ResNet encoder channels-last (faster convolutions on most CPUs and "
                                       "GPUs; the same numbers)")
     warmup_steps: int = opt(50, "linear warm-up steps")
-    precision: Precision = opt("fp32", "fp32, bf16 (autocast) or fp16 (autocast with loss scaling; CUDA only)")
+    precision: Precision = opt("fp32", PRECISION_HELP)
     seed: int = opt(0, "seed for initialisation, order and augmentation")
     workers: int = opt(0, "data-loading worker processes")
     out_dir: str = opt("runs/ssl", "folder for checkpoints, logs and the encoder")

@@ -7,7 +7,8 @@ from typing import Literal, get_args
 
 from clipforge.config import TaskOptions, opt
 from clipforge.engine.budget import MINUTES_HELP
-from clipforge.engine.loop import Precision, Schedule
+from clipforge.engine.loop import Schedule
+from clipforge.engine.precision import PRECISION_HELP, Precision
 from clipforge.errors import ConfigError
 
 Objective = Literal["contrastive", "mlm_nsp"]
@@ -58,7 +59,7 @@ class TextTrainConfig(TaskOptions):
     warmup_steps: int = opt(0, "linear warm-up steps")
     schedule: Schedule = opt("linear", "linear decay (sentence-transformers' default), cosine or constant")
     grad_clip: float | None = opt(1.0, "clip the global gradient norm (sentence-transformers: 1.0)")
-    precision: Precision = opt("fp32", "fp32, bf16 (autocast) or fp16 (CUDA)")
+    precision: Precision = opt("fp32", PRECISION_HELP)
     seed: int = opt(0, "seed for order, masking and initialisation")
     out_dir: str = opt("runs/text", "folder for checkpoints, logs and the model (OUT_DIR/model)")
     minutes: float | None = opt(None, MINUTES_HELP)

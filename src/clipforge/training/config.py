@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from clipforge.config import apply_overrides, build_config, describe, opt, read_config_file
 from clipforge.engine.budget import MINUTES_HELP
-from clipforge.engine.loop import Precision, Schedule
+from clipforge.engine.loop import Schedule
+from clipforge.engine.precision import PRECISION_HELP, Precision
 from clipforge.errors import ConfigError
 
 Loss = Literal["clip", "clip_tiled", "siglip", "siglip_tiled", "bag_of_words"]
@@ -48,6 +49,14 @@ class DataConfig:
     shuffle_buffer: int = opt(1000, "shards: samples held in the shuffle buffer")
     resampled: bool = opt(False, "shards: draw shards with replacement (multi-epoch / multi-source mixing)")
     zeroshot: list[ZeroShotSet] = opt([], "labelled sets evaluated zero-shot after each epoch")
+    caption_split: str | None = opt(None, "the caption column holds several captions of each image separated by "
+                                    "this string (e.g. ' | '): training draws one per sample and epoch, "
+                                    "evaluation reads the first")
+    crop_scale: list[float] | None = opt(None, "training crop: area range [low, high] of the random crop "
+                                         "(default: the model's, [0.9, 1.0], the CLIP paper's); [1, 1] with "
+                                         "crop_ratio [1, 1] trains on the whole image")
+    crop_ratio: list[float] | None = opt(None, "training crop: aspect-ratio range [low, high] of the random crop "
+                                         "(default: the model's, [3/4, 4/3])")
 
 
 @dataclass
@@ -74,6 +83,8 @@ class ModelConfig:
 class OptimConfig:
     lr: float = opt(5e-4, "peak learning rate (AdamW)")
     weight_decay: float = opt(0.2, "decoupled weight decay; not applied to gains, biases, embeddings, temperature")
+    decay_embeddings: bool = opt(False, "also decay the token and positional embeddings (open_clip's rule: every "
+                                 "parameter of two or more dimensions but the temperature)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.98, "AdamW beta2")
     eps: float = opt(1e-6, "AdamW epsilon")
@@ -93,7 +104,11 @@ class TrainConfig:
                                        "gradients stay exactly those of the full batch (GradCache), except "
                                        "in BatchNorm layers (the ResNet towers), which normalise per micro-batch "
                                        "(a warning says so)")
-    precision: Precision = opt("fp32", "'fp32', 'bf16' (autocast) or 'fp16' (autocast with loss scaling; CUDA only)")
+    precision: Precision = opt("fp32", PRECISION_HELP)
+    channels_last: bool = opt(False, "run the image tower and its batches channels-last (faster convolutions "
+                              "for a ResNet tower, above all with bf16)")
+    ema: float = opt(0.0, "decay of an exponential moving average of the weights (e.g. 0.995; 0: none): "
+                     "evaluated beside the trained weights after each epoch, and the weights saved at the end")
     loss: Loss = opt("clip", "'clip' (symmetric InfoNCE), 'siglip' (the sigmoid loss; the model gains a learnable "
                     "logit bias, initialised with t = 10, b = -10), or 'clip_tiled' / 'siglip_tiled' (the same losses, "
                     "exact, in O(N d) memory for very large batches), or 'bag_of_words' (no text tower: the image "
@@ -139,6 +154,15 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least {low}{why}, got {value}")
         if self.optim.grad_clip is not None and not self.optim.grad_clip > 0:
             raise ConfigError(f"optim.grad_clip must be positive (or null: no clipping), got {self.optim.grad_clip}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be in [0, 1) (0: no moving average), got {self.ema}")
+        for name, pair in (("data.crop_scale", self.data.crop_scale), ("data.crop_ratio", self.data.crop_ratio)):
+            if pair is not None and not (len(pair) == 2 and 0 < pair[0] <= pair[1]
+                                         and (name == "data.crop_ratio" or pair[1] <= 1)):
+                limit = "0 < low <= high" + (" <= 1" if name == "data.crop_scale" else "")
+                raise ConfigError(f"{name} must be [low, high] with {limit}, got {pair}")
+        if self.data.caption_split == "":
+            raise ConfigError("data.caption_split must be a non-empty separator (or null: one caption per row)")
         for name, value in (("optim.lr", self.optim.lr), ("optim.weight_decay", self.optim.weight_decay)):
             if not value >= 0:  # lr 0 is a valid way to run the loop without changing weights
                 raise ConfigError(f"{name} must be at least 0, got {value}")

@@ -28,7 +28,7 @@ def check_eval_data(config: TrainConfig) -> None:
         _zeroshot_sets(config)
         if config.data.val:
             load_retrieval(config.data.val, config.data.image_column, config.data.caption_column,
-                           config.data.separator)
+                           config.data.separator, config.data.caption_split)
 
 
 @torch.no_grad()
@@ -49,7 +49,7 @@ def evaluate(model: CLIP, config: TrainConfig, progress: bool = False) -> dict[s
         out.update({f"{zs.name}/{k}": v for k, v in metrics.items()})
     if config.data.val and embeds_text:  # a bag-of-words model has no text embedding to retrieve with
         ds = load_retrieval(config.data.val, config.data.image_column, config.data.caption_column,
-                            config.data.separator)
+                            config.data.separator, config.data.caption_split)
         try:
             metrics, _, _ = retrieval_task(model, ds, progress=progress)
         except ClipforgeError as e:

@@ -14,6 +14,7 @@ from clipforge.data.pairs import Batch, PairDataset, collate
 from clipforge.data.sampler import epoch_batches
 from clipforge.data.shards import ShardDataset
 from clipforge.engine.distributed import DistInfo, gather_features, reduce_gradients
+from clipforge.engine.ema import WeightEMA
 from clipforge.engine.task import Task
 from clipforge.errors import ConfigError
 from clipforge.models.clip import CLIP
@@ -77,8 +78,12 @@ class CLIPTask(ContrastiveStep):
         # A run that evaluates at all also evaluates its last model when max_steps or minutes= stop it.
         self.evaluate_at_end = bool(config.eval_every_epochs or config.eval_every_steps)
         opt = config.optim
-        self.optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay), lr=opt.lr,
+        self.optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay, opt.decay_embeddings), lr=opt.lr,
                                            betas=(opt.beta1, opt.beta2), eps=opt.eps)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if config.channels_last:
+            model.visual.to(memory_format=torch.channels_last)
+        self.ema = WeightEMA(model, config.ema) if config.ema else None
         self._batches = _epoch_batches(config, pairs, model, dist, self.steps_per_epoch())
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -89,27 +94,41 @@ class CLIPTask(ContrastiveStep):
 
     def batches(self, epoch: int, start: int):
         for batch in self._batches(epoch, start):
-            yield Batch(batch.indices, batch.images.to(self.device), batch.tokens.to(self.device), batch.skipped) \
-                if len(batch) else batch
+            yield Batch(batch.indices, batch.images.to(self.device, memory_format=self.memory_format),
+                        batch.tokens.to(self.device), batch.skipped) if len(batch) else batch
 
     def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
         self.model.clamp_logit_scale_()
+        if self.ema is not None:
+            self.ema.update(self.model, step)
         return {"temperature": 1.0 / self.model.logit_scale.exp().item()}
 
     def evaluate(self, epoch: int, last: bool) -> dict[str, Any]:
+        """The trained weights' metrics; with an EMA, the EMA's (the weights saved at the end), and the
+        trained weights' under ``online/``."""
         from clipforge.training.evaluate import evaluate
 
-        return evaluate(self.model, self.config, progress=False)
+        online = evaluate(self.model, self.config, progress=False)
+        if self.ema is None:
+            return online
+        return {**evaluate(self.ema.model, self.config, progress=False),
+                **{f"online/{k}": v for k, v in online.items()}}
 
     def save_state(self, folder: Path) -> None:
         save_model(self.model, folder / "model")
+        if self.ema is not None:
+            self.ema.save(folder / "ema.safetensors")
 
     def load_state(self, folder: Path) -> None:
         from clipforge.checkpoints.state_dict import load_strict, read_state_dict
 
         load_strict(self.model, read_state_dict(folder / "model" / "model.safetensors"), str(folder / "model"))
+        if self.ema is not None:
+            self.ema.load(folder / "ema.safetensors")
 
     def save_final(self, run_dir: Path) -> Path:
+        if self.ema is not None:  # the averaged weights are the run's product
+            self.model.load_state_dict(self.ema.model.state_dict())
         save_model(self.model, run_dir / "model")
         return run_dir / "model"
 
@@ -120,7 +139,8 @@ def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_ep
 
     workers = config.data.workers
     if not is_shard_source(config.data.train):
-        dataset = PairDataset(pairs, model.preprocess, model.tokenizer, train=True, seed=config.seed)
+        dataset = PairDataset(pairs, training_preprocess(config, model.preprocess), model.tokenizer, train=True,
+                              seed=config.seed, caption_split=config.data.caption_split)
 
         def from_files(epoch: int, start: int):
             dataset.set_epoch(epoch)
@@ -134,7 +154,10 @@ def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_ep
         raise ConfigError(f"batch_size={config.batch_size} must be divisible by the number of processes "
                           f"({info.world_size})")
     per_rank = config.batch_size // info.world_size
-    stream = ShardDataset(config.data.train, model.preprocess, model.tokenizer, train=True, seed=config.seed,
+    if config.data.caption_split:
+        raise ConfigError("data.caption_split applies to CSV and folder data; shards hold one caption per sample")
+    stream = ShardDataset(config.data.train, training_preprocess(config, model.preprocess), model.tokenizer,
+                          train=True, seed=config.seed,
                           shuffle_buffer=config.data.shuffle_buffer, resampled=config.data.resampled,
                           rank=info.rank, world_size=info.world_size, batch_size=per_rank)
 
@@ -157,6 +180,17 @@ def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_ep
             stream.set_epoch(epoch + 10_000 * passes, 0)
 
     return from_shards
+
+
+def training_preprocess(config: Any, preprocess: Any) -> Any:
+    """The model's preprocessing with the run's training crop (``data.crop_scale`` / ``crop_ratio``)."""
+    import dataclasses
+
+    scale, ratio = config.data.crop_scale, config.data.crop_ratio
+    if scale is None and ratio is None:
+        return preprocess
+    return dataclasses.replace(preprocess, train_crop_scale=tuple(scale or preprocess.train_crop_scale),
+                               train_crop_ratio=tuple(ratio or preprocess.train_crop_ratio))
 
 
 def contrastive_backward(model: CLIP, images: torch.Tensor, tokens: torch.Tensor, loss_fn: LossFn,

@@ -20,6 +20,7 @@ from clipforge.engine import distributed as D
 from clipforge.engine.accumulate import micro_batching_is_inexact
 from clipforge.engine.checkpoint import TrainState, latest_checkpoint
 from clipforge.engine.loop import EngineConfig, TrainingDiverged, fit
+from clipforge.engine.precision import PRECISIONS
 from clipforge.errors import ConfigError
 from clipforge.losses.clip import clip_loss
 from clipforge.losses.siglip import siglip_loss
@@ -150,8 +151,8 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True,
         if config.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {config.loss!r}")
         loss_fn = LOSSES[config.loss]
-    if config.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"precision must be 'fp32', 'bf16' or 'fp16', got {config.precision!r}")
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if not config.data.train:
         raise ConfigError("no training data: set data.train to a CSV/TSV file or a captioned image folder")
     run_dir = Path(config.out_dir)
@@ -175,7 +176,9 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True,
     if resume:
         model = load(latest_checkpoint(run_dir / "checkpoints", resume) / "model").train()
     else:
-        captions = lambda: list(iter_captions(config.data.train)) if shards else [p.caption for p in pairs]  # noqa: E731
+        split = config.data.caption_split
+        captions = lambda: list(iter_captions(config.data.train)) if shards else \
+            [c.strip() for p in pairs for c in (p.caption.split(split) if split else [p.caption])]  # noqa: E731
         if config.model.init:
             model = build_model(config, None)  # fine-tuning keeps the checkpoint's own tokenizer
             if model.tokenizer is None:
