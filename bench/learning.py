@@ -20,6 +20,7 @@ figures independent of how busy the machine is (the seconds column is not: it is
     .venv/bin/python bench/learning.py --rows today decay-emb --epochs 6
     .venv/bin/python bench/learning.py --rows today "today:optim.lr=2e-3,optim.warmup_steps=100"
     .venv/bin/python bench/learning.py --model vit --rows today recipe
+    .venv/bin/python bench/learning.py --rows today recipe --time-steps 156   # speed alone, no evaluation
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -93,13 +95,40 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(job["threads"])
     logging.getLogger("clipforge").setLevel(logging.WARNING)  # the table is the output, not every epoch's line
     out = Path(job["work"]) / f"{re.sub(r'[^A-Za-z0-9]+', '_', job['row'])}-{job['seed']}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run, not the rest of an earlier one
     base = demo_config(Path(job["data"]), out, job["epochs"], DEMO_MODELS[job["model"]], recipe=[]).to_dict()
     base.update(seed=job["seed"], threads=job["threads"], tensorboard=False, keep_checkpoints=1)
     config = TrainConfig.from_dict(apply_overrides(base, job["options"]))
     t0 = time.perf_counter()
     result = train(config, progress=False)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
     return {"row": job["row"], "seed": job["seed"], "seconds": time.perf_counter() - t0,
-            "steps": result.state.step, "evals": result.state.evals}
+            "steps": result.state.step, "evals": result.state.evals,
+            "samples_per_s": json.loads(lines[-1])["samples_per_s"] if lines else None}
+
+
+def time_rows(rows: list[tuple[str, list[str]]], args: argparse.Namespace, data: Path) -> None:
+    """Training speed alone on the machine: each row's first ``--time-steps`` steps (data loading
+    included, no evaluation), rows alternating, ``--repeats`` times; the median per row."""
+    from common import markdown_table
+
+    threads = len(os.sched_getaffinity(0))
+    rates: dict[str, list[float]] = {label: [] for label, _ in rows}
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        for rep in range(args.repeats):
+            for label, options in rows:
+                job = {"row": label, "options": options + [f"max_steps={args.time_steps}", "eval_every_epochs=0"],
+                       "seed": 0, "model": args.model, "epochs": args.epochs, "data": str(data),
+                       "work": str(args.work / "timing"), "threads": threads}
+                rates[label].append(pool.submit(run_one, job).result()["samples_per_s"])
+                print(json.dumps({"row": label, "repeat": rep, "samples_per_s": rates[label][-1]}), flush=True)
+    base = statistics.median(rates[rows[0][0]])
+    print()
+    print(markdown_table(["row", "samples/s (median)", "runs", "vs first row",
+                          f"epochs in the minutes of {args.epochs} of the first row"],
+                         [[label, f"{statistics.median(r):.0f}", " / ".join(f"{x:.0f}" for x in r),
+                           f"{statistics.median(r) / base:.2f}x", f"{args.epochs * statistics.median(r) / base:.1f}"]
+                          for label, r in rates.items()]))
 
 
 def summarise(run: dict[str, Any]) -> dict[str, float]:
@@ -136,17 +165,32 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--data", type=Path, default=Path("outputs/bench-learning/data"))
     parser.add_argument("--work", type=Path, default=Path("outputs/bench-learning/runs"))
-    parser.add_argument("--out", type=Path, help="write every run's per-epoch evaluations here (JSON)")
+    parser.add_argument("--time-steps", type=int, default=0,
+                        help="instead: time each row's first N steps alone (all cores, rows alternating)")
+    parser.add_argument("--repeats", type=int, default=3, help="with --time-steps: runs per row")
+    parser.add_argument("--out", type=Path, help="write every run's per-epoch evaluations here (JSON); runs "
+                        "already in it (same row and seed) are kept, not trained again")
     args = parser.parse_args()
     rows = [parse_row(r) for r in args.rows]
     data = ensure_data(args.data)
+    if args.time_steps:
+        print(f"machine: {machine()}; model {args.model}; the first {args.time_steps} steps of each row, "
+              f"{args.repeats} times, alone\n", flush=True)
+        time_rows(rows, args, data)
+        return
     threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
     print(f"machine: {machine()}; model {args.model}; {args.epochs} epochs; {args.seeds} seeds; "
           f"{args.jobs} runs at a time, {threads} threads each\n", flush=True)
+    labels = {label for label, _ in rows}
+    runs: list[dict[str, Any]] = []
+    if args.out and args.out.is_file():  # an interrupted bench keeps its finished runs
+        saved = json.loads(args.out.read_text())
+        if saved["args"]["model"] == args.model and saved["args"]["epochs"] == str(args.epochs):
+            runs = [r for r in saved["runs"] if r["row"] in labels and r["seed"] < args.seeds]
+    done = {(r["row"], r["seed"]) for r in runs}
     jobs = [{"row": label, "options": options, "seed": seed, "model": args.model, "epochs": args.epochs,
              "data": str(data), "work": str(args.work), "threads": threads}
-            for seed in range(args.seeds) for label, options in rows]
-    runs: list[dict[str, Any]] = []
+            for seed in range(args.seeds) for label, options in rows if (label, seed) not in done]
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         for run in pool.map(run_one, jobs):
             runs.append(run)
@@ -158,10 +202,20 @@ def main() -> None:
     table = []
     for label, _ in rows:
         figures = [summarise(r) for r in runs if r["row"] == label]
-        table.append([label] + [cell([f[c] for f in figures if c in f], c != "minutes")
+        table.append([label.replace("|", "\\|")] + [cell([f[c] for f in figures if c in f], c != "minutes")
                                 if any(c in f for f in figures) else "" for c in columns])
     print()
     print(markdown_table(["row"] + columns, table))
+    # Rows share each seed's initialisation and data order, so the paired differences are the test.
+    first, paired = rows[0][0], ["seen", "held-out", "held-out, last 3", "t2i R@1", "t2i R@5", "i2t R@1", "i2t R@5"]
+    by_seed = {(r["row"], r["seed"]): summarise(r) for r in runs}
+    diffs = []
+    for label, _ in rows[1:]:
+        seeds = [s for (row, s) in by_seed if row == label and (first, s) in by_seed]
+        diffs.append([label.replace("|", "\\|")] + [
+            cell([by_seed[label, s][c] - by_seed[first, s][c] for s in seeds]) if seeds else "" for c in paired])
+    print(f"\ndifference from {first!r} with the same seed (points; mean ± sd over seeds)\n")
+    print(markdown_table(["row"] + paired, diffs))
 
 
 if __name__ == "__main__":
