@@ -162,7 +162,8 @@ class TrainConfig:
                 limit = "0 < low <= high" + (" <= 1" if name == "data.crop_scale" else "")
                 raise ConfigError(f"{name} must be [low, high] with {limit}, got {pair}")
         if self.data.caption_split == "":
-            raise ConfigError("data.caption_split must be a non-empty separator (or null: one caption per row)")
+            raise ConfigError("data.caption_split must be a non-empty separator (or null: one caption per row); "
+                              "on the command line quote it for YAML: \"data.caption_split=' | '\"")
         for name, value in (("optim.lr", self.optim.lr), ("optim.weight_decay", self.optim.weight_decay)):
             if not value >= 0:  # lr 0 is a valid way to run the loop without changing weights
                 raise ConfigError(f"{name} must be at least 0, got {value}")
