@@ -289,7 +289,7 @@ def test_synth_speech_writes_spoken_captions_and_words(tmp_path):
     data = write_dataset(tmp_path / "d", SynthConfig(seed=3, n_train=6, n_val=2, n_zeroshot_per_class=1),
                          progress=False, modalities=("speech",))
     rows = _rows(data / "train.csv")
-    assert set(rows[0]) == {"image", "caption", "speech"}
+    assert set(rows[0]) == {"image", "caption", "phrasings", "speech"}
     a = read_wav(data / rows[0]["speech"])
     assert a.sample_rate == 16000 and 0.5 < a.seconds < 6 and a.notes == []
     words = _rows(data / "speech_words.csv")
