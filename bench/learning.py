@@ -75,9 +75,9 @@ def parse_row(text: str) -> tuple[str, list[str]]:
 def ensure_data(data: Path) -> Path:
     """The demo's scenes (same sizes and seed), written once; rewritten if they lack the phrasings column."""
     from clipforge.data.synthetic import SynthConfig, write_dataset
+    from clipforge.demo import reusable_data
 
-    train = data / "train.csv"
-    if not (train.is_file() and "phrasings" in train.open().readline()):
+    if not reusable_data(data, SynthConfig()):
         print(f"writing the demo's synthetic scenes to {data}", flush=True)
         write_dataset(data, SynthConfig(), progress=False)
     return data

@@ -172,7 +172,7 @@ def load_retrieval(source: str, image_column: str = "image", caption_column: str
                    separator: str | None = None, caption_split: str | None = None) -> CaptionedImages:
     """Image-caption pairs (CSV, folder of x.jpg + x.txt, or ``synthetic``) grouped by image.
     ``caption_split``: a row's caption holds alternatives separated by it; the first is kept."""
-    from clipforge.data.pairs import read_pairs
+    from clipforge.data.pairs import caption_options, read_pairs
 
     name = source
     if source == "synthetic":
@@ -185,7 +185,7 @@ def load_retrieval(source: str, image_column: str = "image", caption_column: str
     captions, t2i = [], []
     for p in pairs:
         idx = images.setdefault(p.image, len(images))
-        caption = p.caption.split(caption_split)[0] if caption_split and p.caption else p.caption
+        caption = caption_options(p.caption, caption_split)[0] if p.caption else p.caption
         for cap in caption.split("\n") if caption else []:
             if cap.strip():
                 captions.append(cap.strip())

@@ -38,6 +38,13 @@ class Skipped:
     detail: str = ""
 
 
+def caption_options(caption: str, split: str | None) -> list[str]:
+    """The captions one cell holds: split by ``split`` (``data.caption_split``), stripped, none empty."""
+    if not split:
+        return [caption]
+    return [c for c in (c.strip() for c in caption.split(split)) if c] or [caption]
+
+
 def sample_seed(seed: int, epoch: int, key: object) -> int:
     """A seed for one sample's augmentation, stable across processes (unlike ``hash`` of a str)."""
     return zlib.crc32(f"{seed}/{epoch}/{key}".encode()) & 0x7FFFFFFF
@@ -179,7 +186,7 @@ class PairDataset(Dataset):
             return Skipped(reason, pair.image, str(e).removeprefix(f"{pair.image}: "))
         caption = pair.caption
         if self.caption_split:
-            options = [c for c in (c.strip() for c in caption.split(self.caption_split)) if c] or [caption]
+            options = caption_options(caption, self.caption_split)
             caption = options[int(torch.randint(len(options), (1,), generator=gen))] if gen else options[0]
         return Sample(index, image, self.tokenizer([caption])[0])
 

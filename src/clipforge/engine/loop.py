@@ -25,10 +25,10 @@ from clipforge.engine.accumulate import forward_backward
 from clipforge.engine.budget import TimeBudget
 from clipforge.engine.checkpoint import TrainState, commit_checkpoint, latest_checkpoint, truncate_log
 from clipforge.engine.context import StepContext, grads_finite
-from clipforge.engine.precision import PRECISIONS, Precision, resolve_precision
+from clipforge.engine.precision import Precision, check_precision, resolve_precision
 from clipforge.engine.schedule import learning_rate
 from clipforge.engine.task import Task
-from clipforge.errors import ConfigError, TrainingDiverged
+from clipforge.errors import TrainingDiverged
 from clipforge.io import atomic_write_text
 from clipforge.utils.progress import progress_bar
 
@@ -77,8 +77,7 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
 
     ``skipped``: samples already left out while reading the data (counted into the summary).
     """
-    if config.precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    check_precision(config.precision)
     if config.precision == "auto":
         config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
         log.info(f"precision=auto: {config.precision} on this {device.type}")

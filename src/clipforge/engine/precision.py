@@ -29,6 +29,14 @@ def native_bf16(device: torch.device) -> bool:
         return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def check_precision(precision: str) -> None:
+    """Refuse an unknown precision in one line, before any work."""
+    if precision not in PRECISIONS:
+        from clipforge.errors import ConfigError
+
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` as what it means on ``device``; any other value unchanged."""
     if precision != "auto":

@@ -28,7 +28,7 @@ from clipforge.engine.checkpoint import TrainState
 from clipforge.engine.context import StepContext
 from clipforge.engine.lars import LARS, lars_groups
 from clipforge.engine.loop import EngineConfig, fit
-from clipforge.engine.precision import PRECISIONS
+from clipforge.engine.precision import check_precision
 from clipforge.engine.schedule import param_groups
 from clipforge.engine.task import Task
 from clipforge.errors import ConfigError
@@ -192,8 +192,7 @@ def train_ssl(cfg: SSLConfig, resume: str | None = None, progress: bool = True) 
                           f"its positional grid to the small views; got encoder.type={cfg.encoder.get('type')!r}")
     if cfg.augment.small_crops < 0:
         raise ConfigError(f"augment.small_crops must be 0 or more, got {cfg.augment.small_crops}")
-    if cfg.precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    check_precision(cfg.precision)
     device = D.default_device(info, cfg.device)
     dataset = ImageDataset(unlabelled_images(cfg.data), Uint8Crop(cfg.image_size))
     if len(dataset) < cfg.batch_size:

@@ -14,13 +14,13 @@ import torch
 
 from clipforge.checkpoints.load import load, model_config
 from clipforge.checkpoints.ssl_encoder import load_encoder_into
-from clipforge.data.pairs import read_pairs
+from clipforge.data.pairs import caption_options, read_pairs
 from clipforge.data.shards import count_samples, is_shard_source, iter_captions
 from clipforge.engine import distributed as D
 from clipforge.engine.accumulate import micro_batching_is_inexact
 from clipforge.engine.checkpoint import TrainState, latest_checkpoint
 from clipforge.engine.loop import EngineConfig, TrainingDiverged, fit
-from clipforge.engine.precision import PRECISIONS
+from clipforge.engine.precision import check_precision
 from clipforge.errors import ConfigError
 from clipforge.losses.clip import clip_loss
 from clipforge.losses.siglip import siglip_loss
@@ -151,8 +151,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True,
         if config.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {config.loss!r}")
         loss_fn = LOSSES[config.loss]
-    if config.precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    check_precision(config.precision)
     if not config.data.train:
         raise ConfigError("no training data: set data.train to a CSV/TSV file or a captioned image folder")
     run_dir = Path(config.out_dir)
@@ -178,7 +177,7 @@ def train(config: TrainConfig, resume: str | None = None, progress: bool = True,
     else:
         split = config.data.caption_split
         captions = lambda: list(iter_captions(config.data.train)) if shards else \
-            [c.strip() for p in pairs for c in (p.caption.split(split) if split else [p.caption])]  # noqa: E731
+            [c for p in pairs for c in caption_options(p.caption, split)]  # noqa: E731
         if config.model.init:
             model = build_model(config, None)  # fine-tuning keeps the checkpoint's own tokenizer
             if model.tokenizer is None:
