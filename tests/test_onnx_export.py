@@ -59,7 +59,9 @@ def test_a_model_without_towers_is_refused(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_embed_with_the_onnx_backend_gives_the_torch_backend_s_embeddings(tmp_path) -> None:
+def test_embed_with_the_onnx_backend_gives_the_torch_backend_s_embeddings(tmp_path, monkeypatch) -> None:
+    import json
+
     import numpy as np
 
     from clipforge.checkpoints import save
@@ -73,6 +75,7 @@ def test_embed_with_the_onnx_backend_gives_the_torch_backend_s_embeddings(tmp_pa
     model.preprocess = Preprocess(image_size=config.vision.image_size)
     save(model, tmp_path / "model")
     data = tiny_synth(tmp_path / "data", n_train=8, n_val=12)
+    monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "cache"))
     for backend in ("torch", "onnx"):
         assert main(["embed", "--model", str(tmp_path / "model"), "--images", str(data / "val.csv"),
                      "--out", str(tmp_path / backend), "--backend", backend, "--workers", "1"]) == 0
@@ -80,4 +83,6 @@ def test_embed_with_the_onnx_backend_gives_the_torch_backend_s_embeddings(tmp_pa
     onnx_part = np.load(tmp_path / "onnx" / "part-00000.npy").astype(np.float32)
     assert torch_part.shape == onnx_part.shape == (12, 16)
     assert np.abs(torch_part - onnx_part).max() < 2e-3  # float16 storage
-    assert (tmp_path / "onnx" / "onnx" / "image.onnx").is_file()
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["inference"] == {"image": "onnx-fp32", "text": "onnx-fp32"}
+    assert list((tmp_path / "cache" / "inference" / "onnx").glob("*/image.onnx"))  # exported once, reused

@@ -63,7 +63,7 @@ class _TextGraph(nn.Module):
 @contextlib.contextmanager
 def _quiet_exporter():
     """The exporter logs its steps and torchvision's absence; a user wants the result line."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

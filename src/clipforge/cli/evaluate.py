@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.inference.options import add_inference_options
+
     p = sub.add_parser("eval", help="evaluate a model: zero-shot, retrieval, linear probe, few-shot, overlap")
     esub = p.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")
 
@@ -18,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--batch-size", type=int, default=128)
         q.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
         q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+        add_inference_options(q)
 
     data_help = ("built-in name (synthetic, digits), folder of class sub-folders, CSV with image and label "
                  "columns, or shards with cls entries")
@@ -141,6 +144,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--templates", default="a photo of a {c}.", help="template set name, file, or one template")
     c.add_argument("--top", type=int, default=3, help="classes shown per image (default: 3)")
     c.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    add_inference_options(c)
     c.add_argument("images", nargs="+")
     c.set_defaults(func=run_classify)
 
@@ -166,6 +170,25 @@ def _load(model_path: str, device: str | None = None, text: bool = True):
                              "(eval zeroshot scores its prompts by likelihood; linear probes use its image features)")
     if model.tokenizer is None:
         raise ClipforgeError(f"{model_path}: {no_tokenizer_message(model)}")
+    return model
+
+
+def _on_inference_path(model, args: argparse.Namespace):
+    """``model`` with its towers on the path ``--backend``/``--precision`` ask for
+    (:func:`clipforge.inference.choice.prepare_for_inference`); under torchrun rank 0 measures first
+    and the other ranks read its cache."""
+    from clipforge.engine.distributed import barrier, current_dist
+    from clipforge.inference.choice import prepare_for_inference
+
+    if model is None:  # --model pixels
+        return model
+    info = current_dist()
+    if not info.is_main:
+        barrier(info)
+    model = prepare_for_inference(model, next(model.parameters()).device, args.backend, args.precision)
+    args.inference_paths = model.inference_paths  # recorded in the result's settings
+    if info.is_main:
+        barrier(info)
     return model
 
 
@@ -196,7 +219,8 @@ def _probe_inputs(args: argparse.Namespace):
     from clipforge.evaluation.probe_data import labelled_features, train_test_sets
 
     _at_least(args.batch_size, 1, "--batch-size")
-    model = _load(args.model, args.device, text=bool(getattr(args, "zeroshot_init", False)))
+    model = _on_inference_path(_load(args.model, args.device, text=bool(getattr(args, "zeroshot_init", False))),
+                               args)
     train, test = train_test_sets(args.dataset, args.test, getattr(args, "image_column", "image"),
                                   getattr(args, "label_column", "label"))
     xtr, ytr, _ = labelled_features(model, train, args.batch_size, not args.no_cache, "embed train")
@@ -210,6 +234,8 @@ def _save(args, task: str, dataset: str, metrics: dict, settings: dict, label: s
 
     if not current_dist().is_main:
         return
+    if getattr(args, "inference_paths", None):
+        settings = {**settings, "inference": args.inference_paths}
     path = write_result(args.out, task, args.model, dataset, metrics, settings)
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     print(f"{label}: {json.dumps(shown)}" if label else json.dumps(shown))
@@ -229,6 +255,8 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     _at_least(args.batch_size, 1, "--batch-size")
     model = _load(args.model, args.device, text=False)
     by_likelihood = args.scoring == "likelihood" or not callable(getattr(model, "encode_text", None))
+    if not by_likelihood:  # likelihood scoring runs the decoder, which the inference paths leave alone
+        model = _on_inference_path(model, args)
     classes, per_class = load_classnames(args.classes) if args.classes else (None, None)
     ds = load_classification(args.dataset, args.split, args.image_column, args.label_column, classes)
     warn_missing(ds)
@@ -320,7 +348,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     from clipforge.evaluation.tasks import retrieval_task
 
     _at_least(args.batch_size, 1, "--batch-size")
-    model = _load(args.model, args.device)
+    model = _on_inference_path(_load(args.model, args.device), args)
     ds = load_retrieval(args.dataset, args.image_column, args.caption_column)
     metrics, skipped, counts = retrieval_task(model, ds, args.batch_size, use_cache=not args.no_cache, progress=True)
     if skipped:
@@ -379,7 +407,7 @@ def run_overlap(args: argparse.Namespace) -> int:
     if args.threshold is not None and not -1.0 <= args.threshold <= 1.0:
         raise ClipforgeError(f"--threshold is a cosine similarity, between -1 and 1; got {args.threshold}")
     _at_least(args.batch_size, 1, "--batch-size")
-    model = _load(args.model, args.device)
+    model = _on_inference_path(_load(args.model, args.device), args)
     train, test = train_test_sets(args.dataset, args.test)
     cached = dict(batch_size=args.batch_size, use_cache=not args.no_cache, progress=False)
     xtr, itr, _ = image_features(model, train.images, **cached)
@@ -459,7 +487,7 @@ def run_classify(args: argparse.Namespace) -> int:
     from clipforge.evaluation.zero_shot import zero_shot_logits
 
     _at_least(args.top, 1, "--top")
-    model = _load(args.model, args.device)
+    model = _on_inference_path(_load(args.model, args.device), args)
     classes, per_class = load_classnames(args.labels)
     templates = per_class or get_templates(args.templates)
     feats, idx, skipped = embed_images(model, args.images)

@@ -6,6 +6,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from clipforge.inference.options import add_inference_options
     from clipforge.search.index import KINDS
 
     e = sub.add_parser("embed", help="embed an image collection (resumable) into EMB_DIR")
@@ -24,10 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--captions", action="store_true",
                    help="also embed the captions (clipforge index then measures recall on them as queries)")
-    e.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="onnx: the image tower runs as an ONNX graph under ONNX Runtime (exported to the output "
-                        "folder's onnx/ and checked against the model first; CPU; needs clipforge[onnx]). Faster "
-                        "for ResNet towers, slower for ViTs: see docs/benchmarks.md (default: torch)")
+    add_inference_options(e)
     e.add_argument("--workers", type=int, default=None,
                    help="threads decoding images while the model encodes (default: the cores torch's threads "
                         "leave free, at least 1)")
@@ -94,6 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--max-connections", type=int, default=64, help="open connections; more get a 503 (default: 64)")
     v.add_argument("--device", default=None, help="where queries are encoded: cpu, cuda, cuda:N (default: CUDA when "
                    "present)")
+    add_inference_options(v)
     v.set_defaults(func=run_serve)
 
 
@@ -103,6 +102,7 @@ def run_embed(args: argparse.Namespace) -> int:
     from clipforge.checkpoints import load
     from clipforge.engine.distributed import barrier, default_device, init_distributed
     from clipforge.errors import ConfigError
+    from clipforge.inference.choice import prepare_for_inference
     from clipforge.search.embed import embed_collection, skipped_items
 
     if args.part_size < 1 or args.batch_size < 1:
@@ -111,25 +111,15 @@ def run_embed(args: argparse.Namespace) -> int:
         raise ConfigError(f"--checkpoint-seconds must be 0 (never) or more, got {args.checkpoint_seconds}")
     info = init_distributed()  # under torchrun, each rank embeds its share of the parts
     device = default_device(info, args.device)
-    model = load(args.model)
-    image_encoder = None
-    if args.backend == "onnx":
-        import torch
-
-        from clipforge.checkpoints.onnx import OnnxCLIP, export_onnx
-
-        if device.type != "cpu":
-            raise ConfigError(f"--backend onnx runs on the CPU; the device is {device} (pass --device cpu)")
-        graphs = Path(args.out) / "onnx"
-        if info.is_main and not (graphs / "onnx.json").is_file():
-            export_onnx(model, graphs, source=args.model)
+    if not info.is_main:
+        barrier(info)  # rank 0 measures the inference paths (and exports) first; the others read its cache
+    model = prepare_for_inference(load(args.model), device, args.backend, args.precision)
+    if info.is_main:
         barrier(info)
-        image_encoder = OnnxCLIP(graphs, threads=torch.get_num_threads()).encode_image
     out = embed_collection(model, args.images, args.out, model_path=str(Path(args.model).resolve()),
                            part_size=args.part_size, batch_size=args.batch_size, captions=args.captions,
                            workers=args.workers, image_column=args.image_column, caption_column=args.caption_column,
-                           checkpoint_seconds=args.checkpoint_seconds, info=info, device=device,
-                           image_encoder=image_encoder)
+                           checkpoint_seconds=args.checkpoint_seconds, info=info, device=device)
     if info.is_main:
         skipped = skipped_items(out)
         note = f"; {len(skipped)} unreadable image(s) listed in skipped-*.jsonl" if skipped else ""
@@ -192,5 +182,5 @@ def run_serve(args: argparse.Namespace) -> int:
                     max_heavy=args.max_heavy)
     print(f"serving {args.index_dir} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     serve(args.index_dir, args.model, args.host, args.port, limits, max_connections=args.max_connections,
-          device=args.device)
+          device=args.device, backend=args.backend, precision=args.precision)
     return 0

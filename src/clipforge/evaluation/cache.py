@@ -44,6 +44,9 @@ def image_features(model: CLIP, images: Sequence[str], batch_size: int = 128, wo
     h = hashlib.sha1()
     h.update(model_fingerprint(model).encode())
     h.update(json.dumps(model.preprocess.to_dict(), sort_keys=True).encode())
+    paths = getattr(model, "inference_paths", None)  # clipforge.inference: bf16 or int8 features are others
+    if paths and any(label != "torch-fp32" for label in paths.values()):
+        h.update(json.dumps(paths, sort_keys=True).encode())
     for p in images:
         h.update(p.encode())
         h.update(b"\0")

@@ -177,7 +177,8 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
     items = collection.items
     manifest = {"source": source_key(source), "model": model_path, "model_fingerprint": model_fingerprint(model),
                 "items": len(items), "part_size": part_size, "dim": model.config.embed_dim, "captions": captions,
-                "root": collection.root, "preprocess": model.preprocess.to_dict()}
+                "root": collection.root, "preprocess": model.preprocess.to_dict(),
+                "inference": getattr(model, "inference_paths", None)}
     mpath = out / "manifest.json"
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)

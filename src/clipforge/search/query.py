@@ -48,9 +48,11 @@ def modality_query(model: CLIP, modality: str, source: str | bytes) -> np.ndarra
     return model.encode(modality, x[None].to(next(model.parameters()).device), normalize=True).float().cpu().numpy()
 
 
-def load_index_model(info: dict, override: str | None = None, device: str | None = None) -> CLIP:
+def load_index_model(info: dict, override: str | None = None, device: str | None = None, backend: str = "torch",
+                     precision: str = "fp32") -> CLIP:
     """The model recorded in index.json (or ``override``), checked against the index's fingerprint,
-    on ``device`` (default: CUDA when present)."""
+    on ``device`` (default: CUDA when present), its towers on the inference path ``backend`` and
+    ``precision`` ask for (:func:`clipforge.inference.choice.prepare_for_inference`)."""
     from clipforge.checkpoints import load
     from clipforge.engine.distributed import DistInfo, default_device
     from clipforge.evaluation.cache import model_fingerprint
@@ -62,4 +64,6 @@ def load_index_model(info: dict, override: str | None = None, device: str | None
     model = load(path)
     if info.get("model_fingerprint") and model_fingerprint(model) != info["model_fingerprint"]:
         raise ClipforgeError(f"{path} is not the model the index was built with (weights differ)")
-    return model.to(target).eval()
+    from clipforge.inference.choice import prepare_for_inference
+
+    return prepare_for_inference(model, target, backend, precision)

@@ -37,10 +37,10 @@ def error(status: int, message: str) -> JSONResponse:
 
 def create_app(index_dir: str | Path, model_path: str | None = None, max_body_mb: float = 10.0,
                limits: Limits | None = None, allowed_hosts: list[str] | None = None,
-               device: str | None = None) -> FastAPI:
+               device: str | None = None, backend: str = "torch", precision: str = "fp32") -> FastAPI:
     """The app; ``allowed_hosts`` (names the Host header may carry, with or without a port) is
     enforced when given (:func:`serve` gives the loopback names when bound to this machine)."""
-    service = SearchService(index_dir, model_path, limits, device)
+    service = SearchService(index_dir, model_path, limits, device, backend, precision)
     app = FastAPI(title="clipforge search", version="1", docs_url=None, redoc_url=None,
                   description="Search an image collection by text or image.")
     app.state.service = service
@@ -237,10 +237,11 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, max_c
 
 def serve(index_dir: str | Path, model_path: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           limits: Limits | None = None, max_connections: int = 64, header_timeout: float = 10.0,
-          device: str | None = None) -> None:
+          device: str | None = None, backend: str = "torch", precision: str = "fp32") -> None:
     """Serve until interrupted; bound to a loopback address, only loopback Host names are answered."""
     import uvicorn
 
     allowed = list(LOOPBACK) if host in LOOPBACK else None
-    app = create_app(index_dir, model_path, limits=limits, allowed_hosts=allowed, device=device)
+    app = create_app(index_dir, model_path, limits=limits, allowed_hosts=allowed, device=device, backend=backend,
+                     precision=precision)
     uvicorn.Server(server_config(app, host, port, max_connections, header_timeout)).run()

@@ -77,9 +77,10 @@ class SearchService:
     """A :class:`Searcher`, the index's model (loaded on the first text or image query) and the limits."""
 
     def __init__(self, index_dir: str | Path, model_path: str | None = None, limits: Limits | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, backend: str = "torch", precision: str = "fp32") -> None:
         self.searcher = Searcher(index_dir)
         self.device = device
+        self.inference = (backend, precision)  # how queries are encoded (clipforge.inference)
         self.limits = limits or Limits()
         self.model_path = model_path
         self._model = None
@@ -97,7 +98,7 @@ class SearchService:
             if self._model is None:
                 from clipforge.search.query import load_index_model
 
-                self._model = load_index_model(self.searcher.info, self.model_path, self.device)
+                self._model = load_index_model(self.searcher.info, self.model_path, self.device, *self.inference)
             return self._model
 
     @contextlib.contextmanager

@@ -1,0 +1,20 @@
+"""The ``--backend`` and ``--precision`` options of the commands that encode (no torch import: the
+command-line parser is built from them)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+BACKENDS = ("auto", "torch", "onnx")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+BACKEND_HELP = ("auto: the fastest backend and precision whose features agree with eager fp32, measured once per "
+                "model and machine and cached; torch; or onnx (ONNX Runtime, CPU, fp32; needs clipforge[onnx]). "
+                "Default: $CLIPFORGE_BACKEND, else auto")
+PRECISION_HELP = ("auto (see --backend), fp32, bf16 or fp16 (the weights in that type; fp16 on CUDA only), or int8 "
+                  "(dynamic quantisation of the linear layers; CPU). Default: $CLIPFORGE_PRECISION, else auto")
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default=os.environ.get("CLIPFORGE_BACKEND", "auto"), help=BACKEND_HELP)
+    p.add_argument("--precision", default=os.environ.get("CLIPFORGE_PRECISION", "auto"), help=PRECISION_HELP)
