@@ -9,6 +9,12 @@ the untrimmed 77-token forward that open_clip runs, on captions of typical lengt
     .venv/bin/python bench/encode.py            # full table
     .venv/bin/python bench/encode.py --quick    # batch 1 and 8 only
     .venv/bin/python bench/encode.py --trim-only --models ViT-B-32   # the padding-trim table alone
+
+The inference paths (clipforge.inference) against open_clip eager, same weights, batch 16, one thread,
+and the demo's retrieval under each path (needs open_clip importable for its column, and `make demo`'s
+model for the retrieval table):
+
+    python bench/encode.py --paths [--demo outputs/demo/run/model --demo-data outputs/demo/data]
 """
 
 from __future__ import annotations
@@ -33,7 +39,16 @@ def main() -> None:
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement")
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 8 only")
     parser.add_argument("--trim-only", action="store_true", help="only the padding-trim table")
+    parser.add_argument("--paths", action="store_true", help="the inference paths against open_clip eager")
+    parser.add_argument("--demo", default="outputs/demo/run/model", help="--paths: the model of the retrieval table")
+    parser.add_argument("--demo-data", default="outputs/demo/data", help="--paths: its data folder (val.csv)")
     args = parser.parse_args()
+    if args.paths:
+        from encode_paths import paths_tables
+
+        print(f"machine: {machine()}\n")
+        print(paths_tables(args.models, args.min_time, args.demo, args.demo_data))
+        return
     batches = [1, 8] if args.quick else args.batches
     if args.trim_only:
         print(f"machine: {machine()}\n")

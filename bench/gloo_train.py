@@ -7,6 +7,7 @@ trainer logs (its rate over each epoch, last logged value, median over ``--repea
 figure in the same sitting).
 
     .venv/bin/python bench/gloo_train.py --world 2
+    .venv/bin/python bench/gloo_train.py --options precision=auto   # clipforge train options on top
     git worktree add /tmp/before <commit> && .venv/bin/python bench/gloo_train.py --src /tmp/before/src
 """
 
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--src", default=None, help="a checkout's src/ folder to import clipforge from")
+    parser.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE", help="clipforge train options")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="clipforge-gloo-"))
     data = write_dataset(tmp / "data", SynthConfig(seed=0, image_size=64, n_train=1536, n_val=0,
@@ -48,13 +50,15 @@ def main() -> None:
         run = tmp / f"run{r}"
         (tmp / "cfg.json").write_text(json.dumps({**cfg, "out_dir": str(run)}))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.world), "--master-port",
-               str(29600 + r), "-m", "clipforge.cli.main", "train", "--config", str(tmp / "cfg.json"), "--no-progress"]
+               str(29600 + r), "-m", "clipforge.cli.main", "train", "--config", str(tmp / "cfg.json"), "--no-progress",
+               *args.options]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
         if proc.returncode:
             sys.exit(proc.stderr[-2000:])
         lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         rates.append(lines[-1]["samples_per_s"])
-    print(f"machine: {machine()}; code: {args.src or 'this checkout'}; {args.world} gloo process(es)")
+    print(f"machine: {machine()}; code: {args.src or 'this checkout'}; {args.world} gloo process(es); "
+          f"options: {' '.join(args.options) or 'none'}")
     print(f"samples/s per run: {', '.join(f'{x:.1f}' for x in rates)}; median {statistics.median(rates):.1f}")
 
 

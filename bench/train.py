@@ -9,6 +9,10 @@ measured by bench/loss_memory.py.
 
     .venv/bin/python bench/train.py                 # demo model (64 px ViT), batch 128
     .venv/bin/python bench/train.py --batch 256 --steps 5
+    .venv/bin/python bench/train.py --data outputs/demo/data   # the whole step on the demo's data
+
+With ``--data``, the whole step (data loading included) of the plain loop and of ``clipforge train``
+on the demo's configuration (bench/train_whole_step.py).
 """
 
 from __future__ import annotations
@@ -91,15 +95,24 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 4; with --data 60)")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--data", default=None, help="the demo's data folder: time the whole step on it")
+    parser.add_argument("--repeats", type=int, default=3, help="with --data: runs per row")
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
+    if args.data:
+        from train_whole_step import whole_step_table
+
+        steps = args.steps or 60
+        print(f"the first {steps} steps of each row, batch 128\n")
+        print(whole_step_table(args.data, args.threads, steps, args.repeats))
+        return
     rows = []
     for threads in args.threads:
         base, _ = None, None
         for kind, micro in (("reference", None), ("clipforge", None), ("clipforge", args.batch // 4)):
-            rate, rss = measure(kind, threads, args.batch, args.steps, micro)
+            rate, rss = measure(kind, threads, args.batch, args.steps or 4, micro)
             base = base or rate
             label = kind if micro is None else f"{kind}, micro-batch {micro}"
             rows.append([label, threads, args.batch, f"{rate:.1f}", f"{rate / base:.2f}", f"{rss:.0f}"])

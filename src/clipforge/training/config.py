@@ -45,6 +45,8 @@ class DataConfig:
     caption_column: str = opt("caption", "CSV column with captions")
     separator: str | None = opt(None, "CSV field separator (default: ',' or tab for .tsv)")
     workers: int = opt(0, "data-loading worker processes (0: load in the training process)")
+    prefetch: int = opt(2, "with workers=0: batches a background thread makes ahead while the model computes, "
+                        "where a core is free of torch's threads or the model is on a GPU (0: never)")
     train_samples: int | None = opt(None, "shards: samples per epoch (default: from shards.json beside the shards)")
     shuffle_buffer: int = opt(1000, "shards: samples held in the shuffle buffer")
     resampled: bool = opt(False, "shards: draw shards with replacement (multi-epoch / multi-source mixing)")
@@ -142,7 +144,8 @@ class TrainConfig:
                     "eval_every_steps": (self.eval_every_steps, 0),
                     "log_every_steps": (self.log_every_steps, 1), "max_nonfinite_steps": (self.max_nonfinite_steps, 1),
                     "max_steps": (self.max_steps, 1), "threads": (self.threads, 1),
-                    "data.workers": (self.data.workers, 0), "data.shuffle_buffer": (self.data.shuffle_buffer, 1),
+                    "data.workers": (self.data.workers, 0), "data.prefetch": (self.data.prefetch, 0),
+                    "data.shuffle_buffer": (self.data.shuffle_buffer, 1),
                     "data.train_samples": (self.data.train_samples, 1),
                     "model.context_length": (self.model.context_length, 2),
                     "optim.warmup_steps": (self.optim.warmup_steps, 0)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from clipforge.data.sampler import epoch_batches
 from clipforge.data.shards import ShardDataset
 from clipforge.engine.distributed import DistInfo, gather_features, reduce_gradients
 from clipforge.engine.ema import WeightEMA
+from clipforge.engine.prefetch import prefetch
 from clipforge.engine.task import Task
 from clipforge.errors import ConfigError
 from clipforge.models.clip import CLIP
@@ -78,13 +80,15 @@ class CLIPTask(ContrastiveStep):
         # A run that evaluates at all also evaluates its last model when max_steps or minutes= stop it.
         self.evaluate_at_end = bool(config.eval_every_epochs or config.eval_every_steps)
         opt = config.optim
+        # Fused AdamW on CUDA (one kernel for all parameters); the CPU keeps the reference implementation.
         self.optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay, opt.decay_embeddings), lr=opt.lr,
-                                           betas=(opt.beta1, opt.beta2), eps=opt.eps)
+                                           betas=(opt.beta1, opt.beta2), eps=opt.eps,
+                                           fused=True if device.type == "cuda" else None)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if config.channels_last:
             model.visual.to(memory_format=torch.channels_last)
         self.ema = WeightEMA(model, config.ema) if config.ema else None
-        self._batches = _epoch_batches(config, pairs, model, dist, self.steps_per_epoch())
+        self._batches = _epoch_batches(config, pairs, model, dist, self.steps_per_epoch(), device)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"main": self.optimizer}
@@ -94,8 +98,10 @@ class CLIPTask(ContrastiveStep):
 
     def batches(self, epoch: int, start: int):
         for batch in self._batches(epoch, start):
-            yield Batch(batch.indices, batch.images.to(self.device, memory_format=self.memory_format),
-                        batch.tokens.to(self.device), batch.skipped) if len(batch) else batch
+            # Pinned on CUDA (see _epoch_batches), so the copies overlap the previous step's kernels.
+            yield Batch(batch.indices, batch.images.to(self.device, memory_format=self.memory_format,
+                                                       non_blocking=True),
+                        batch.tokens.to(self.device, non_blocking=True), batch.skipped) if len(batch) else batch
 
     def after_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
         self.model.clamp_logit_scale_()
@@ -133,7 +139,20 @@ class CLIPTask(ContrastiveStep):
         return run_dir / "model"
 
 
-def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_epoch: int):
+def prefetch_depth(config: Any, device: torch.device) -> int:
+    """``data.prefetch`` where a background thread has a core to itself (the step runs on a GPU, or
+    torch's threads in this machine's processes leave a core free), else 0: with every core busy the
+    thread would compete with the step instead of filling its gaps. Worker processes prefetch already."""
+    if config.data.workers:
+        return 0
+    if device.type == "cuda":
+        return config.data.prefetch
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return config.data.prefetch if cores > torch.get_num_threads() * local_processes else 0
+
+
+def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_epoch: int, device: torch.device):
     """A function (epoch, first batch) -> this rank's batches of that epoch, for files or shards."""
     from clipforge.data.shards import is_shard_source
 
@@ -146,7 +165,9 @@ def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_ep
             dataset.set_epoch(epoch)
             batches = epoch_batches(len(pairs), config.batch_size, config.seed, epoch, info.rank, info.world_size,
                                     start=start)
-            yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate)
+            loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                                pin_memory=device.type == "cuda")
+            yield from prefetch(loader, prefetch_depth(config, device))
 
         return from_files
 
@@ -168,7 +189,9 @@ def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_ep
         done, passes = start, 0
         while done < per_epoch:
             got = 0
-            for batch in DataLoader(stream, batch_size=per_rank, num_workers=workers, collate_fn=collate):
+            loader = DataLoader(stream, batch_size=per_rank, num_workers=workers, collate_fn=collate,
+                                pin_memory=device.type == "cuda")
+            for batch in prefetch(loader, prefetch_depth(config, device)):
                 yield batch
                 got += 1
                 done += 1
