@@ -35,6 +35,20 @@ def timeit(fn: Callable[[], object], min_time: float = 1.0, min_reps: int = 2, w
     return times[len(times) // 2]
 
 
+def in_fresh_process(target: Callable, *args: object) -> object:
+    """What ``target(*args, queue)`` puts on the queue, run in a new (spawned) Python process, so each
+    measurement has its own memory peak and no warm caches."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -81,13 +81,9 @@ def _worker(kind: str, threads: int, batch: int, steps: int, micro: int | None, 
 
 
 def measure(kind: str, threads: int, batch: int, steps: int, micro: int | None) -> tuple[float, float]:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_worker, args=(kind, threads, batch, steps, micro, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
+    from common import in_fresh_process
+
+    return in_fresh_process(_worker, kind, threads, batch, steps, micro)
 
 
 def main() -> None:

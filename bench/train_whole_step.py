@@ -104,13 +104,9 @@ def _worker(kind: str, data: str, options: list[str], steps: int, threads: int, 
 
 
 def measure(kind: str, data: str, options: list[str], steps: int, threads: int) -> float:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_worker, args=(kind, data, options, steps, threads, q))
-    p.start()
-    rate = q.get()
-    p.join()
-    return rate
+    from common import in_fresh_process
+
+    return in_fresh_process(_worker, kind, data, options, steps, threads)
 
 
 def whole_step_table(data: str, threads_list: list[int], steps: int, repeats: int) -> str:

@@ -25,26 +25,24 @@ def prefetch(batches: Iterable[T], depth: int = 2) -> Iterator[T]:
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def produce() -> None:
-        try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        ready.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            item: object = _DONE
-        except BaseException as e:  # noqa: BLE001 -- handed to the consumer, which raises it
-            item = e
+    def put(item: object) -> bool:
+        """Hand ``item`` over, waiting while the queue is full; False once the consumer has gone."""
         while not stop.is_set():
             try:
                 ready.put(item, timeout=0.1)
-                return
+                return True
             except queue.Full:
                 continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(_DONE)
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer, which raises it
+            put(e)
 
     thread = threading.Thread(target=produce, name="clipforge-prefetch", daemon=True)
     thread.start()
