@@ -125,6 +125,7 @@ def test_auto_measures_once_per_model_and_machine_then_reads_the_cache(tmp_path,
     assert choose_paths(model, torch.device("cpu"), "torch", "fp32")[0] == {"image": EAGER_FP32, "text": EAGER_FP32}
 
 
+@pytest.mark.slow
 def test_commands_take_backend_and_precision(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("CLIPFORGE_CACHE", str(tmp_path / "cache"))
     model = _model()
@@ -145,6 +146,13 @@ def test_commands_take_backend_and_precision(tmp_path, capsys, monkeypatch) -> N
     for key, value in recalls["fp32"].items():
         if "recall" in key:
             assert abs(recalls["bf16"][key] - value) <= 1 / 12 + 1e-9  # at most one query of 12 moves
+    # embed with the users' default (auto), which the tests' environment otherwise pins to eager fp32
+    assert main(["embed", "--model", str(tmp_path / "m"), "--images", str(data / "val.csv"), "--out",
+                 str(tmp_path / "auto"), "--backend", "auto", "--precision", "auto", "--workers", "1"]) == 0
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    allowed = {p.label for p in candidates(torch.device("cpu"))}
+    assert set(manifest["inference"]) == {"image", "text"} and set(manifest["inference"].values()) <= allowed
+    assert list((tmp_path / "cache" / "inference").glob("*.json"))  # measured once, cached
     capsys.readouterr()
     assert main(["embed", "--model", str(tmp_path / "m"), "--images", str(data / "val.csv"), "--out",
                  str(tmp_path / "emb"), "--precision", "fp16", "--device", "cpu"]) == 2
