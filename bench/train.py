@@ -98,10 +98,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
     if args.data:
-        from train_whole_step import whole_step_table
+        from train_whole_step import WARMUP, whole_step_table
 
         steps = args.steps or 60
-        print(f"the first {steps} steps of each row, batch 128\n")
+        print(f"steps {WARMUP}-{steps} of each row (steady state), batch 128\n")
         print(whole_step_table(args.data, args.threads, steps, args.repeats))
         return
     rows = []

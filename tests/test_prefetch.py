@@ -51,23 +51,19 @@ def test_closing_early_stops_the_thread() -> None:
 
 
 def test_the_thread_prefetches_only_where_a_core_is_free(monkeypatch) -> None:
-    from types import SimpleNamespace
+    from clipforge.engine import prefetch as module
 
-    from clipforge.training import task
-
-    config = SimpleNamespace(data=SimpleNamespace(workers=0, prefetch=2))
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(task.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    monkeypatch.setattr(module.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert task.prefetch_depth(config, cpu) == 2  # one thread on two cores: the thread has a core
+    assert module.prefetch_depth(2, 0, cpu) == 2  # one thread on two cores: the thread has a core
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert task.prefetch_depth(config, cpu) == 0  # two ranks of one thread each fill both cores
-    assert task.prefetch_depth(config, gpu) == 2  # the step runs on the GPU
+    assert module.prefetch_depth(2, 0, cpu) == 0  # two ranks of one thread each fill both cores
+    assert module.prefetch_depth(2, 0, gpu) == 2  # the step runs on the GPU
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    assert task.prefetch_depth(config, cpu) == 0
-    config.data.workers = 2
-    assert task.prefetch_depth(config, gpu) == 0  # worker processes prefetch already
+    assert module.prefetch_depth(2, 0, cpu) == 0
+    assert module.prefetch_depth(2, 2, gpu) == 0  # worker processes prefetch already
 
 
 @pytest.mark.slow
@@ -76,7 +72,7 @@ def test_training_is_the_same_with_and_without_prefetch(tmp_path, monkeypatch) -
 
     from clipforge.training import task
 
-    monkeypatch.setattr(task, "prefetch_depth", lambda config, device: config.data.prefetch)  # whatever the cores
+    monkeypatch.setattr(task, "prefetch_depth", lambda requested, workers, device: requested)  # whatever the cores
     data = tiny_synth(tmp_path / "data", n_train=48, n_val=8)
     for depth in (0, 2):
         cfg = tiny_train_config(data, tmp_path / f"p{depth}", epochs=1)

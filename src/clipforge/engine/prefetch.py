@@ -7,10 +7,13 @@ and their order are the iterable's own: exact resume and determinism are unchang
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
+
+import torch
 
 T = TypeVar("T")
 _DONE = object()
@@ -57,3 +60,16 @@ def prefetch(batches: Iterable[T], depth: int = 2) -> Iterator[T]:
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def prefetch_depth(requested: int, workers: int, device: torch.device) -> int:
+    """``requested`` where a background thread has a core to itself (the step runs on a GPU, or
+    torch's threads in this machine's processes leave a core free), else 0: with every core busy the
+    thread would compete with the step instead of filling its gaps. Worker processes prefetch already."""
+    if workers:
+        return 0
+    if device.type == "cuda":
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return requested if cores > torch.get_num_threads() * local_processes else 0

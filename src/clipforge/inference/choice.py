@@ -132,14 +132,21 @@ def _timed(fn, x: torch.Tensor, device: torch.device, reps: int = 3, min_seconds
     return out.float(), sorted(times)[len(times) // 2]
 
 
+_RUNNERS: dict[tuple[str, int], Any] = {}  # ONNX Runtime sessions already loaded in this process
+
+
 def _onnx_runner(model: nn.Module, folder: Path):
-    """The exported graphs (exported into ``folder`` once), or the reason there are none."""
+    """The exported graphs (exported into ``folder`` once, loaded once per process), or the reason
+    there are none."""
     from clipforge.checkpoints.onnx import OnnxCLIP, export_onnx, is_onnx_folder
 
+    key = (str(folder), torch.get_num_threads())
     try:
-        if not is_onnx_folder(folder):
-            export_onnx(copy.deepcopy(model).cpu(), folder)
-        return OnnxCLIP(folder, threads=torch.get_num_threads())
+        if key not in _RUNNERS:
+            if not is_onnx_folder(folder):
+                export_onnx(copy.deepcopy(model).cpu(), folder)
+            _RUNNERS[key] = OnnxCLIP(folder, threads=key[1])
+        return _RUNNERS[key]
     except Exception as e:  # noqa: BLE001 -- a tower the exporter cannot trace: that path is not offered
         return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
@@ -184,11 +191,12 @@ def measure_paths(model: nn.Module, paths: list[InferencePath], device: torch.de
 def pick(rows: list[dict[str, Any]]) -> InferencePath:
     """The fastest path that agrees with eager fp32 and beats it by :data:`MIN_GAIN`, else eager fp32;
     a lower precision must also beat the fastest fp32 path by :data:`LOWER_PRECISION_GAIN`."""
-    ok = [r for r in rows if "error" not in r and r["min_cosine"] >= AGREEMENT]
-    fp32 = max((r["speedup"] for r in ok if r["path"].endswith("-fp32")), default=1.0)
-    ok = [r for r in ok if r["speedup"] >= MIN_GAIN
-          and (r["path"].endswith("-fp32") or r["speedup"] >= LOWER_PRECISION_GAIN * fp32)]
-    return InferencePath.parse(max(ok, key=lambda r: r["speedup"])["path"]) if ok else EAGER_FP32
+    ok = [(InferencePath.parse(r["path"]), r["speedup"]) for r in rows
+          if "error" not in r and r["min_cosine"] >= AGREEMENT]
+    fp32 = max((speedup for path, speedup in ok if path.precision == "fp32"), default=1.0)
+    ok = [(path, speedup) for path, speedup in ok if speedup >= MIN_GAIN
+          and (path.precision == "fp32" or speedup >= LOWER_PRECISION_GAIN * fp32)]
+    return max(ok, key=lambda p: p[1])[0] if ok else EAGER_FP32
 
 
 def _cache_file(model: nn.Module, device: torch.device, backend: str, precision: str) -> Path:
@@ -234,13 +242,14 @@ def apply_paths(model: nn.Module, paths: dict[str, InferencePath]) -> nn.Module:
     from clipforge.evaluation.cache import model_fingerprint
 
     onnx = None
+    if any(p != EAGER_FP32 for p in paths.values()):
+        model_fingerprint(model)  # of the weights as loaded, before any cast: indexes and caches name the model by it
     for tower, path in paths.items():
         if path == EAGER_FP32:
             continue
-        fingerprint = model_fingerprint(model)  # of the weights as loaded: indexes and caches name the model by it
         run = None
         if path.backend == "onnx":
-            onnx = onnx or _onnx_runner(model, cache_dir() / "inference" / "onnx" / fingerprint)
+            onnx = onnx or _onnx_runner(model, cache_dir() / "inference" / "onnx" / model_fingerprint(model))
             if isinstance(onnx, str):
                 raise ConfigError(f"--backend onnx: the model does not export to ONNX ({onnx})")
             run = getattr(onnx, f"encode_{tower}")

@@ -154,13 +154,11 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
                      batch_size: int = 64, captions: bool = False, progress: bool = True,
                      max_parts: int | None = None, workers: int | None = None, image_column: str | None = None,
                      caption_column: str | None = None, checkpoint_seconds: float = 60.0,
-                     info: DistInfo | None = None, device: torch.device | str | None = None,
-                     image_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
+                     info: DistInfo | None = None, device: torch.device | str | None = None) -> Path:
     """Embed every item of ``source`` into ``out_dir`` (resuming where a previous run stopped).
 
-    ``image_encoder`` runs the model's image tower elsewhere (the ONNX Runtime graphs of
-    ``clipforge export``: normalised features equal to the model's); the folder still names
-    ``model``, whose text tower answers the queries.
+    The model's towers may run on another inference path (:mod:`clipforge.inference`, e.g. ONNX
+    Runtime); the manifest records which.
 
     ``workers`` threads decode and preprocess images while the model encodes (default: the cores
     torch's threads leave free, at least 1, at most 8); the result does not depend on it, nor on
@@ -211,7 +209,7 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
                 break
             state = _PartProgress(out, name, model.config.embed_dim)
             _embed_part(model, chunk, part * part_size, batch_size, state, pool, bar, device, checkpoint_seconds,
-                        image_encoder or (lambda x: model.encode_image(x, normalize=True)))
+                        lambda x: model.encode_image(x, normalize=True))
             _save_npy(state.image_features(), out / f"part-{name}.npy")
             if captions:
                 from clipforge.evaluation.embed import embed_texts

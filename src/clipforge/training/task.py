@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from clipforge.data.sampler import epoch_batches
 from clipforge.data.shards import ShardDataset
 from clipforge.engine.distributed import DistInfo, gather_features, reduce_gradients
 from clipforge.engine.ema import WeightEMA
-from clipforge.engine.prefetch import prefetch
+from clipforge.engine.prefetch import prefetch, prefetch_depth
 from clipforge.engine.task import Task
 from clipforge.errors import ConfigError
 from clipforge.models.clip import CLIP
@@ -139,19 +138,6 @@ class CLIPTask(ContrastiveStep):
         return run_dir / "model"
 
 
-def prefetch_depth(config: Any, device: torch.device) -> int:
-    """``data.prefetch`` where a background thread has a core to itself (the step runs on a GPU, or
-    torch's threads in this machine's processes leave a core free), else 0: with every core busy the
-    thread would compete with the step instead of filling its gaps. Worker processes prefetch already."""
-    if config.data.workers:
-        return 0
-    if device.type == "cuda":
-        return config.data.prefetch
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return config.data.prefetch if cores > torch.get_num_threads() * local_processes else 0
-
-
 def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_epoch: int, device: torch.device):
     """A function (epoch, first batch) -> this rank's batches of that epoch, for files or shards."""
     from clipforge.data.shards import is_shard_source
@@ -167,7 +153,7 @@ def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_ep
                                     start=start)
             loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
                                 pin_memory=device.type == "cuda")
-            yield from prefetch(loader, prefetch_depth(config, device))
+            yield from prefetch(loader, prefetch_depth(config.data.prefetch, config.data.workers, device))
 
         return from_files
 
@@ -191,7 +177,7 @@ def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_ep
             got = 0
             loader = DataLoader(stream, batch_size=per_rank, num_workers=workers, collate_fn=collate,
                                 pin_memory=device.type == "cuda")
-            for batch in prefetch(loader, prefetch_depth(config, device)):
+            for batch in prefetch(loader, prefetch_depth(config.data.prefetch, config.data.workers, device)):
                 yield batch
                 got += 1
                 done += 1
