@@ -9,15 +9,25 @@ from typing import Any
 
 import torch
 
+from clipforge.engine.attention import attention_kernel, resolve_attention
 from clipforge.engine.distributed import DistInfo
 from clipforge.engine.precision import resolve_precision
 
 
-def grads_finite(module: torch.nn.Module) -> bool:
-    """Whether ``module`` has gradients and all are finite (sparse ones included)."""
+def finite_flag(loss: torch.Tensor, module: torch.nn.Module) -> torch.Tensor | None:
+    """A 0-dim tensor, on the loss's device: whether the loss and all of ``module``'s gradients are
+    finite (sparse ones included); ``None`` when it has no gradients. Reading it is the step's one sync."""
     grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in module.parameters()
              if p.grad is not None]
-    return bool(grads) and all(torch.isfinite(g).all() for g in grads)
+    if not grads:
+        return None
+    return torch.stack([torch.isfinite(loss).all()] + [torch.isfinite(g).all() for g in grads]).all()
+
+
+def grads_finite(module: torch.nn.Module, loss: torch.Tensor | None = None) -> bool:
+    """Whether ``module`` has gradients and they (and ``loss``, if given) are all finite."""
+    flag = finite_flag(torch.zeros(()) if loss is None else loss, module)
+    return flag is not None and bool(flag)
 
 
 @dataclass
@@ -29,11 +39,13 @@ class StepContext:
     optimizers: dict[str, torch.optim.Optimizer]
     task: Any
     grad_clip: float | None = None
+    attention: str = "auto"  # the attention kernel (engine.attention); resolved with the precision
     step: int = 0  # the optimiser step being taken (seeds per-step randomness, e.g. augmentations)
     scaler: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.precision = resolve_precision(self.precision, self.device)
+        self.attention = resolve_attention(self.attention, self.device, self.precision)
         # fp16 needs loss scaling (CUDA only); bf16 has fp32's range and needs none.
         if self.precision == "fp16":
             if self.device.type != "cuda":
@@ -43,10 +55,13 @@ class StepContext:
             self.scaler = torch.amp.GradScaler("cuda")
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        """The forward's context: the precision's autocast and the attention kernel."""
+        stack = contextlib.ExitStack()
+        if self.precision != "fp32":
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            stack.enter_context(torch.autocast(self.device.type, dtype=dtype))
+        stack.enter_context(attention_kernel(self.attention))
+        return stack
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """``loss`` as fp16 loss scaling back-propagates it (unchanged otherwise)."""
@@ -86,7 +101,7 @@ class StepContext:
         from clipforge.engine.distributed import average_gradients
 
         average_gradients(module, self.dist)
-        if not torch.isfinite(loss).item() or not grads_finite(module):
+        if not grads_finite(module, loss):
             opt.zero_grad(set_to_none=True)
             return False
         self.clip_and_step({name: opt})

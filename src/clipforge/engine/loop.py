@@ -22,9 +22,10 @@ import torch
 
 from clipforge.engine import distributed as D
 from clipforge.engine.accumulate import forward_backward
+from clipforge.engine.attention import Attention, check_attention
 from clipforge.engine.budget import TimeBudget
 from clipforge.engine.checkpoint import TrainState, commit_checkpoint, latest_checkpoint, truncate_log
-from clipforge.engine.context import StepContext, grads_finite
+from clipforge.engine.context import StepContext, finite_flag
 from clipforge.engine.precision import Precision, check_precision, resolve_precision
 from clipforge.engine.schedule import learning_rate
 from clipforge.engine.task import Task
@@ -51,6 +52,7 @@ class EngineConfig:
     grad_clip: float | None = None
     micro_batch_size: int | None = None
     precision: Precision = "fp32"
+    attention: Attention = "auto"  # the attention kernel in training steps (engine.attention)
     log_every_steps: int = 10
     save_every_steps: int = 0
     save_every_minutes: float = 0.0  # also checkpoint when this much time passed since the last one
@@ -78,6 +80,7 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
     ``skipped``: samples already left out while reading the data (counted into the summary).
     """
     check_precision(config.precision)
+    check_attention(config.attention)
     if config.precision == "auto":
         config = dataclasses.replace(config, precision=resolve_precision(config.precision, device))
         log.info(f"precision=auto: {config.precision} on this {device.type}")
@@ -94,7 +97,10 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
     # minutes= sizes the schedule to the steps that fit (engine.budget); wall time is counted either way.
     budget = TimeBudget(config.minutes or 0.0, total_steps, config.warmup_steps, state.wall_seconds, info)
     steps_here = 0
-    ctx = StepContext(info, device, config.precision, config.micro_batch_size, optimizers, task, config.grad_clip)
+    ctx = StepContext(info, device, config.precision, config.micro_batch_size, optimizers, task, config.grad_clip,
+                      config.attention)
+    if config.attention == "auto" and ctx.attention != "default":
+        log.info(f"attention=auto: the {ctx.attention} kernel ({ctx.precision} on the {device.type})")
     writer = _tensorboard(run_dir, config) if info.is_main else None
     if info.is_main:
         for name in ("metrics.jsonl", "evals.jsonl"):  # lines of steps after the checkpoint are done again
@@ -138,11 +144,14 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
                 ctx.step = state.step
                 if task.manual_optimization:
                     out = task.training_step(batch, ctx)
-                    ok = all(math.isfinite(float(v)) for v in out.values() if _is_scalar(v))
+                    scalars = _host_scalars(out)
+                    ok = all(math.isfinite(v) for v in scalars.values())
                 else:
                     out = forward_backward(task, batch, ctx)
                     task.reduce_gradients(info)
-                    ok = torch.isfinite(out["loss"]).item() and grads_finite(task.model)
+                    flag = finite_flag(out["loss"], task.model)
+                    scalars = _host_scalars({**out, _FINITE: False if flag is None else flag})
+                    ok = bool(scalars.pop(_FINITE))
                     if ok:
                         ctx.clip_and_step(optimizers)
                 if ok:
@@ -165,7 +174,6 @@ def fit(task: Task, config: EngineConfig, info: D.DistInfo, device: torch.device
                 steps_here += 1
                 state.wall_seconds = budget.after_step()
                 rate = (state.samples_seen - seen0) / max(1e-9, time.perf_counter() - t0)
-                scalars = {k: float(v) for k, v in out.items() if _is_scalar(v)}
                 bar.advance(loss=f"{scalars.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}",
                             extra=" ".join(f"{k} {v:.4g}" for k, v in extra.items()) + f" {rate:.0f} samples/s")
                 if info.is_main and (state.step % config.log_every_steps == 0 or state.step == 1):
@@ -243,6 +251,20 @@ def _optimizer_file(name: str, optimizers: dict) -> str:
 
 def _is_scalar(v: Any) -> bool:
     return isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)
+
+
+_FINITE = "__finite__"  # the finite flag's key among a step's scalars
+
+
+def _host_scalars(out: dict[str, Any]) -> dict[str, float]:
+    """The step's scalars as floats in one copy to the host: on a GPU, the step's only sync (a
+    ``float()`` each would wait for the device each time)."""
+    names = [k for k, v in out.items() if _is_scalar(v)]
+    device = next((out[k].device for k in names if isinstance(out[k], torch.Tensor)), torch.device("cpu"))
+    if not names:
+        return {}
+    values = torch.stack([torch.as_tensor(out[k]).detach().reshape(()).to(device, torch.float64) for k in names])
+    return dict(zip(names, values.tolist()))
 
 
 def _count_skips(skipped: list, state: TrainState, examples: dict[str, list[str]]) -> None:

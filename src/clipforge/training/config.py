@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clipforge.config import apply_overrides, build_config, describe, opt, read_config_file
+from clipforge.engine.attention import ATTENTION_HELP, Attention
 from clipforge.engine.budget import MINUTES_HELP
 from clipforge.engine.loop import Schedule
 from clipforge.engine.precision import PRECISION_HELP, Precision
@@ -109,6 +110,7 @@ class TrainConfig:
     precision: Precision = opt("fp32", PRECISION_HELP)
     channels_last: bool = opt(False, "run the image tower and its batches channels-last (faster convolutions "
                               "for a ResNet tower, above all with bf16)")
+    attention: Attention = opt("auto", ATTENTION_HELP)
     ema: float = opt(0.0, "decay of an exponential moving average of the weights (e.g. 0.995; 0: none): "
                      "evaluated beside the trained weights after each epoch, and the weights saved at the end")
     loss: Loss = opt("clip", "'clip' (symmetric InfoNCE), 'siglip' (the sigmoid loss; the model gains a learnable "
