@@ -25,7 +25,9 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("reference loop, bf16 autocast", "reference", ["precision=bf16"]),
     ("clipforge train, fp32, no prefetch", "clipforge", ["precision=fp32", "channels_last=false", "data.prefetch=0"]),
     ("clipforge train, fp32", "clipforge", ["precision=fp32", "channels_last=false"]),
-    ("clipforge train, the demo's recipe (precision=auto, channels_last)", "clipforge", []),
+    ("clipforge train, the demo's recipe with PyTorch's attention kernel (attention=default)", "clipforge",
+     ["attention=default"]),
+    ("clipforge train, the demo's recipe (precision=auto, channels_last, attention=auto)", "clipforge", []),
 ]
 
 

@@ -1,13 +1,14 @@
 """Which kernel computes ``F.scaled_dot_product_attention`` in a training step.
 
 PyTorch runs flash attention on the CPU whenever it can. In bf16 (what bf16 autocast hands the
-attention) its backward is slow at the sequence lengths CLIP's towers have: forward + backward
-with the plain math kernel is 2.2-4.2x faster up to 77 tokens, about even at 197-257 tokens, and
-0.6-0.7x at 577 (ViT-L/14 at 336 px); in fp32 neither kernel is ahead everywhere
-(``bench/attention_kernels.py``; docs/benchmarks.md). So ``auto`` takes the math kernel under bf16
-on the CPU and leaves PyTorch's choice everywhere else, CUDA included (its flash kernels are the
-fast ones there). The math kernel keeps the attention weights (batch x heads x tokens^2 per layer)
-for the backward, where flash keeps one value per token.
+attention) its backward is slow at the sequence lengths most CLIP towers have: forward + backward
+with the plain math kernel is 2.0-4.4x faster up to 77 tokens and 1.1x at 197 (ViT-B/16), but
+0.7-0.9x at 257 (ViT-L/14) and 0.6x at 577 (ViT-L/14 at 336 px); in fp32 neither kernel is ahead
+everywhere. Both are equally exact (``bench/attention_kernels.py``; docs/benchmarks.md). So ``auto``
+takes the math kernel under bf16 on the CPU and leaves PyTorch's choice everywhere else, CUDA
+included (its flash kernels are the fast ones there); towers of 257 tokens and more are faster
+with ``attention=default``. The math kernel keeps the attention weights (batch x heads x tokens^2
+per layer) for the backward, where flash keeps one value per token.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import torch
 Attention = Literal["auto", "default", "math", "flash", "efficient"]
 ATTENTIONS = ("auto", "default", "math", "flash", "efficient")
 ATTENTION_HELP = ("the scaled-dot-product attention kernel in training steps: 'auto' (the math kernel under bf16 on "
-                  "the CPU, where PyTorch's flash backward is 2-4x slower for towers of up to ~200 tokens; "
-                  "PyTorch's choice elsewhere), 'default' (PyTorch's choice), 'math', 'flash' or 'efficient' (the "
-                  "kernel where it applies, math where it does not)")
+                  "the CPU, 2-4x faster than PyTorch's flash there up to 77 tokens, 1.1x at 197; PyTorch's "
+                  "choice elsewhere), 'default' (PyTorch's choice: better for towers of 257+ tokens), 'math', "
+                  "'flash' or 'efficient' (the kernel where it applies, math where it does not)")
 
 
 def check_attention(attention: str) -> None:
