@@ -4,12 +4,15 @@ demo model's retrieval under each path; run through ``bench/encode.py --paths``.
 Each model is built by open_clip with random weights and loaded into clipforge from its state dict,
 so both encode with the same weights (features equal up to float error). Images are 224 px, texts
 77 tokens with the end token last (nothing to trim). Batch 16, one thread, the median of calls over
-``min_time`` seconds each; the rows of one model run alternately in one process.
+``min_time`` seconds each; the rows of one model run alternately in one process. The torch.compile
+paths (``--backend compile``, never auto's) are measured after their first call, which compiles:
+its seconds are the last column.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import torch
@@ -55,7 +58,7 @@ def speed_table(names: list[str], min_time: float) -> str:
                   "texts (77 tokens)": torch.randint(1, 49406, (BATCH, 77), generator=g)}
         inputs["texts (77 tokens)"][:, -1] = 49407
         auto, _ = choose_paths(copy.deepcopy(model), torch.device("cpu"), use_cache=False)
-        paths = candidates(torch.device("cpu"))
+        paths = candidates(torch.device("cpu")) + candidates(torch.device("cpu"), "compile")
         runners = {p.label: apply_paths(copy.deepcopy(model), {"image": p, "text": p}) for p in paths}
         for kind, x in inputs.items():
             tower = "image" if kind == "images" else "text"
@@ -69,17 +72,20 @@ def speed_table(names: list[str], min_time: float) -> str:
                 ref = F.normalize(next(iter(fns.values()))(x).float(), dim=-1)
                 rates = {}
                 for label, fn in fns.items():
-                    out = F.normalize(fn(x).float(), dim=-1)
+                    t0 = time.perf_counter()
+                    out = F.normalize(fn(x).float(), dim=-1)  # torch.compile compiles on this first call
+                    first = time.perf_counter() - t0
                     sec = timeit(lambda fn=fn, x=x: fn(x), min_time=min_time)
                     rates[label] = (BATCH / sec, float((out - ref).abs().max()),
-                                    float(F.cosine_similarity(out, ref).min()))
+                                    float(F.cosine_similarity(out, ref).min()), first)
             base = next(iter(rates.values()))[0]
-            for label, (rate, diff, cos) in rates.items():
+            for label, (rate, diff, cos, first) in rates.items():
                 chosen = " (auto's choice)" if label == f"clipforge {auto[tower].label}" else ""
                 rows.append([name, kind, label + chosen, f"{rate:.1f}", f"{rate / base:.2f}x", f"{diff:.1e}",
-                             f"{cos:.5f}"])
+                             f"{cos:.5f}", f"{first:.1f}"])
                 print(" | ".join(rows[-1]), flush=True)
-    return markdown_table(["model", "input", "path", "items/s", "vs first row", "max |diff|", "min cosine"], rows)
+    return markdown_table(["model", "input", "path", "items/s", "vs first row", "max |diff|", "min cosine",
+                           "first call s"], rows)
 
 
 def retrieval_table(model_dir: str, data_dir: str) -> str:
@@ -94,7 +100,8 @@ def retrieval_table(model_dir: str, data_dir: str) -> str:
     ds = load_retrieval(str(Path(data_dir) / "val.csv"))
     auto, _ = choose_paths(copy.deepcopy(base), torch.device("cpu"), use_cache=False)
     rows, ref = [], None
-    settings = [(p.label, {"image": p, "text": p}) for p in candidates(torch.device("cpu"))]
+    paths = candidates(torch.device("cpu")) + candidates(torch.device("cpu"), "compile")
+    settings = [(p.label, {"image": p, "text": p}) for p in paths]
     settings.append((f"auto ({auto['image'].label} / {auto['text'].label})", auto))
     for label, paths in settings:
         model = apply_paths(copy.deepcopy(base), paths)

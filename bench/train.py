@@ -12,7 +12,8 @@ measured by bench/loss_memory.py.
     .venv/bin/python bench/train.py --data outputs/demo/data   # the whole step on the demo's data
 
 With ``--data``, the whole step (data loading included) of the plain loop and of ``clipforge train``
-on the demo's configuration (bench/train_whole_step.py).
+on the demo's configuration (bench/train_whole_step.py); with ``--data DIR --profile``, where the
+demo recipe's step spends its wall-clock, by phase and by the profiler's operations.
 """
 
 from __future__ import annotations
@@ -95,11 +96,16 @@ def main() -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--data", default=None, help="the demo's data folder: time the whole step on it")
     parser.add_argument("--repeats", type=int, default=3, help="with --data: runs per row")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --data: where the recipe's step spends its time, by phase and operation")
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
     if args.data:
-        from train_whole_step import WARMUP, whole_step_table
+        from train_whole_step import WARMUP, profile_table, whole_step_table
 
+        if args.profile:
+            print(profile_table(args.data, args.threads, args.steps or 30))
+            return
         steps = args.steps or 60
         print(f"steps {WARMUP}-{steps} of each row (steady state), batch 128\n")
         print(whole_step_table(args.data, args.threads, steps, args.repeats))

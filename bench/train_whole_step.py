@@ -42,11 +42,9 @@ def _config(data: str, out: str, options: list[str], steps: int, threads: int):
     return TrainConfig.from_dict(apply_overrides(d, options))
 
 
-def _reference(config, steps: int) -> float:
-    import contextlib
-
+def _setup(config):
+    """The plain loop's model, loader and optimiser over the demo's data."""
     import torch
-    import torch.nn.functional as F
     from torch.utils.data import DataLoader
 
     from clipforge.data.pairs import PairDataset, caption_options, collate, read_pairs
@@ -62,18 +60,33 @@ def _reference(config, steps: int) -> float:
                        caption_split=config.data.caption_split)
     loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True, collate_fn=collate)
     opt = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    return model, loader, opt
+
+
+def _clip_loss(model, images, tokens):
+    import torch
+    import torch.nn.functional as F
+
+    img = F.normalize(model.encode_image(images), dim=-1)
+    txt = F.normalize(model.encode_text(tokens), dim=-1)
+    logits = (model.logit_scale.exp() * img @ txt.T).float()
+    labels = torch.arange(len(logits))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def _reference(config, steps: int) -> float:
+    import contextlib
+
+    import torch
+
+    model, loader, opt = _setup(config)
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if config.precision == "bf16"
                 else contextlib.nullcontext())
     t0, seen0, seen = 0.0, 0, 0
     for i, batch in enumerate(loader):
         opt.zero_grad()
         with autocast:
-            img = F.normalize(model.encode_image(batch.images), dim=-1)
-            txt = F.normalize(model.encode_text(batch.tokens), dim=-1)
-            logits = model.logit_scale.exp() * img @ txt.T
-        logits = logits.float()
-        labels = torch.arange(len(logits))
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            loss = _clip_loss(model, batch.images, batch.tokens)
         loss.backward()
         opt.step()
         seen += len(batch)
@@ -82,6 +95,50 @@ def _reference(config, steps: int) -> float:
         if i + 1 == steps:
             break
     return (seen - seen0) / (time.perf_counter() - t0)
+
+
+def _phases(config, steps: int, attention: str) -> dict:
+    """The demo's recipe (bf16 autocast, channels-last) in the plain loop with ``attention``'s kernel:
+    milliseconds per step in each phase over ``steps`` steps after the warm-up, and the profiler's
+    heaviest operations over 5 more."""
+    import torch
+    from torch.profiler import profile
+
+    from clipforge.engine.attention import attention_kernel
+
+    model, loader, opt = _setup(config)
+    model.visual.to(memory_format=torch.channels_last)
+    totals = {"data loading": 0.0, "forward and loss": 0.0, "backward": 0.0, "optimiser": 0.0}
+    batches = iter(loader)
+
+    def step(timed: bool) -> None:
+        t = [time.perf_counter()]
+        batch = next(batches)
+        images = batch.images.contiguous(memory_format=torch.channels_last)
+        t.append(time.perf_counter())
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16), attention_kernel(attention):
+            loss = _clip_loss(model, images, batch.tokens)
+        t.append(time.perf_counter())
+        loss.backward()
+        t.append(time.perf_counter())
+        opt.step()
+        t.append(time.perf_counter())
+        if timed:
+            for name, a, b in zip(totals, t, t[1:]):
+                totals[name] += 1000 * (b - a) / steps
+
+    for _ in range(WARMUP // 2):
+        step(False)
+    for _ in range(steps):
+        step(True)
+    with profile() as prof:
+        for _ in range(5):
+            step(False)
+    ops = prof.key_averages()
+    whole = sum(op.self_cpu_time_total for op in ops)
+    top = sorted(ops, key=lambda op: op.self_cpu_time_total, reverse=True)[:5]
+    return {"phases": totals, "top": [(op.key, op.self_cpu_time_total / whole) for op in top]}
 
 
 def _clipforge(config) -> float:
@@ -102,7 +159,10 @@ def _worker(kind: str, data: str, options: list[str], steps: int, threads: int, 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as out:
         config = _config(data, out, options, steps, threads)
-        q.put(_reference(config, steps) if kind == "reference" else _clipforge(config))
+        if kind.startswith("phases:"):
+            q.put(_phases(config, steps, kind.removeprefix("phases:")))
+        else:
+            q.put(_reference(config, steps) if kind == "reference" else _clipforge(config))
 
 
 def measure(kind: str, data: str, options: list[str], steps: int, threads: int) -> float:
@@ -132,3 +192,27 @@ def whole_step_table(data: str, threads_list: list[int], steps: int, repeats: in
                           f"{m / bf16:.2f}x"])
     return markdown_table(["step", "threads", "samples/s (median)", "runs", "vs reference fp32",
                            "vs reference bf16"], table)
+
+
+def profile_table(data: str, threads_list: list[int], steps: int) -> str:
+    """Where the wall-clock of the recipe's step goes, with PyTorch's attention kernel and with the math
+    kernel (what ``attention=auto`` takes under bf16 on the CPU)."""
+    from common import markdown_table
+
+    phase_rows, op_rows = [], []
+    for threads in threads_list:
+        got = {kernel: measure(f"phases:{kernel}", data, [], steps, threads) for kernel in ("default", "math")}
+        for name in got["default"]["phases"]:
+            cells = []
+            for kernel in ("default", "math"):
+                phases = got[kernel]["phases"]
+                cells += [f"{phases[name]:.1f}", f"{100 * phases[name] / sum(phases.values()):.0f}%"]
+            phase_rows.append([name, threads, *cells])
+        phase_rows.append(["whole step", threads, *(f"{sum(got[k]['phases'].values()):.1f}" if i == 0 else ""
+                                                    for k in ("default", "math") for i in (0, 1))])
+        for kernel in ("default", "math"):
+            op_rows += [[threads, kernel, op, f"{100 * share:.1f}%"] for op, share in got[kernel]["top"]]
+    return (markdown_table(["phase", "threads", "ms/step, PyTorch's kernel", "share", "ms/step, math kernel", "share"],
+                           phase_rows) + "\n\n"
+            + markdown_table(["threads", "attention", "operation (profiler, self CPU time)", "share of the CPU time"],
+                             op_rows))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from clipforge.errors import ConfigError
 from clipforge.evaluation.cache import model_fingerprint
 from clipforge.inference import choice
 from clipforge.inference.choice import AGREEMENT, MIN_GAIN, apply_paths, candidates, choose_paths, pick
-from clipforge.inference.paths import EAGER_FP32, CastTower, InferencePath
+from clipforge.inference.paths import EAGER_FP32, CastTower, CompiledTower, InferencePath
 from clipforge.models import CLIP, CLIPConfig, ResNetConfig, TextConfig
 from clipforge.tokenizer import BPETokenizer
 from helpers import micro_config, tiny_synth
@@ -55,6 +56,27 @@ def test_a_path_runs_through_the_model_s_own_encoders_and_agrees_with_eager_fp32
         assert not torch.equal(got, want)  # the path really ran
     assert fast.inference_paths == {"image": f"torch-{precision}", "text": f"torch-{precision}"}
     assert fast.visual.config == model.visual.config  # the tower's attributes show through the wrapper
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile's inductor needs a C++ compiler")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_compiled_path_agrees_with_eager_at_any_batch_size(precision) -> None:
+    model = _model()
+    want_img, want_txt = _features(model)
+    fast = apply_paths(copy.deepcopy(model), {"image": InferencePath("compile", precision),
+                                              "text": InferencePath("compile", precision)})
+    assert isinstance(fast.visual, CompiledTower) and fast.visual.config == model.visual.config
+    got_img, got_txt = _features(fast)
+    bound = 0.9999 if precision == "fp32" else 0.99
+    for got, want in ((got_img, want_img), (got_txt, want_txt)):
+        assert got.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(got, want).min() > bound
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():  # a last, smaller batch runs on the same compiled tower
+        got, want = fast.encode_image(pixels, normalize=True), model.encode_image(pixels, normalize=True)
+    assert torch.nn.functional.cosine_similarity(got, want).min() > bound
 
 
 def test_bf16_is_the_model_with_bf16_weights_channels_last_for_a_resnet() -> None:
@@ -97,7 +119,10 @@ def test_candidates_follow_the_request_and_the_device() -> None:
     assert candidates(cpu, "torch", "bf16") == [InferencePath("torch", "bf16")]  # asked for: even where emulated
     assert all(p.backend == "torch" for p in candidates(cpu, "torch", "auto"))
     assert candidates(cpu)[0] == EAGER_FP32 and InferencePath("torch", "int8") in candidates(cpu)
+    assert candidates(cpu, "compile", "fp32") == [InferencePath("compile", "fp32")]
+    assert all(p.backend != "compile" for p in candidates(cpu))  # auto never pays the compile time
     for backend, precision, message in (("onnx", "bf16", "fp32 graphs"), ("torch", "fp16", "CUDA"),
+                                        ("compile", "int8", "--backend torch"),
                                         ("tensorrt", "auto", "--backend"), ("auto", "fp8", "--precision")):
         with pytest.raises(ConfigError, match=message):
             choice.check_request(backend, precision, cpu)

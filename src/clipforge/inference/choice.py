@@ -76,6 +76,9 @@ def check_request(backend: str, precision: str, device: torch.device) -> None:
         raise ConfigError(f"--backend onnx runs on the CPU; the device is {device} (pass --device cpu)")
     if backend == "onnx" and precision not in ("auto", "fp32"):
         raise ConfigError(f"--backend onnx runs fp32 graphs; --precision {precision} needs --backend torch")
+    if backend == "compile" and precision == "int8":
+        raise ConfigError("--backend compile compiles fp32, bf16 or fp16 towers; --precision int8 needs "
+                          "--backend torch")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA device (on a CPU, try bf16)")
     if precision == "int8" and device.type != "cpu":
@@ -86,7 +89,8 @@ def candidates(device: torch.device, backend: str = "auto", precision: str = "au
     """The paths worth measuring on ``device`` that the request allows; eager fp32 first (the reference).
 
     ``auto`` leaves out what cannot win: bf16 where it is emulated (slower than fp32), ONNX without
-    ONNX Runtime installed."""
+    ONNX Runtime installed. ``torch.compile`` is measured only when asked for (``backend="compile"``):
+    compiling each tower costs tens of seconds before the first batch."""
     paths = [EAGER_FP32]
     if device.type == "cuda":
         paths.append(InferencePath("torch", "fp16"))
@@ -98,6 +102,9 @@ def candidates(device: torch.device, backend: str = "auto", precision: str = "au
         paths.append(InferencePath("torch", "int8"))
         if _ort_version() is not None or backend == "onnx":
             paths.append(InferencePath("onnx", "fp32"))
+    if backend == "compile":
+        paths += [InferencePath("compile", p.precision) for p in paths
+                  if p.backend == "torch" and p.precision != "int8"]
     return [p for p in paths if backend in ("auto", p.backend) and precision in ("auto", p.precision)]
 
 

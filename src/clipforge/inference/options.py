@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "compile")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 BACKEND_HELP = ("auto: the fastest backend and precision whose features agree with eager fp32, measured once per "
-                "model and machine and cached; torch; or onnx (ONNX Runtime, CPU, fp32; needs clipforge[onnx]). "
-                "Default: $CLIPFORGE_BACKEND, else auto")
+                "model and machine and cached; torch; onnx (ONNX Runtime, CPU, fp32; needs clipforge[onnx]); or "
+                "compile (torch.compile's inductor: tens of seconds to compile each tower first, so auto never "
+                "takes it). Default: $CLIPFORGE_BACKEND, else auto")
 PRECISION_HELP = ("auto (see --backend), fp32, bf16 or fp16 (the weights in that type; fp16 on CUDA only), or int8 "
                   "(dynamic quantisation of the linear layers; CPU). Default: $CLIPFORGE_PRECISION, else auto")
 

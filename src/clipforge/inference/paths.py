@@ -1,5 +1,5 @@
-"""How one tower of a loaded model runs for inference: a backend (eager torch or ONNX Runtime) and a
-precision (fp32; bf16 or fp16 weights; int8 dynamic quantisation of the linear layers).
+"""How one tower of a loaded model runs for inference: a backend (eager torch, torch.compile or ONNX
+Runtime) and a precision (fp32; bf16 or fp16 weights; int8 dynamic quantisation of the linear layers).
 
 A path is applied by replacing ``model.visual`` or ``model.text`` with a wrapper that takes and
 returns what the eager tower does (float32 features), so every caller of ``encode_image`` /
@@ -8,6 +8,7 @@ returns what the eager tower does (float32 features), so every caller of ``encod
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ TOWERS = {"image": "visual", "text": "text"}  # tower name -> the model's attrib
 
 @dataclass(frozen=True)
 class InferencePath:
-    """One way to run a tower: ``backend`` ``torch`` or ``onnx``, ``precision`` fp32/bf16/fp16/int8."""
+    """One way to run a tower: ``backend`` ``torch``, ``compile`` or ``onnx``, ``precision`` fp32/bf16/fp16/int8."""
 
     backend: str = "torch"
     precision: str = "fp32"
@@ -100,9 +101,28 @@ class OnnxTower(nn.Module):
         return self.run(x).to(x.device)
 
 
+class CompiledTower(_Wrapped):
+    """The tower (already on its precision's path) under ``torch.compile`` (inductor). The first call of
+    each input shape compiles; the batch dimension is compiled dynamic, so a last, smaller batch does
+    not compile again."""
+
+    def __init__(self, tower: nn.Module) -> None:
+        super().__init__()
+        self.inner = tower
+        self.compiled = torch.compile(tower, dynamic=True)
+        # The text towers' padding trim reads the longest caption's length (``.item()``): dynamo splits
+        # the graph there and logs a page of advice per tower; the split graph runs correctly.
+        logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compiled(x)
+
+
 def wrap_tower(tower: nn.Module, path: InferencePath, onnx_run: Callable | None = None) -> nn.Module:
     """``tower`` run the way ``path`` says (the tower itself for eager fp32). Casting works in place:
     pass a copy to keep the original."""
+    if path.backend == "compile":
+        return CompiledTower(wrap_tower(tower, InferencePath("torch", path.precision)))
     if path.backend == "onnx":
         if onnx_run is None:
             raise ValueError("an ONNX path needs the exported graph's runner")
