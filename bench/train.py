@@ -13,7 +13,8 @@ measured by bench/loss_memory.py.
 
 With ``--data``, the whole step (data loading included) of the plain loop and of ``clipforge train``
 on the demo's configuration (bench/train_whole_step.py); with ``--data DIR --profile``, where the
-demo recipe's step spends its wall-clock, by phase and by the profiler's operations.
+demo recipe's step spends its wall-clock, by phase and by the profiler's operations. The same
+comparison under torchrun with 2 gloo processes: ``bench/gloo_train.py --table``.
 """
 
 from __future__ import annotations

@@ -14,19 +14,23 @@ from clipforge.engine.distributed import DistInfo
 from clipforge.engine.precision import resolve_precision
 
 
-def finite_flag(loss: torch.Tensor, module: torch.nn.Module) -> torch.Tensor | None:
-    """A 0-dim tensor, on the loss's device: whether the loss and all of ``module``'s gradients are
-    finite (sparse ones included); ``None`` when it has no gradients. Reading it is the step's one sync."""
+def finite_flag(loss: torch.Tensor | None, module: torch.nn.Module) -> torch.Tensor | None:
+    """A 0-dim tensor on the gradients' device: whether ``loss`` (if given) and all of ``module``'s
+    gradients are finite (sparse ones included); ``None`` when it has no gradients. Reading it is one
+    sync, where a check per gradient would be one each."""
     grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in module.parameters()
              if p.grad is not None]
     if not grads:
         return None
-    return torch.stack([torch.isfinite(loss).all()] + [torch.isfinite(g).all() for g in grads]).all()
+    checks = [torch.isfinite(g).all() for g in grads]
+    if loss is not None:
+        checks.append(torch.isfinite(loss).all().to(checks[0].device))
+    return torch.stack(checks).all()
 
 
 def grads_finite(module: torch.nn.Module, loss: torch.Tensor | None = None) -> bool:
     """Whether ``module`` has gradients and they (and ``loss``, if given) are all finite."""
-    flag = finite_flag(torch.zeros(()) if loss is None else loss, module)
+    flag = finite_flag(loss, module)
     return flag is not None and bool(flag)
 
 
