@@ -24,7 +24,6 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -109,8 +108,7 @@ class _PartProgress:
 
 @torch.no_grad()
 def _embed_part(model: CLIP, items: list[Item], first_id: int, batch_size: int, progress: _PartProgress,
-                pool: ThreadPoolExecutor, bar, device: torch.device, checkpoint_seconds: float,
-                encode_images: Callable[[torch.Tensor], torch.Tensor]) -> None:
+                pool: ThreadPoolExecutor, bar, device: torch.device, checkpoint_seconds: float) -> None:
     images: list[torch.Tensor] = []
     waiting: list[int] = []  # offsets of the decoded images not yet encoded
     last_save = time.monotonic()
@@ -118,7 +116,7 @@ def _embed_part(model: CLIP, items: list[Item], first_id: int, batch_size: int, 
     def flush() -> None:
         nonlocal last_save
         if images:
-            feats = encode_images(torch.stack(images).to(device)).float().cpu()
+            feats = model.encode_image(torch.stack(images).to(device), normalize=True).float().cpu()
             progress.feats.append(feats.numpy().astype(np.float16))
             bar.advance(len(images))
             images.clear()
@@ -208,8 +206,7 @@ def embed_collection(model: CLIP, source: str, out_dir: str | Path, model_path: 
             if max_parts is not None and done >= max_parts:
                 break
             state = _PartProgress(out, name, model.config.embed_dim)
-            _embed_part(model, chunk, part * part_size, batch_size, state, pool, bar, device, checkpoint_seconds,
-                        lambda x: model.encode_image(x, normalize=True))
+            _embed_part(model, chunk, part * part_size, batch_size, state, pool, bar, device, checkpoint_seconds)
             _save_npy(state.image_features(), out / f"part-{name}.npy")
             if captions:
                 from clipforge.evaluation.embed import embed_texts

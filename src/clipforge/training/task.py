@@ -143,6 +143,7 @@ def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_ep
     from clipforge.data.shards import is_shard_source
 
     workers = config.data.workers
+    depth, pin = prefetch_depth(config.data.prefetch, workers, device), device.type == "cuda"
     if not is_shard_source(config.data.train):
         dataset = PairDataset(pairs, training_preprocess(config, model.preprocess), model.tokenizer, train=True,
                               seed=config.seed, caption_split=config.data.caption_split)
@@ -152,8 +153,8 @@ def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_ep
             batches = epoch_batches(len(pairs), config.batch_size, config.seed, epoch, info.rank, info.world_size,
                                     start=start)
             loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                                pin_memory=device.type == "cuda")
-            yield from prefetch(loader, prefetch_depth(config.data.prefetch, config.data.workers, device))
+                                pin_memory=pin)
+            yield from prefetch(loader, depth)
 
         return from_files
 
@@ -176,8 +177,8 @@ def _epoch_batches(config: Any, pairs: list, model: CLIP, info: DistInfo, per_ep
         while done < per_epoch:
             got = 0
             loader = DataLoader(stream, batch_size=per_rank, num_workers=workers, collate_fn=collate,
-                                pin_memory=device.type == "cuda")
-            for batch in prefetch(loader, prefetch_depth(config.data.prefetch, config.data.workers, device)):
+                                pin_memory=pin)
+            for batch in prefetch(loader, depth):
                 yield batch
                 got += 1
                 done += 1
